@@ -1,0 +1,93 @@
+"""The small interface every provider implements, and the values it exchanges.
+
+The runner only ever talks to a :class:`Provider`: one prompt in, one :class:`CallResult` out,
+plus a read of the account. Service specifics (MOMO's envelope, the relay's OpenAI wire
+format, streaming) stay inside each provider module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+CostSource = Literal["server", "price_table", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class PromptRequest:
+    """One call to make. ``stream`` picks the streaming wire format; the result is the same."""
+
+    prompt: str
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitInfo:
+    """``X-RateLimit-*`` headers of a response; ``reset`` is seconds from now until the window resets."""
+
+    limit: int | None = None
+    remaining: int | None = None
+    reset: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """What one successful call produced.
+
+    ``tokens_used`` / ``cost`` are ``None`` when the server did not say (a stream that ended
+    without its summary): they are never invented.
+    """
+
+    content: str
+    request_id: str | None
+    tokens_used: int | None
+    cost: float | None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_source: CostSource = "server"
+    rate_limit: RateLimitInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """What is left to spend. ``remaining`` is in ``currency``; ``None`` when unknown."""
+
+    remaining: float | None
+    currency: str
+    # prepaid token packages per agent id (MOMO); empty for the relay
+    packages: dict[int, int] = field(default_factory=dict)
+    # raw figures as the service reported them, for display and reconciliation
+    raw: dict[str, float | int | str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """List price of the target, per million tokens, in ``currency``."""
+
+    prompt_per_million: float
+    completion_per_million: float
+    currency: str
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """One target (a MOMO agent, or a relay model) behind one account."""
+
+    name: str  # "momo" | "openai"
+    target: str  # agent id or model name, as text
+
+    async def complete(self, request: PromptRequest) -> CallResult:
+        """Make one call. Raises an :class:`~pipeline.errors.APIError` subclass on failure."""
+        ...
+
+    async def account(self) -> Account:
+        """Read what is left to spend."""
+        ...
+
+    async def price(self) -> Price:
+        """The list price of the target (checks that the target exists)."""
+        ...
+
+    async def aclose(self) -> None: ...
