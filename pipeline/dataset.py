@@ -1,0 +1,126 @@
+"""Read a prompt dataset (Parquet or CSV) lazily, in batches, and render each row's prompt.
+
+Nothing here loads a whole file: schemas come from the file footer / CSV header, counts from a
+streaming ``select(len())``, rows from ``collect_batches``. Every problem is a
+:class:`~pipeline.errors.ConfigError` naming the file and, where it applies, the column.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from .errors import ConfigError
+
+ROW = "__row"  # position of a row in the input; the key that ties results to rows
+PROMPT = "__prompt"
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """``"Summarise: {text}"``: literal text with ``{column}`` placeholders (``{{`` for a brace)."""
+
+    template: str
+
+    @property
+    def columns(self) -> list[str]:
+        return [name for _, name, _, _ in self._parts() if name is not None]
+
+    def _parts(self) -> list[tuple[str, str | None, str | None, str | None]]:
+        try:
+            return list(string.Formatter().parse(self.template))
+        except ValueError as exc:
+            raise ConfigError(f"prompt.template: {exc}") from None
+
+    def expr(self) -> pl.Expr:
+        """A polars expression rendering the prompt; null when any named column is null."""
+        pieces: list[pl.Expr] = []
+        for literal, name, spec, conv in self._parts():
+            if literal:
+                pieces.append(pl.lit(literal))
+            if name is not None:
+                if not name or spec or conv:
+                    raise ConfigError(
+                        f"prompt.template: placeholders must be plain column names, got {{{name}}}"
+                    )
+                pieces.append(pl.col(name).cast(pl.String))
+        return pl.concat_str(pieces or [pl.lit("")]).alias(PROMPT)
+
+    def render(self, row: dict[str, object]) -> str | None:
+        """Render one row (for notebooks and the estimator's samples)."""
+        values = {c: row.get(c) for c in self.columns}
+        if any(v is None for v in values.values()):
+            return None
+        return self.template.format(**{k: str(v) for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A prompt dataset on disk."""
+
+    path: Path
+    id_column: str | None = None
+
+    def scan(self) -> pl.LazyFrame:
+        """The file as a lazy frame, with its row position in :data:`ROW`."""
+        suffix = self.path.suffix.lower()
+        if not self.path.exists():
+            raise ConfigError(f"{self.path}: input file not found")
+        try:
+            if suffix == ".parquet":
+                lf = pl.scan_parquet(self.path)
+            elif suffix == ".csv":
+                lf = pl.scan_csv(self.path, infer_schema_length=10_000)
+            else:
+                raise ConfigError(f"{self.path}: input must be .parquet or .csv")
+            return lf.with_row_index(ROW)
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)})") from None
+
+    def schema(self) -> pl.Schema:
+        try:
+            schema = self.scan().collect_schema()
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)})") from None
+        if len(schema) <= 1:
+            raise ConfigError(f"{self.path}: input has no columns (empty file?)")
+        return schema
+
+    def count_rows(self) -> int:
+        try:
+            return int(self.scan().select(pl.len()).collect().item())
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)})") from None
+
+    def check_columns(self, needed: list[str]) -> pl.Schema:
+        """Fail before any paid call when a column the job names is missing."""
+        schema = self.schema()
+        have = [c for c in schema.names() if c != ROW]
+        for column in needed:
+            if column not in have:
+                raise ConfigError(
+                    f"{self.path}: column {column!r} is named by the job but the file has only "
+                    f"{', '.join(repr(c) for c in have)}"
+                )
+        if self.count_rows() == 0:
+            raise ConfigError(f"{self.path}: input has no rows")
+        return schema
+
+    def batches(
+        self, columns: list[str], prompt: pl.Expr, *, batch_rows: int = 4096
+    ) -> Iterator[pl.DataFrame]:
+        """Batches of ``[ROW, *columns, PROMPT]`` in input order; memory is one batch at a time."""
+        lf = self.scan().select([pl.col(ROW), *(pl.col(c) for c in columns), prompt])
+        try:
+            yield from lf.collect_batches(chunk_size=batch_rows, maintain_order=True)
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
