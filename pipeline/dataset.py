@@ -64,6 +64,7 @@ class Dataset:
 
     path: Path
     id_column: str | None = None
+    limit: int | None = None  # only the first ``limit`` rows (``run --limit``)
 
     def scan(self) -> pl.LazyFrame:
         """The file as a lazy frame, with its row position in :data:`ROW`."""
@@ -77,7 +78,8 @@ class Dataset:
                 lf = pl.scan_csv(self.path, infer_schema_length=10_000)
             else:
                 raise ConfigError(f"{self.path}: input must be .parquet or .csv")
-            return lf.with_row_index(ROW)
+            lf = lf.with_row_index(ROW)
+            return lf.head(self.limit) if self.limit is not None else lf
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)})") from None
 
