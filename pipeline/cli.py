@@ -1,0 +1,217 @@
+"""The ``momo-batch`` command: parses arguments, reads the environment, renders with rich.
+
+All work lives in the library (:func:`pipeline.run_job`, the providers); this module only
+wires it to a terminal. Every expected failure is one line on stderr and a documented exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import anyio
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .config import Job, ProviderConfig
+from .connect import Credentials, open_provider
+from .errors import ConfigError, MomoError, TerminalError, TransientError, redact
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Bulk prompt jobs against LLM agent APIs: rate-limited, resumable, costed.")
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+BaseUrl = Annotated[str | None, typer.Option("--base-url", help="API base URL (env MOMO_BASE_URL).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+EXIT_UNREACHABLE = 6
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[red]error:[/red] {redact(message)}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Run ``fn``; turn the error tree into one line and an exit code, never a traceback."""
+    try:
+        return fn()
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    except TransientError as exc:
+        raise _fail(f"server unreachable or failing: {exc}", EXIT_UNREACHABLE) from None
+    except TerminalError as exc:
+        raise _fail(str(exc), 5) from None
+    except MomoError as exc:
+        raise _fail(str(exc), 1) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted", 130) from None
+
+
+def _env_base_url(kind: str) -> str | None:
+    return os.environ.get("MOMO_BASE_URL" if kind == "momo" else "OPENAI_BASE_URL") or None
+
+
+def _credentials(cfg: ProviderConfig) -> Credentials:
+    key = os.environ.get(cfg.key_env, "")
+    if not key:
+        raise ConfigError(f"no API key: set the environment variable {cfg.key_env}")
+    token_env = cfg.access_token_env or "RELAY_ACCESS_TOKEN"
+    return Credentials(key, os.environ.get(token_env) or None,
+                       os.environ.get("RELAY_USER_ID") or cfg.user_id)
+
+
+@contextlib.contextmanager
+def _sandbox_for(cfg: ProviderConfig, tier: str, enabled: bool) -> Iterator[tuple[str | None, Credentials | None]]:
+    """With ``--sandbox``: a sandbox server on an ephemeral port, and its public demo key."""
+    if not enabled:
+        yield None, None
+        return
+    from .sandbox import Sandbox, SandboxConfig
+
+    with Sandbox(SandboxConfig()).running() as sb:
+        err.print(f"sandbox server listening on {sb.relay_url}", highlight=False)
+        if cfg.kind == "momo":
+            yield sb.momo_url, Credentials(f"momo-sandbox-{tier}")
+        else:
+            yield sb.relay_url, Credentials("sk-sandbox-relay", "sandbox-system-token", "1")
+
+
+def _momo_cfg() -> ProviderConfig:
+    return ProviderConfig(kind="momo", agent_id=0)
+
+
+# -- run ---------------------------------------------------------------------------------------
+@app.command()
+def run(
+    job_file: Annotated[Path, typer.Argument(help="Job file (TOML).")],
+    output: Annotated[Path | None, typer.Option(help="Output Parquet (overrides [output] path).")] = None,
+    base_url: BaseUrl = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N input rows.")] = None,
+    max_cost: Annotated[float | None, typer.Option("--max-cost", min=0, help="Hard cost cap.")] = None,
+    restart: Annotated[bool, typer.Option(help="Discard earlier results of this output.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Run even if preflight says it may not fit.")] = False,
+    sandbox: Annotated[bool, typer.Option(help="Start a sandbox server for this run and use it.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="Also export: parquet (default), jsonl or csv.")] = "parquet",
+    as_json: AsJson = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Run a job: every unfinished row is called once; safe to run again after any stop."""
+    if fmt not in ("parquet", "jsonl", "csv"):
+        raise _fail(f"--format must be parquet, jsonl or csv, not {fmt!r}", 2)
+    job = guarded(lambda: Job.load(job_file))
+    from .cli_run import run_cli_job
+
+    code = guarded(lambda: run_cli_job(
+        job, output=output, base_url=base_url or _env_base_url(job.provider.kind), limit=limit,
+        max_cost=max_cost, restart=restart, yes=yes, sandbox=sandbox, fmt=fmt, as_json=as_json,
+        quiet=quiet, credentials=_credentials, sandbox_for=_sandbox_for, console=out, errors=err,
+    ))
+    raise typer.Exit(code)
+
+
+# -- agents / balance --------------------------------------------------------------------------
+def _momo_call(base_url: str | None, action: Callable[[Any], Any]) -> Any:
+    from .providers.momo import MomoClient
+
+    cfg = _momo_cfg()
+    creds = _credentials(cfg)
+    url = base_url or _env_base_url("momo") or "https://api.momoai.pro/v1"
+
+    async def go() -> Any:
+        async with MomoClient(creds.api_key, url, timeout=15.0) as client:
+            return await action(client)
+
+    return anyio.run(go)
+
+
+@app.command()
+def agents(base_url: BaseUrl = None, as_json: AsJson = False) -> None:
+    """List every agent (all pages) with its price."""
+    found = guarded(lambda: _momo_call(base_url, lambda c: c.list_agents()))
+    if as_json:
+        print(json.dumps([a.__dict__ if hasattr(a, "__dict__") else _asdict(a) for a in found],
+                         ensure_ascii=False))
+        return
+    table = Table(title=f"{len(found)} agents")
+    for col in ("id", "name", "price / 1k tokens", "rating", "description"):
+        table.add_column(col, justify="right" if col in ("id", "rating") else "left")
+    for a in found:
+        table.add_row(str(a.id), a.name, f"{a.price_per_1k_tokens:g}",
+                      "" if a.rating is None else f"{a.rating:g}", a.description or "")
+    out.print(table)
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(obj)
+
+
+@app.command()
+def balance(base_url: BaseUrl = None, as_json: AsJson = False) -> None:
+    """Show the balance, its currency and prepaid token packages."""
+    acct = guarded(lambda: _momo_call(base_url, lambda c: c.balance()))
+    if as_json:
+        print(json.dumps({"balance": acct.remaining, "currency": acct.currency,
+                          "packages": [{"agent_id": k, "remaining_tokens": v}
+                                       for k, v in acct.packages.items()]}))
+        return
+    out.print(f"balance: [bold]{acct.remaining:g} {acct.currency}[/bold]")
+    if acct.packages:
+        table = Table(title="prepaid token packages")
+        table.add_column("agent_id", justify="right")
+        table.add_column("remaining_tokens", justify="right")
+        for agent_id, tokens in acct.packages.items():
+            table.add_row(str(agent_id), f"{tokens:,}")
+        out.print(table)
+    else:
+        out.print("no prepaid token packages")
+
+
+# -- sandbox -----------------------------------------------------------------------------------
+@app.command("sandbox")
+def sandbox_cmd(
+    port: Annotated[int, typer.Option(help="Port (0: ephemeral).")] = 8765,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    config: Annotated[Path | None, typer.Option(help="Sandbox config (TOML).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for fault injection.")] = None,
+    time_scale: Annotated[float | None, typer.Option(help="A minute lasts 60/X seconds.")] = None,
+    algorithm: Annotated[str | None, typer.Option(help="fixed_window | sliding_log | token_bucket")] = None,
+) -> None:
+    """Run the sandbox server (both APIs of the contract) until Ctrl-C."""
+    from .sandbox import SandboxConfig, serve_forever
+
+    def build() -> Any:
+        cfg = SandboxConfig.from_toml(config) if config else SandboxConfig()
+        changes = {k: v for k, v in {"seed": seed, "time_scale": time_scale,
+                                      "rate_algorithm": algorithm}.items() if v is not None}
+        return cfg.model_copy(update=changes) if changes else cfg
+
+    cfg = guarded(build)
+    with contextlib.suppress(KeyboardInterrupt):
+        serve_forever(cfg, host=host, port=port,
+                      on_ready=lambda url: print(f"sandbox listening on {url}", flush=True))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Build the provider a job asks for, from objects (the CLI reads the environment, not this)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import ProviderConfig
+from .errors import ConfigError
+from .providers.base import Provider
+
+MOMO_DEFAULT_URL = "https://api.momoai.pro/v1"
+RELAY_DEFAULT_URL = "https://api.moka-ai.com"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Secrets for one provider; kept out of every repr, log and file."""
+
+    api_key: str
+    access_token: str | None = None  # relay /api/user/self system token
+    user_id: str | None = None
+
+    def __repr__(self) -> str:
+        return "Credentials(***)"
+
+
+def open_provider(
+    cfg: ProviderConfig,
+    creds: Credentials,
+    *,
+    base_url: str | None = None,
+    max_connections: int = 100,
+) -> Provider:
+    """A provider for ``cfg``; no I/O until it is used. Close it with ``await p.aclose()``."""
+    if not creds.api_key:
+        raise ConfigError(f"no API key: set {cfg.key_env}")
+    url = base_url or cfg.base_url
+    if cfg.kind == "momo":
+        from .providers.momo import MomoClient, MomoProvider
+
+        client = MomoClient(creds.api_key, url or MOMO_DEFAULT_URL, timeout=cfg.timeout,
+                            max_connections=max_connections)
+        assert cfg.agent_id is not None
+        return MomoProvider(client, cfg.agent_id)
+    from .providers.openai import OpenAIClient, OpenAIProvider
+
+    if cfg.prompt_price_per_million is None or cfg.completion_price_per_million is None:
+        raise ConfigError(
+            "provider.prompt_price_per_million and provider.completion_price_per_million are "
+            "required for kind = 'openai' (relays do not report a cost per call)"
+        )
+    oclient = OpenAIClient(creds.api_key, url or RELAY_DEFAULT_URL, access_token=creds.access_token,
+                           user_id=creds.user_id or cfg.user_id, timeout=cfg.timeout,
+                           max_connections=max_connections)
+    return OpenAIProvider(oclient, str(cfg.model),
+                          prompt_price_per_million=cfg.prompt_price_per_million,
+                          completion_price_per_million=cfg.completion_price_per_million,
+                          currency=cfg.currency or "USD")
