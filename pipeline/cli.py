@@ -21,7 +21,7 @@ from rich.table import Table
 
 from . import __version__
 from .config import Job, ProviderConfig
-from .connect import Credentials, open_provider
+from .connect import Credentials
 from .errors import ConfigError, MomoError, TerminalError, TransientError, redact
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -116,6 +116,27 @@ def run(
         max_cost=max_cost, restart=restart, yes=yes, sandbox=sandbox, fmt=fmt, as_json=as_json,
         quiet=quiet, credentials=_credentials, sandbox_for=_sandbox_for, console=out, errors=err,
     ))
+    raise typer.Exit(code)
+
+
+@app.command()
+def estimate(
+    job_file: Annotated[Path, typer.Argument(help="Job file (TOML).")],
+    pilot: Annotated[int, typer.Option(min=0, help="Run N sampled rows for real first (reused by the run).")] = 0,
+    base_url: BaseUrl = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N input rows.")] = None,
+    max_cost: Annotated[float | None, typer.Option("--max-cost", min=0, help="Cap to check against.")] = None,
+    sandbox: Annotated[bool, typer.Option(help="Start a sandbox server and use it.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """What the job will cost and how long it takes, before it runs (no paid call but the pilot's)."""
+    job = guarded(lambda: Job.load(job_file))
+    from .cli_run import estimate_cli_job
+
+    code = guarded(lambda: estimate_cli_job(
+        job, pilot=pilot, base_url=base_url or _env_base_url(job.provider.kind), limit=limit,
+        max_cost=max_cost, sandbox=sandbox, as_json=as_json, credentials=_credentials,
+        sandbox_for=_sandbox_for, console=out))
     raise typer.Exit(code)
 
 

@@ -11,21 +11,71 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from .config import Job
+from .config import Job, OutputConfig
 from .connect import open_provider
+from .errors import MomoError
+from .estimate import Estimate, worst_cost_fn
+from .estimate import estimate as estimate_job
 from .job import RunReport, run_job
 from .progress import Reporter
+from .providers.base import Account
 from .runner import RunStats
 
 
-async def _run(job: Job, provider: Any, *, quiet: bool, errors: Console, **kw: Any) -> RunReport:
+class Refused(MomoError):
+    """Preflight says the job may not fit; ``--yes`` runs it anyway."""
+
+
+async def _run(job: Job, provider: Any, *, quiet: bool, errors: Console, yes: bool,
+               **kw: Any) -> RunReport:
     stats = RunStats()
     try:
-        await provider.price()  # preflight: key valid, agent or model exists
+        price = await provider.price()  # preflight: key valid, agent or model exists
+        cap = kw.get("max_cost") if kw.get("max_cost") is not None else job.limits.max_cost
+        est = await estimate_job(job, provider, limit=kw.get("limit"), max_cost=cap,
+                                 restart=kw.get("restart", False))
+        _preflight(est, yes, errors)
+        before = await provider.account()
+        worst = worst_cost_fn(job, price) if cap is not None else None
         with Reporter(stats, stream=errors.file, enabled=not quiet) as rep:
-            return await run_job(job, provider, stats=stats, on_result=rep.update, **kw)
+            report = await run_job(job, provider, stats=stats, on_result=rep.update,
+                                   worst_cost=worst, **kw)
+        after = await provider.account()
+        report.extra["reconciliation"] = reconcile(est, before, after, report)
+        return report
     finally:
         await provider.aclose()
+
+
+def _preflight(est: Estimate, yes: bool, errors: Console) -> None:
+    problems = []
+    if est.fits_balance is False:
+        problems.append(f"worst case {est.worst_case:.6f} {est.currency} is more than the balance "
+                        f"{est.balance:.6f}")
+    if est.fits_cap is False:
+        problems.append(f"worst case {est.worst_case:.6f} {est.currency} is more than max_cost "
+                        f"{est.max_cost:g}")
+    if not problems:
+        return
+    text = "preflight: " + "; ".join(problems)
+    if not yes:
+        raise Refused(text + ". Use --yes to run anyway: the job stops cleanly, resumable, "
+                      "when the money or the cap runs out.")
+    errors.print(f"[yellow]warning:[/yellow] {text} (--yes given: running anyway)")
+
+
+def reconcile(est: Estimate, before: Account, after: Account, report: RunReport) -> dict[str, Any]:
+    """Estimated against real cost; the cost column against what the account says it lost."""
+    spent_run = report.stats.cost
+    out: dict[str, Any] = {"estimated_cost": est.expected_cost, "interval": list(est.interval),
+                           "real_cost_this_run": round(spent_run, 6)}
+    if before.remaining is not None and after.remaining is not None:
+        charged = before.remaining - after.remaining
+        out["account_charged"] = round(charged, 6)
+        out["gap"] = round(charged - spent_run, 6)
+    if report.stats.unknown_cost_calls:
+        out["calls_with_unknown_cost"] = report.stats.unknown_cost_calls
+    return out
 
 
 def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: int | None,
@@ -33,11 +83,13 @@ def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: i
                 as_json: bool, quiet: bool, credentials: Any, sandbox_for: Any,
                 console: Console, errors: Console) -> int:
     cfg = job.provider
+    if output is not None:
+        job = job.with_overrides(output=OutputConfig(path=output))
     with sandbox_for(cfg, job.limits.tier, sandbox) as (sb_url, sb_creds):
         creds = sb_creds or credentials(cfg)
         provider = open_provider(cfg, creds, base_url=sb_url or base_url,
                                  max_connections=job.limits.concurrency)
-        report = anyio.run(lambda: _run(job, provider, quiet=quiet, errors=errors, output=output,
+        report = anyio.run(lambda: _run(job, provider, quiet=quiet, errors=errors, yes=yes,
                                         limit=limit, restart=restart, max_cost=max_cost))
     if fmt != "parquet":
         export(report.output, fmt)
@@ -81,6 +133,16 @@ def render_summary(report: RunReport, console: Console) -> None:
         ("rate: achieved / allowed per minute",
          f"{_num(d['achieved_per_minute'])} / {_num(d['rate_limit_per_minute'], 'unlimited')}"),
     ]
+    rec = d.get("reconciliation") or {}
+    if rec:
+        lo, hi = rec["interval"]
+        rows.append(("estimated cost (interval)", f"{rec['estimated_cost']:.6f} ({lo:.6f}-{hi:.6f})"))
+        if "account_charged" in rec:
+            rows.append(("account charged / gap to cost column",
+                         f"{rec['account_charged']:.6f} / {rec['gap']:+.6f}"))
+        if rec.get("calls_with_unknown_cost"):
+            rows.append(("calls whose cost the server did not report",
+                         str(rec["calls_with_unknown_cost"])))
     if d["stop_code"]:
         rows.append(("stopped", f"{d['stop_code']}: {d['stop_message']}"))
     for what, value in rows:
@@ -91,3 +153,65 @@ def render_summary(report: RunReport, console: Console) -> None:
 
 def _num(x: float | None, none: str = "-") -> str:
     return none if x is None else f"{x:,.1f}"
+
+
+def estimate_cli_job(job: Job, *, pilot: int, base_url: str | None, limit: int | None,
+                     max_cost: float | None, sandbox: bool, as_json: bool, credentials: Any,
+                     sandbox_for: Any, console: Console) -> int:
+    cfg = job.provider
+
+    async def go(provider: Any) -> Estimate:
+        async def run_pilot(rows: set[int]) -> None:
+            await run_job(job, provider, limit=limit, only_rows=rows, write_output=False)
+
+        try:
+            return await estimate_job(job, provider, pilot=pilot, limit=limit,
+                                      max_cost=max_cost, run_pilot=run_pilot)
+        finally:
+            await provider.aclose()
+
+    with sandbox_for(cfg, job.limits.tier, sandbox) as (sb_url, sb_creds):
+        provider = open_provider(cfg, sb_creds or credentials(cfg), base_url=sb_url or base_url,
+                                 max_connections=job.limits.concurrency)
+        est = anyio.run(go, provider)
+    if as_json:
+        print(json.dumps(est.as_dict(), ensure_ascii=False))
+    else:
+        render_estimate(est, console)
+    return 0
+
+
+def render_estimate(est: Estimate, console: Console) -> None:
+    c = est.currency
+    table = Table(title="estimate", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    lo, hi = est.interval
+    rows = [
+        ("rows (to run / skipped empty)", f"{est.rows:,} ({est.remaining_rows:,} / {est.skipped_rows:,})"),
+        ("calls per row", str(est.calls_per_row)),
+        ("prompt tokens (exact, local)", f"{est.prompt_tokens:,}  [{est.tokenizer}]"),
+        ("completion length", est.completion_basis),
+        ("server/local token ratio", "-" if est.token_ratio is None else f"{est.token_ratio:.3f}"),
+        ("price per million (prompt / completion)",
+         f"{est.price['prompt_per_million']:g} / {est.price['completion_per_million']:g} {c}"),
+        ("prepaid package tokens", f"{est.package_tokens:,}"),
+        ("already spent (pilot, earlier runs)", f"{est.spent_so_far:.6f} {c}"),
+        ("expected cost", f"{est.expected_cost:.6f} {c}  (95%: {lo:.6f} - {hi:.6f})"),
+        ("worst case (every call at max_tokens)", f"{est.worst_case:.6f} {c}"),
+        ("time at the tier's rate",
+         "bounded by concurrency (no rate limit)" if est.minutes is None else f"{est.minutes:.1f} min"),
+    ]
+    if est.balance is not None:
+        rows.append(("balance / worst case fits", f"{est.balance:g} {c} / {_yes(est.fits_balance)}"))
+    if est.max_cost is not None:
+        rows.append(("max_cost / worst case fits", f"{est.max_cost:g} {c} / {_yes(est.fits_cap)}"))
+    for what, value in rows:
+        table.add_row(what, value)
+    console.print(table)
+    for note in est.notes:
+        console.print(f"note: {note}")
+
+
+def _yes(flag: bool | None) -> str:
+    return "yes" if flag else "NO"

@@ -163,6 +163,8 @@ async def run_job(
     on_result: Any = None,
     stats: RunStats | None = None,
     backoff: tuple[float, float] = (0.5, 30.0),
+    only_rows: set[int] | None = None,
+    write_output: bool = True,
 ) -> RunReport:
     """Run every unfinished row of ``job`` through ``provider`` and write the output Parquet.
 
@@ -202,7 +204,7 @@ async def run_job(
         return prep.dataset.batches(prep.columns, prep.prompt, batch_rows=job.input.batch_rows)
 
     fan = Fanout(prep.task, caller, journal, batches, state.finished, limits.concurrency,
-                 on_result=on_result or (lambda r: None))
+                 on_result=on_result or (lambda r: None), only_rows=only_rows)
     started = time.monotonic()
     journal.begin_segment()
     try:
@@ -218,6 +220,8 @@ async def run_job(
                        str(stop.error) if stop.error else None, time.monotonic() - started,
                        limits.rate_per_window, limits.window_seconds)
     report.extra["job_totals"] = journal.totals()
+    if not write_output:
+        return report
     finalise(prep.dataset, journal, out, result_columns=prep.result_columns, unfinished=reason,
              metadata=_provenance(job, provider, report))
     return report

@@ -262,6 +262,7 @@ class Fanout:
     finished: bytearray
     concurrency: int
     on_result: Callable[[RowResult], None] = lambda r: None
+    only_rows: set[int] | None = None  # a pilot runs just these
 
     async def run(self) -> None:
         stop = self.caller.stop
@@ -289,7 +290,8 @@ class Fanout:
                 if batch is None:
                     return
                 for row, prompt in zip(batch[ROW].to_list(), batch[PROMPT].to_list(), strict=True):
-                    if self.finished[row]:
+                    if self.finished[row] or (self.only_rows is not None
+                                              and row not in self.only_rows):
                         continue
                     if prompt is None or not prompt.strip():
                         self._emit(RowResult(row=row, status="skipped", error_code="EMPTY_PROMPT",

@@ -1,0 +1,254 @@
+"""What a job will cost and how long it will take, before it runs.
+
+Prompt tokens are counted exactly and offline (:mod:`pipeline.tokens`). Completion length is
+what a pilot learns: ``--pilot N`` runs N sampled rows for real, journaled like any run (so the
+run reuses them and never pays twice), and fits the list-price cost of a row against its local
+prompt token count (``cost ≈ a + b·tokens``). That one fit absorbs the completion length, the
+server's own token counting (system prompts, a different tokenizer), votes and re-asks. The
+interval is a 95 % normal interval on the sum over the remaining rows.
+
+The worst case assumes every call returns ``max_tokens`` and the server counts a prompt as at
+most ``PROMPT_MARGIN × local + PROMPT_OVERHEAD`` tokens; it is what the budget reserves.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import polars as pl
+
+from .config import Job
+from .dataset import PROMPT, ROW
+from .errors import ConfigError
+from .job import Prepared, prepare, result_fingerprint
+from .providers.base import Account, Price, Provider
+from .sink import Journal, record_schema
+from .tokens import DEFAULT_ENCODING, TOKENIZER_NAME, count_one, count_tokens
+
+PROMPT_MARGIN = 1.05
+PROMPT_OVERHEAD = 32  # tokens a service may add around a prompt (system prompt, chat framing)
+DEFAULT_COMPLETION = 256  # completion length assumed without max_tokens or a pilot
+
+
+@dataclass
+class PromptTotals:
+    """Local, exact token counts of the prompts still to send."""
+
+    rows: int = 0
+    sendable: int = 0  # not null/empty
+    skipped: int = 0
+    finished: int = 0  # already done in the journal (not counted below)
+    remaining: int = 0
+    prompt_tokens: int = 0  # over the remaining rows
+    sample_tokens: dict[int, int] = field(default_factory=dict)  # pilot rows → local count
+
+
+@dataclass
+class Estimate:
+    rows: int
+    remaining_rows: int
+    skipped_rows: int
+    calls_per_row: int
+    prompt_tokens: int
+    tokenizer: str
+    currency: str
+    price: dict[str, float]
+    spent_so_far: float  # journaled cost (a pilot, earlier runs)
+    expected_cost: float  # money for the whole job: spent + expected remaining, after packages
+    interval: tuple[float, float]
+    worst_case: float
+    list_price: float  # expected remaining at list price, before packages
+    package_tokens: int
+    completion_basis: str  # "pilot (N rows)" or "assumed"
+    pilot_rows: int = 0
+    token_ratio: float | None = None  # server tokens / local tokens, learned by the pilot
+    minutes: float | None = None  # at the tier's rate (None: enterprise, bounded by concurrency)
+    balance: float | None = None
+    fits_balance: bool | None = None
+    max_cost: float | None = None
+    fits_cap: bool | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def calls_per_row(job: Job) -> tuple[int, int]:
+    """(usual, most) calls one row makes: votes, and re-asks of unparsed answers."""
+    label = job.label or {}
+    votes = int(label.get("votes", 1))
+    reasks = int(label.get("max_reasks", 2)) if job.label else 0
+    return votes, votes * (1 + reasks)
+
+
+def worst_cost_fn(job: Job, price: Price) -> Callable[[str], float]:
+    """The most one call can cost: what the budget reserves before sending it."""
+    max_tokens = job.provider.max_tokens
+    if max_tokens is None:
+        raise ConfigError("a cost cap needs provider.max_tokens (the worst case of a call)")
+    pp, cp = price.prompt_per_million / 1e6, price.completion_per_million / 1e6
+
+    def worst(prompt: str) -> float:
+        return (PROMPT_MARGIN * count_one(prompt) + PROMPT_OVERHEAD) * pp + max_tokens * cp
+
+    return worst
+
+
+def count_prompts(prep: Prepared, finished: bytearray, sample: set[int]) -> PromptTotals:
+    totals = PromptTotals(rows=prep.n_rows)
+    for batch in prep.dataset.batches(prep.columns, prep.prompt, batch_rows=65_536):
+        rows, prompts = batch[ROW].to_list(), batch[PROMPT].to_list()
+        keep = [i for i, p in enumerate(prompts) if p is not None and p.strip()]
+        totals.skipped += len(rows) - len(keep)
+        counts = count_tokens([prompts[i] for i in keep], DEFAULT_ENCODING)
+        totals.sendable += len(keep)
+        for i, n in zip(keep, counts, strict=True):
+            row = rows[i]
+            if row in sample:
+                totals.sample_tokens[row] = n
+            if finished[row]:
+                totals.finished += 1
+                continue
+            totals.remaining += 1
+            totals.prompt_tokens += n
+    return totals
+
+
+def pick_sample(prep: Prepared, n: int, seed: int = 0) -> set[int]:
+    """``n`` sendable rows, spread over the file, the same every time for the same input."""
+    rows: list[int] = []
+    for batch in prep.dataset.batches(prep.columns, prep.prompt, batch_rows=65_536):
+        ok = batch.filter(pl.col(PROMPT).is_not_null() & (pl.col(PROMPT).str.strip_chars() != ""))
+        rows.extend(ok[ROW].to_list())
+    return set(random.Random(seed).sample(rows, min(n, len(rows))))
+
+
+@dataclass
+class Fit:
+    """Least squares ``y = a + b·x`` with its residual spread."""
+
+    a: float
+    b: float
+    sigma: float
+    n: int
+
+    @classmethod
+    def of(cls, xs: list[float], ys: list[float]) -> Fit:
+        n = len(xs)
+        mx, my = sum(xs) / n, sum(ys) / n
+        sxx = sum((x - mx) ** 2 for x in xs)
+        b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
+        b = max(b, 0.0)  # cost never falls with a longer prompt
+        a = my - b * mx
+        dof = max(n - 2, 1)
+        sigma = math.sqrt(sum((y - a - b * x) ** 2 for x, y in zip(xs, ys, strict=True)) / dof)
+        return cls(a, b, sigma, n)
+
+
+def pilot_fit(journal: Journal, job: Job, price: Price, sample_tokens: dict[int, int]) -> tuple[Fit, float | None] | None:
+    """Fit list-price cost per row on local prompt tokens, from the journaled pilot rows."""
+    frame = journal.results_frame()
+    if frame is None or not sample_tokens:
+        return None
+    done = (
+        frame.unique(ROW, keep="last")
+        .filter(pl.col(ROW).is_in(list(sample_tokens)) & (pl.col("status") == "ok"))
+        .select(ROW, "tokens_used", "prompt_tokens", "completion_tokens", "cost", "response")
+        .collect()
+    )
+    xs, ys, server, local = [], [], 0, 0
+    pp, cp = price.prompt_per_million / 1e6, price.completion_per_million / 1e6
+    for rec in done.iter_rows(named=True):
+        if rec["tokens_used"] is None:
+            continue
+        p = sample_tokens[rec[ROW]]
+        if rec["prompt_tokens"] is not None and rec["completion_tokens"] is not None:
+            list_cost = rec["prompt_tokens"] * pp + rec["completion_tokens"] * cp
+        else:  # MOMO reports one total, priced the same for prompt and completion
+            list_cost = rec["tokens_used"] * pp
+        xs.append(float(p))
+        ys.append(list_cost)
+        server += rec["tokens_used"]
+        local += p + count_one(rec["response"] or "")
+    if len(xs) < 2:
+        return None
+    return Fit.of(xs, ys), (server / local if local else None)
+
+
+async def estimate(job: Job, provider: Provider, *, pilot: int = 0, limit: int | None = None,
+                   max_cost: float | None = None, run_pilot: Callable[..., Any] | None = None,
+                   restart: bool = False) -> Estimate:
+    """Estimate ``job``; with ``pilot > 0``, ``run_pilot(rows)`` runs those rows for real first."""
+    prep = prepare(job, limit=limit)
+    price = await provider.price()
+    journal = Journal.open(job.output.path, fingerprint=result_fingerprint(job),
+                           schema=record_schema(prep.task.extra_schema), restart=restart)
+    sample = pick_sample(prep, pilot) if pilot else set()
+    if sample and run_pilot is not None:
+        await run_pilot(sample)
+    state = journal.state(prep.n_rows)
+    totals = count_prompts(prep, state.finished, sample)
+    account = await provider.account()
+    return _assemble(job, price, account, totals, state.previous_cost,
+                     pilot_fit(journal, job, price, totals.sample_tokens) if sample else None,
+                     max_cost if max_cost is not None else job.limits.max_cost)
+
+
+def _assemble(job: Job, price: Price, account: Account, t: PromptTotals, spent: float,
+              fitted: tuple[Fit, float | None] | None, cap: float | None) -> Estimate:
+    usual, most = calls_per_row(job)
+    pp, cp = price.prompt_per_million / 1e6, price.completion_per_million / 1e6
+    max_tokens = job.provider.max_tokens
+    n = t.remaining
+    worst_per_call_fixed = PROMPT_OVERHEAD * pp + (max_tokens or DEFAULT_COMPLETION * 4) * cp
+    worst = most * (PROMPT_MARGIN * t.prompt_tokens * pp + n * worst_per_call_fixed)
+    notes = []
+    ratio = None
+    if fitted is not None:
+        fit, ratio = fitted
+        expected = fit.a * n + fit.b * t.prompt_tokens
+        se = fit.sigma * math.sqrt(n + n * n / fit.n)
+        low, high = max(0.0, expected - 1.96 * se), expected + 1.96 * se
+        basis = f"pilot ({fit.n} rows)"
+    else:
+        completion = (max_tokens / 2) if max_tokens else DEFAULT_COMPLETION
+        expected = usual * (t.prompt_tokens * pp + n * completion * cp)
+        low = usual * t.prompt_tokens * pp
+        high = worst
+        basis = "assumed (no pilot): completion = half of max_tokens"
+        notes.append("run with --pilot N for an interval learned from real answers")
+    if max_tokens is None:
+        notes.append(f"no provider.max_tokens: worst case assumes {DEFAULT_COMPLETION * 4} tokens")
+    target = int(job.provider.agent_id) if job.provider.kind == "momo" and job.provider.agent_id else None
+    package = account.packages.get(target, 0) if target is not None else 0
+    covered = package * pp  # prepaid tokens are used before money (MOMO prices both alike)
+
+    def money(x: float) -> float:
+        return spent + max(0.0, x - covered)
+
+    rate = job.limits.rate_per_window
+    calls = n * usual
+    minutes = calls / rate * job.limits.window_seconds / 60 if rate else None
+    est = Estimate(
+        rows=t.rows, remaining_rows=n, skipped_rows=t.skipped, calls_per_row=usual,
+        prompt_tokens=t.prompt_tokens, tokenizer=f"{TOKENIZER_NAME} ({DEFAULT_ENCODING})",
+        currency=price.currency,
+        price={"prompt_per_million": price.prompt_per_million,
+               "completion_per_million": price.completion_per_million},
+        spent_so_far=round(spent, 6), expected_cost=round(money(expected), 6),
+        interval=(round(money(low), 6), round(money(high), 6)), worst_case=round(money(worst), 6),
+        list_price=round(expected, 6), package_tokens=package, completion_basis=basis,
+        pilot_rows=fitted[0].n if fitted else 0, token_ratio=None if ratio is None else round(ratio, 4),
+        minutes=None if minutes is None else round(minutes, 2), notes=notes,
+    )
+    if account.remaining is not None:
+        est.balance = account.remaining
+        est.fits_balance = est.worst_case - spent <= account.remaining
+    if cap is not None:
+        est.max_cost = cap
+        est.fits_cap = est.worst_case <= cap
+    return est
