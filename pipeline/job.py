@@ -111,6 +111,11 @@ def result_fingerprint(job: Job) -> str:
 
 def prompt_expr(job: Job) -> tuple[pl.Expr, list[str]]:
     """The polars expression rendering each row's prompt, and the columns it reads."""
+    if job.label:
+        from .labels.task import label_template
+
+        template = PromptTemplate(label_template(job))
+        return template.expr(), template.columns
     if job.prompt.column:
         return pl.col(job.prompt.column).cast(pl.String).alias("__prompt"), [job.prompt.column]
     template = PromptTemplate(job.prompt.template or "")
@@ -220,6 +225,10 @@ async def run_job(
                        str(stop.error) if stop.error else None, time.monotonic() - started,
                        limits.rate_per_window, limits.window_seconds)
     report.extra["job_totals"] = journal.totals()
+    summarise = getattr(prep.task, "summarise", None)
+    frame = journal.results_frame()
+    if summarise is not None and frame is not None:
+        report.extra["labels"] = summarise(frame)
     if not write_output:
         return report
     finalise(prep.dataset, journal, out, result_columns=prep.result_columns, unfinished=reason,

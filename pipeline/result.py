@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-Status = Literal["ok", "error", "skipped"]
+Status = Literal["ok", "error", "skipped", "unparsed"]  # unparsed: label jobs only
 
 RESULT_SCHEMA: dict[str, pl.DataType] = {
     "response": pl.String(),

@@ -46,6 +46,7 @@ class RunStats:
     ok: int = 0
     error: int = 0
     skipped: int = 0
+    unparsed: int = 0  # label jobs: answers that never parsed (finished, not errors)
     tokens: int = 0
     cost: float = 0.0
     calls: int = 0
@@ -59,13 +60,15 @@ class RunStats:
 
     @property
     def done(self) -> int:
-        return self.already_done + self.ok + self.error + self.skipped
+        return self.already_done + self.ok + self.error + self.skipped + self.unparsed
 
     def record(self, result: RowResult) -> None:
         if result.status == "ok":
             self.ok += 1
         elif result.status == "skipped":
             self.skipped += 1
+        elif result.status == "unparsed":
+            self.unparsed += 1
         else:
             self.error += 1
 

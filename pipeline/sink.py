@@ -108,6 +108,7 @@ class Journal:
         counts = dict(last.group_by("status").len().collect().iter_rows())
         spent = frame.select(pl.col("tokens_used").sum(), pl.col("cost").sum()).collect().row(0)
         return {
+            **({"unparsed": counts["unparsed"]} if "unparsed" in counts else {}),
             "ok": counts.get("ok", 0),
             "error": counts.get("error", 0),
             "skipped": counts.get("skipped", 0),
