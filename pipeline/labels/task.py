@@ -109,8 +109,7 @@ class LabelTask:
         ok = int((labelled["status"] == "ok").sum()) if n else 0
         cost = float(frame.select(pl.col("cost").sum()).collect().item() or 0.0)
         return {
-            "label_distribution": {str(k) if k is not None else "unparsed": v
-                                   for k, v in dist.iter_rows()},
+            "label_distribution": {str(k) if k is not None else "unparsed": v for k, v in dist.iter_rows()},
             "unparsed_rate": round((n - ok) / n, 4) if n else 0.0,
             "cost_per_labelled_row": round(cost / ok, 6) if ok else None,
         }
