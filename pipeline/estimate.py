@@ -149,7 +149,9 @@ class Fit:
         return cls(a, b, sigma, n)
 
 
-def pilot_fit(journal: Journal, job: Job, price: Price, sample_tokens: dict[int, int]) -> tuple[Fit, float | None] | None:
+def pilot_fit(
+    journal: Journal, job: Job, price: Price, sample_tokens: dict[int, int]
+) -> tuple[Fit, float | None] | None:
     """Fit list-price cost per row on local prompt tokens, from the journaled pilot rows."""
     frame = journal.results_frame()
     if frame is None or not sample_tokens:

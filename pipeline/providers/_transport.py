@@ -1,0 +1,121 @@
+"""The HTTP layer both clients share: one ``httpx.AsyncClient`` and one translation of failures.
+
+We keep httpx's API (requests, ``MockTransport`` in tests) but not, by default, its connection
+pool: httpcore's pool does work quadratic in the number of open connections (upstream PR #1035),
+which capped a 100-in-flight job at a few hundred requests/s at 100 % CPU. The ``aiohttp``
+transport (``httpx-aiohttp``) keeps the httpx surface over aiohttp's pool; ``bench/transport.py``
+measures both and the README records the figures. ``MOMO_BATCH_TRANSPORT=httpx`` picks httpx's
+own pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from typing import Literal
+
+import httpx
+
+from ..errors import APIError, ConnectionLost, MalformedResponse, Timeout, redact
+from .base import RateLimitInfo
+
+TransportName = Literal["aiohttp", "httpx"]
+DEFAULT_TRANSPORT: TransportName = "aiohttp"
+
+
+def transport_name() -> TransportName:
+    """The transport to use: ``MOMO_BATCH_TRANSPORT`` or the measured default."""
+    name = os.environ.get("MOMO_BATCH_TRANSPORT", DEFAULT_TRANSPORT)
+    return "httpx" if name == "httpx" else "aiohttp"
+
+
+def build_http_client(
+    base_url: str,
+    *,
+    headers: dict[str, str],
+    timeout: float,
+    max_connections: int = 100,
+    transport: httpx.AsyncBaseTransport | TransportName | None = None,
+) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` for ``base_url``; ``transport`` may be a ready transport (tests)."""
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    if transport is None:
+        transport = transport_name()
+    if transport == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        transport = AiohttpTransport(limits=limits)
+    elif transport == "httpx":
+        transport = httpx.AsyncHTTPTransport(limits=limits)
+    return httpx.AsyncClient(
+        base_url=base_url.rstrip("/") + "/",
+        headers=headers,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+        transport=transport,
+        follow_redirects=False,
+    )
+
+
+@contextlib.contextmanager
+def translated(*secrets: str | None) -> Iterator[None]:
+    """Turn transport failures into the error tree; never let a key into a message."""
+    try:
+        yield
+    except APIError:
+        raise
+    except httpx.TimeoutException as exc:
+        raise Timeout(f"no answer in time ({type(exc).__name__})") from None
+    except (httpx.TransportError, OSError) as exc:
+        # aiohttp's disconnects arrive as httpx.ConnectTimeout/ReadError via httpx-aiohttp's map;
+        # their text can carry the URL, never a header, but we scrub it anyway.
+        raise ConnectionLost(redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                                    *secrets)) from None
+    except httpx.DecodingError as exc:
+        raise MalformedResponse(redact(str(exc), *secrets)) from None
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """``Retry-After`` in seconds (integer or fractional); an HTTP date is ignored."""
+    return _float(headers.get("retry-after"))
+
+
+def _float(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if number >= 0 else None
+
+
+def _int(value: str | None) -> int | None:
+    number = _float(value)
+    return None if number is None else int(number)
+
+
+def rate_limit_info(headers: httpx.Headers) -> RateLimitInfo | None:
+    """``X-RateLimit-*`` as seconds-from-now; a reset given as a Unix time is converted."""
+    limit, remaining = _int(headers.get("x-ratelimit-limit")), _int(headers.get("x-ratelimit-remaining"))
+    reset = _float(headers.get("x-ratelimit-reset"))
+    if limit is None and remaining is None and reset is None:
+        return None
+    if reset is not None and reset > 1e9:  # an epoch timestamp, not a duration
+        reset = max(0.0, reset - time.time())
+    return RateLimitInfo(limit=limit, remaining=remaining, reset=reset)
+
+
+def json_body(response: httpx.Response) -> object | None:
+    """The body as JSON, or ``None`` when it is empty, HTML or cut short."""
+    try:
+        return response.json() if response.content else None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError both
+        return None
+
+
+def describe_body(response: httpx.Response) -> str:
+    """A short, key-free description of a body that is not the contract's JSON."""
+    kind = response.headers.get("content-type", "").split(";")[0] or "no content type"
+    return f"HTTP {response.status_code}, {len(response.content)} bytes of {kind}"

@@ -1,0 +1,313 @@
+"""MOMO AI agent API: a client for its four endpoints, and the provider the runner uses.
+
+Errors are classified by ``error.code`` first, then by HTTP status (contract §1); a body with
+``success: false`` is an error whatever the status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from httpx_sse import EventSource, SSEError
+
+from ..errors import (
+    AgentNotFound,
+    APIError,
+    InsufficientBalance,
+    InvalidApiKey,
+    InvalidParameters,
+    MalformedResponse,
+    RateLimited,
+    ServerError,
+    Timeout,
+    redact,
+)
+from ._transport import (
+    TransportName,
+    build_http_client,
+    describe_body,
+    json_body,
+    rate_limit_info,
+    retry_after,
+    translated,
+)
+from .base import Account, CallResult, Price, PromptRequest
+
+__all__ = ["Agent", "Delta", "MomoClient", "MomoProvider", "StreamSummary"]
+
+DEFAULT_BASE_URL = "https://api.momoai.pro/v1"
+MAX_PAGE_SIZE = 100
+
+_BY_CODE: dict[str, type[APIError]] = {
+    "INVALID_API_KEY": InvalidApiKey,
+    "INSUFFICIENT_BALANCE": InsufficientBalance,
+    "RATE_LIMIT": RateLimited,
+    "AGENT_NOT_FOUND": AgentNotFound,
+    "INVALID_PARAMETERS": InvalidParameters,
+}
+_BY_STATUS: dict[int, type[APIError]] = {
+    400: InvalidParameters,
+    401: InvalidApiKey,
+    402: InsufficientBalance,
+    403: InvalidApiKey,
+    404: AgentNotFound,
+    408: Timeout,
+    422: InvalidParameters,
+    429: RateLimited,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    id: int
+    name: str
+    price_per_1k_tokens: float
+    description: str | None = None
+    rating: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of streamed text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSummary:
+    """The stream's closing event: what the call used and cost."""
+
+    request_id: str | None
+    tokens_used: int | None
+    cost: float | None
+
+
+def error_from(status: int, body: object, headers: httpx.Headers, *secrets: str | None) -> APIError:
+    """The exception for an error answer: by ``error.code``, else by status; 5xx and unknowns are transient."""
+    err = body.get("error") if isinstance(body, Mapping) else None
+    err = err if isinstance(err, Mapping) else {}
+    code = str(err.get("code") or "") or None
+    message = redact(str(err.get("message") or f"HTTP {status}"), *secrets)
+    details = redact(str(err["details"]), *secrets) if err.get("details") else None
+    cls = _BY_CODE.get(code or "") or _BY_STATUS.get(status) or ServerError
+    kw: dict[str, Any] = {"status": status, "code": code or cls.code, "details": details}
+    if cls is RateLimited:
+        info = rate_limit_info(headers)
+        return RateLimited(message, retry_after=retry_after(headers),
+                           remaining=info.remaining if info else None, reset=info.reset if info else None, **kw)
+    return cls(message, **kw)
+
+
+class MomoClient:
+    """Async client for one MOMO API key. Use as ``async with MomoClient(key) as client``."""
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        timeout: float = 60.0,
+        max_connections: int = 100,
+        transport: httpx.AsyncBaseTransport | TransportName | None = None,
+    ) -> None:
+        self._key = api_key
+        self._http = build_http_client(base_url, headers={"Authorization": f"Bearer {api_key}"},
+                                       timeout=timeout, max_connections=max_connections, transport=transport)
+
+    def __repr__(self) -> str:
+        return f"MomoClient(base_url={str(self._http.base_url)!r})"
+
+    async def __aenter__(self) -> MomoClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- endpoints ---------------------------------------------------------------------------
+    async def agents_page(self, page: int = 1, page_size: int = 20) -> tuple[list[Agent], int]:
+        """One page of agents and the total count."""
+        data, _ = await self._request("GET", "agents", params={"page": page, "page_size": page_size})
+        agents = [_agent(a) for a in _field(data, "agents", list)]
+        return agents, int(data.get("total", len(agents)))
+
+    async def list_agents(self, page_size: int = MAX_PAGE_SIZE) -> list[Agent]:
+        """Every agent, walking the pages until ``total`` is reached (or a page comes back empty)."""
+        found: list[Agent] = []
+        page = 1
+        while True:
+            agents, total = await self.agents_page(page, page_size)
+            found.extend(agents)
+            if not agents or len(found) >= total:
+                return found
+            page += 1
+
+    async def call(self, agent_id: int, prompt: str, *, temperature: float | None = None,
+                   max_tokens: int | None = None) -> CallResult:
+        """One non-streaming call."""
+        data, headers = await self._request("POST", f"agents/{agent_id}",
+                                            json=_body(prompt, temperature, max_tokens, stream=False))
+        try:
+            return CallResult(content=str(data["content"]), request_id=_opt(data.get("id"), str),
+                              tokens_used=_opt(data.get("tokens_used"), int), cost=_opt(data.get("cost"), float),
+                              rate_limit=rate_limit_info(headers))
+        except (KeyError, TypeError, ValueError):
+            raise MalformedResponse("agent call: data lacks content, tokens_used or cost") from None
+
+    async def stream(self, agent_id: int, prompt: str, *, temperature: float | None = None,
+                     max_tokens: int | None = None) -> AsyncIterator[Delta | StreamSummary]:
+        """Streamed call: :class:`Delta` pieces, then a :class:`StreamSummary` if the server sends one."""
+        body = _body(prompt, temperature, max_tokens, stream=True)
+        with translated(self._key):
+            async with self._http.stream("POST", f"agents/{agent_id}", json=body,
+                                         headers={"Accept": "text/event-stream"}) as response:
+                if not _is_event_stream(response):
+                    await response.aread()
+                    self._unwrap(response)  # raises for an error answer
+                    raise MalformedResponse(f"stream requested, got {describe_body(response)}")
+                async for item in _momo_events(response, self._key):
+                    yield item
+
+    async def call_streaming(self, agent_id: int, prompt: str, *, temperature: float | None = None,
+                             max_tokens: int | None = None) -> CallResult:
+        """A streamed call collected into one result; tokens and cost stay ``None`` without a summary."""
+        pieces: list[str] = []
+        summary: StreamSummary | None = None
+        async for item in self.stream(agent_id, prompt, temperature=temperature, max_tokens=max_tokens):
+            if isinstance(item, Delta):
+                pieces.append(item.text)
+            else:
+                summary = item
+        if summary is None:
+            return CallResult("".join(pieces), None, None, None, cost_source="unknown")
+        return CallResult("".join(pieces), summary.request_id, summary.tokens_used, summary.cost)
+
+    async def balance(self) -> Account:
+        """Balance, currency and prepaid token packages."""
+        data, _ = await self._request("GET", "account/balance")
+        try:
+            packages = {int(p["agent_id"]): int(p["remaining_tokens"]) for p in data.get("agents") or []}
+            return Account(remaining=float(data["balance"]), currency=str(data.get("currency") or "CNY"),
+                           packages=packages, raw={"balance": float(data["balance"])})
+        except (KeyError, TypeError, ValueError):
+            raise MalformedResponse("account/balance: data lacks balance") from None
+
+    # -- wire --------------------------------------------------------------------------------
+    async def _request(self, method: str, path: str, **kw: Any) -> tuple[dict[str, Any], httpx.Headers]:
+        with translated(self._key):
+            response = await self._http.request(method, path, **kw)
+        return self._unwrap(response), response.headers
+
+    def _unwrap(self, response: httpx.Response) -> dict[str, Any]:
+        body = json_body(response)
+        ok = isinstance(body, Mapping) and body.get("success") is True and response.is_success
+        if ok:
+            data = body.get("data")  # type: ignore[union-attr]
+            if isinstance(data, dict):
+                return data
+            raise MalformedResponse(f"{response.request.url.path}: success without a data object")
+        if isinstance(body, Mapping) and (body.get("success") is False or "error" in body):
+            raise error_from(response.status_code, body, response.headers, self._key)
+        if response.is_success:
+            raise MalformedResponse(f"not the contract's JSON envelope ({describe_body(response)})")
+        raise error_from(response.status_code, None, response.headers, self._key)
+
+
+async def _momo_events(response: httpx.Response, key: str) -> AsyncIterator[Delta | StreamSummary]:
+    """Interpret MOMO's SSE events; parsing of the byte stream itself is httpx-sse's."""
+    try:
+        async for event in EventSource(response).aiter_sse():
+            if not event.data or event.data.strip() == "[DONE]":
+                if event.data.strip() == "[DONE]":
+                    return
+                continue
+            try:
+                payload = event.json()
+            except ValueError:
+                raise MalformedResponse("stream event is not JSON") from None
+            if not isinstance(payload, Mapping):
+                raise MalformedResponse("stream event is not a JSON object")
+            if "error" in payload:
+                raise error_from(500, payload, response.headers, key)
+            if payload.get("done"):
+                yield StreamSummary(_opt(payload.get("id"), str), _opt(payload.get("tokens_used"), int),
+                                    _opt(payload.get("cost"), float))
+            elif "delta" in payload:
+                yield Delta(str(payload["delta"] or ""))
+    except SSEError as exc:
+        raise MalformedResponse(str(exc)) from None
+
+
+def _is_event_stream(response: httpx.Response) -> bool:
+    return response.is_success and "text/event-stream" in response.headers.get("content-type", "")
+
+
+def _body(prompt: str, temperature: float | None, max_tokens: int | None, *, stream: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"prompt": prompt, "stream": stream}
+    if temperature is not None:
+        body["temperature"] = temperature
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    return body
+
+
+def _agent(raw: Any) -> Agent:
+    try:
+        return Agent(id=int(raw["id"]), name=str(raw.get("name") or ""),
+                     price_per_1k_tokens=float(raw["price_per_1k_tokens"]),
+                     description=_opt(raw.get("description"), str), rating=_opt(raw.get("rating"), float))
+    except (KeyError, TypeError, ValueError):
+        raise MalformedResponse("agents: an agent lacks id or price_per_1k_tokens") from None
+
+
+def _field(data: Mapping[str, Any], name: str, kind: type) -> Any:
+    value = data.get(name)
+    if not isinstance(value, kind):
+        raise MalformedResponse(f"data.{name} missing or not a {kind.__name__}")
+    return value
+
+
+def _opt(value: Any, kind: type) -> Any:
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise MalformedResponse(f"{value!r} is not a {kind.__name__}") from None
+
+
+class MomoProvider:
+    """One MOMO agent behind one key, as the runner sees it."""
+
+    name = "momo"
+
+    def __init__(self, client: MomoClient, agent_id: int) -> None:
+        self.client = client
+        self.agent_id = int(agent_id)
+        self.target = str(self.agent_id)
+        self._agent: Agent | None = None
+
+    async def complete(self, request: PromptRequest) -> CallResult:
+        call = self.client.call_streaming if request.stream else self.client.call
+        return await call(self.agent_id, request.prompt, temperature=request.temperature,
+                          max_tokens=request.max_tokens)
+
+    async def account(self) -> Account:
+        return await self.client.balance()
+
+    async def price(self) -> Price:
+        if self._agent is None:
+            found = [a for a in await self.client.list_agents() if a.id == self.agent_id]
+            if not found:
+                raise AgentNotFound(f"agent {self.agent_id} is not in the agent list", code="AGENT_NOT_FOUND")
+            self._agent = found[0]
+        per_million = self._agent.price_per_1k_tokens * 1000
+        return Price(per_million, per_million, "CNY")
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,371 @@
+"""OpenAI-compatible relays (new-api / one-api family): chat, models, billing, ``/api/user/self``.
+
+Relays send errors in several shapes (contract §2): an ``{"error": {...}}`` body with or without a
+``code``, an empty 429, HTML from upstream, and HTTP 200 with an error body on billing. All of
+them end up in the one error tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from httpx_sse import EventSource, SSEError
+
+from ..errors import (
+    AgentNotFound,
+    APIError,
+    InsufficientBalance,
+    InvalidApiKey,
+    InvalidParameters,
+    MalformedResponse,
+    RateLimited,
+    ServerError,
+    TerminalError,
+    Timeout,
+    redact,
+)
+from ._transport import (
+    TransportName,
+    build_http_client,
+    describe_body,
+    json_body,
+    rate_limit_info,
+    retry_after,
+    translated,
+)
+from .base import Account, CallResult, Price, PromptRequest
+
+__all__ = ["Billing", "ChatDelta", "ChatResult", "OpenAIClient", "OpenAIProvider", "UserSelf", "Usage",
+           "QUOTA_PER_USD"]
+
+DEFAULT_BASE_URL = "https://api.moka-ai.com"
+QUOTA_PER_USD = 500_000  # new-api: 500000 quota units = 1 US dollar
+
+_QUOTA_CODES = frozenset({"insufficient_user_quota", "pre_consume_token_quota_failed", "insufficient_quota"})
+_BY_CODE: dict[str, type[APIError]] = {
+    **{code: InsufficientBalance for code in _QUOTA_CODES},
+    "model_not_found": AgentNotFound,
+    "invalid_api_key": InvalidApiKey,
+    "rate_limit_exceeded": RateLimited,
+}
+_BY_STATUS: dict[int, type[APIError]] = {
+    400: InvalidParameters,
+    401: InvalidApiKey,
+    402: InsufficientBalance,
+    403: InvalidApiKey,
+    404: AgentNotFound,
+    408: Timeout,
+    422: InvalidParameters,
+    429: RateLimited,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cached_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    content: str
+    id: str | None
+    usage: Usage | None  # None when a stream carried no usage chunk
+    rate_limit: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Billing:
+    """``/v1/dashboard/billing/*``: credit and use, in US dollars."""
+
+    hard_limit_usd: float
+    used_usd: float
+
+    @property
+    def remaining_usd(self) -> float:
+        return self.hard_limit_usd - self.used_usd
+
+
+@dataclass(frozen=True, slots=True)
+class UserSelf:
+    """``/api/user/self``: quota units (``quota`` is what remains)."""
+
+    quota: int
+    used_quota: int
+    request_count: int | None
+
+    @property
+    def remaining_usd(self) -> float:
+        return self.quota / QUOTA_PER_USD
+
+
+def error_from(status: int, body: object, headers: httpx.Headers, *secrets: str | None) -> APIError:
+    """Classify a relay error by ``error.code``, then by status; 5xx, HTML and unknowns are transient."""
+    err: Mapping[str, Any] = {}
+    if isinstance(body, Mapping):
+        inner = body.get("error")
+        err = inner if isinstance(inner, Mapping) else body  # {"success": false, "message": ...}
+    code = str(err.get("code") or "") or None
+    message = redact(str(err.get("message") or f"HTTP {status}"), *secrets)
+    cls = _BY_CODE.get(code or "") or _BY_STATUS.get(status)
+    if cls is None:
+        cls = ServerError if status >= 500 or status == 200 and not err else TerminalError
+    kw: dict[str, Any] = {"status": status, "code": code or cls.code}
+    if cls is RateLimited:
+        info = rate_limit_info(headers)
+        return RateLimited(message, retry_after=retry_after(headers),
+                           remaining=info.remaining if info else None, reset=info.reset if info else None, **kw)
+    return cls(message, **kw)
+
+
+class OpenAIClient:
+    """Async client for one relay key (and, optionally, its system access token for ``/api/user/self``)."""
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        access_token: str | None = None,
+        user_id: str | None = None,
+        timeout: float = 60.0,
+        max_connections: int = 100,
+        transport: httpx.AsyncBaseTransport | TransportName | None = None,
+    ) -> None:
+        self._key, self._token, self._user = api_key, access_token, user_id
+        root = base_url.rstrip("/")
+        root = root[: -len("/v1")] if root.endswith("/v1") else root  # accept either form of base URL
+        self._http = build_http_client(root, headers={"Authorization": f"Bearer {api_key}"},
+                                       timeout=timeout, max_connections=max_connections, transport=transport)
+
+    def __repr__(self) -> str:
+        return f"OpenAIClient(base_url={str(self._http.base_url)!r})"
+
+    async def __aenter__(self) -> OpenAIClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @property
+    def has_user_self(self) -> bool:
+        return bool(self._token and self._user)
+
+    # -- endpoints ---------------------------------------------------------------------------
+    async def models(self) -> list[str]:
+        body, _ = await self._request("GET", "v1/models")
+        data = body.get("data")
+        if not isinstance(data, list):
+            raise MalformedResponse("models: no data list")
+        return [str(m["id"]) for m in data if isinstance(m, Mapping) and "id" in m]
+
+    async def chat(self, model: str, messages: list[dict[str, str]], *, temperature: float | None = None,
+                   max_tokens: int | None = None) -> ChatResult:
+        body, headers = await self._request("POST", "v1/chat/completions",
+                                            json=_chat_body(model, messages, temperature, max_tokens, False))
+        try:
+            content = body["choices"][0]["message"].get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise MalformedResponse("chat completion without choices[0].message") from None
+        return ChatResult(str(content), _str(body.get("id")), _usage(body.get("usage")), rate_limit_info(headers))
+
+    async def chat_stream(self, model: str, messages: list[dict[str, str]], *, temperature: float | None = None,
+                          max_tokens: int | None = None, include_usage: bool = True
+                          ) -> AsyncIterator[ChatDelta | Usage | str]:
+        """Streamed chat: :class:`ChatDelta` pieces, the completion id (a ``str``), and :class:`Usage` if sent."""
+        body = _chat_body(model, messages, temperature, max_tokens, True)
+        if include_usage:
+            body["stream_options"] = {"include_usage": True}
+        with translated(self._key, self._token):
+            async with self._http.stream("POST", "v1/chat/completions", json=body,
+                                         headers={"Accept": "text/event-stream"}) as response:
+                if not (response.is_success and "text/event-stream" in response.headers.get("content-type", "")):
+                    await response.aread()
+                    self._check(response, json_body(response))
+                    raise MalformedResponse(f"stream requested, got {describe_body(response)}")
+                async for item in _chunks(response, self._key):
+                    yield item
+
+    async def chat_streaming(self, model: str, messages: list[dict[str, str]], *,
+                             temperature: float | None = None, max_tokens: int | None = None) -> ChatResult:
+        pieces: list[str] = []
+        usage: Usage | None = None
+        chat_id: str | None = None
+        async for item in self.chat_stream(model, messages, temperature=temperature, max_tokens=max_tokens):
+            if isinstance(item, ChatDelta):
+                pieces.append(item.text)
+            elif isinstance(item, Usage):
+                usage = item
+            else:
+                chat_id = chat_id or item
+        return ChatResult("".join(pieces), chat_id, usage)
+
+    async def billing(self) -> Billing:
+        sub, _ = await self._request("GET", "v1/dashboard/billing/subscription")
+        use, _ = await self._request("GET", "v1/dashboard/billing/usage")
+        try:
+            return Billing(float(sub["hard_limit_usd"]), float(use["total_usage"]) / 100)  # usage is in cents
+        except (KeyError, TypeError, ValueError):
+            raise MalformedResponse("billing: no hard_limit_usd or total_usage") from None
+
+    async def user_self(self) -> UserSelf:
+        if not self.has_user_self:
+            raise InvalidApiKey("/api/user/self needs a system access token and a user id")
+        body, _ = await self._request("GET", "api/user/self", headers={
+            "Authorization": f"Bearer {self._token}", "New-Api-User": str(self._user)})
+        data = body.get("data")
+        try:
+            return UserSelf(int(data["quota"]), int(data["used_quota"]),  # type: ignore[index]
+                            _int(data.get("request_count")))  # type: ignore[union-attr]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise MalformedResponse("/api/user/self: no data.quota") from None
+
+    # -- wire --------------------------------------------------------------------------------
+    async def _request(self, method: str, path: str, **kw: Any) -> tuple[dict[str, Any], httpx.Headers]:
+        with translated(self._key, self._token):
+            response = await self._http.request(method, path, **kw)
+        body = json_body(response)
+        self._check(response, body)
+        if not isinstance(body, dict):
+            raise MalformedResponse(f"{path}: {describe_body(response)}")
+        return body, response.headers
+
+    def _check(self, response: httpx.Response, body: object) -> None:
+        """Raise for an error answer, including HTTP 200 with an error body."""
+        is_error_body = isinstance(body, Mapping) and (
+            isinstance(body.get("error"), Mapping) or body.get("success") is False)
+        if response.is_success and not is_error_body:
+            return
+        raise error_from(response.status_code, body, response.headers, self._key, self._token)
+
+
+async def _chunks(response: httpx.Response, key: str) -> AsyncIterator[ChatDelta | Usage | str]:
+    seen_id = False
+    try:
+        async for event in EventSource(response).aiter_sse():
+            data = event.data.strip()
+            if data == "[DONE]":
+                return
+            if not data:
+                continue
+            try:
+                chunk = event.json()
+            except ValueError:
+                raise MalformedResponse("stream chunk is not JSON") from None
+            if not isinstance(chunk, Mapping):
+                raise MalformedResponse("stream chunk is not a JSON object")
+            if isinstance(chunk.get("error"), Mapping):
+                raise error_from(500, chunk, response.headers, key)
+            if not seen_id and chunk.get("id"):
+                seen_id = True
+                yield str(chunk["id"])
+            for choice in chunk.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content") if isinstance(choice, Mapping) else None
+                if text:
+                    yield ChatDelta(str(text))
+            if chunk.get("usage"):
+                usage = _usage(chunk["usage"])
+                if usage is not None:
+                    yield usage
+    except SSEError as exc:
+        raise MalformedResponse(str(exc)) from None
+
+
+def _chat_body(model: str, messages: list[dict[str, str]], temperature: float | None, max_tokens: int | None,
+               stream: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
+    if temperature is not None:
+        body["temperature"] = temperature
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    return body
+
+
+def _usage(raw: object) -> Usage | None:
+    if not isinstance(raw, Mapping):
+        return None
+    try:
+        prompt, completion = int(raw["prompt_tokens"]), int(raw.get("completion_tokens") or 0)
+    except (KeyError, TypeError, ValueError):
+        return None
+    details = raw.get("prompt_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else None
+    return Usage(prompt, completion, _int(raw.get("total_tokens")) or prompt + completion, cached)
+
+
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _int(value: object) -> int | None:
+    try:
+        return None if value is None else int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+class OpenAIProvider:
+    """One relay model behind one key; cost is computed from the job's price table."""
+
+    name = "openai"
+
+    def __init__(self, client: OpenAIClient, model: str, *, prompt_price_per_million: float,
+                 completion_price_per_million: float, currency: str = "USD") -> None:
+        self.client = client
+        self.model = self.target = model
+        self._price = Price(prompt_price_per_million, completion_price_per_million, currency)
+        self._checked = False
+
+    def cost(self, usage: Usage) -> float:
+        p = self._price
+        return (usage.prompt_tokens * p.prompt_per_million + usage.completion_tokens * p.completion_per_million) / 1e6
+
+    async def complete(self, request: PromptRequest) -> CallResult:
+        messages = [{"role": "user", "content": request.prompt}]
+        chat = self.client.chat_streaming if request.stream else self.client.chat
+        result = await chat(self.model, messages, temperature=request.temperature, max_tokens=request.max_tokens)
+        u = result.usage
+        if u is None:
+            return CallResult(result.content, result.id, None, None, cost_source="unknown",
+                              rate_limit=result.rate_limit)
+        return CallResult(result.content, result.id, u.total_tokens, round(self.cost(u), 10),
+                          prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                          cost_source="price_table", rate_limit=result.rate_limit)
+
+    async def account(self) -> Account:
+        """Quota from ``/api/user/self`` when a system token is set, else the billing endpoints."""
+        if self.client.has_user_self:
+            me = await self.client.user_self()
+            return Account(me.remaining_usd, "USD", raw={"quota": me.quota, "used_quota": me.used_quota,
+                                                          "request_count": me.request_count})
+        try:
+            bill = await self.client.billing()
+        except (TerminalError, MalformedResponse) as exc:  # many relays have no billing endpoints
+            if isinstance(exc, InvalidApiKey):
+                raise
+            return Account(None, "USD", raw={"unavailable": str(exc)})
+        return Account(bill.remaining_usd, "USD", raw={"hard_limit_usd": bill.hard_limit_usd,
+                                                        "used_usd": bill.used_usd})
+
+    async def price(self) -> Price:
+        if not self._checked:
+            if self.model not in await self.client.models():
+                raise AgentNotFound(f"model {self.model!r} is not offered by this relay", code="model_not_found")
+            self._checked = True
+        return self._price
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
