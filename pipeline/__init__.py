@@ -1,3 +1,54 @@
-"""momo-batch: bulk prompt jobs against hosted LLM agent APIs."""
+"""momo-batch: bulk prompt jobs against hosted LLM agent APIs.
+
+The public surface (everything else is private and may change)::
+
+    from pipeline import Job, run_job, run_frame, estimate, open_provider, Credentials
+    from pipeline import MomoClient, OpenAIClient, MomoProvider, OpenAIProvider
+    from pipeline import MomoError, APIError, TransientError, TerminalError, ...
+
+``run_job`` runs a job file's rows into Parquet (resumable); ``run_frame`` does the same for a
+polars DataFrame in a notebook; ``estimate`` says what a job will cost before it runs.
+"""
 
 __version__ = "0.1.0"
+
+from .config import Job
+from .connect import Credentials, open_provider
+from .errors import (
+    AgentNotFound,
+    APIError,
+    BudgetExceeded,
+    ConfigError,
+    ConnectionLost,
+    InsufficientBalance,
+    InvalidApiKey,
+    InvalidParameters,
+    MalformedResponse,
+    MomoError,
+    RateLimited,
+    ServerError,
+    TerminalError,
+    Timeout,
+    TransientError,
+)
+from .estimate import Estimate, estimate
+from .job import RunReport, run_frame, run_job
+from .providers import (
+    Account,
+    CallResult,
+    MomoClient,
+    MomoProvider,
+    OpenAIClient,
+    OpenAIProvider,
+    Price,
+    PromptRequest,
+    Provider,
+)
+
+__all__ = [
+    "Account", "AgentNotFound", "APIError", "BudgetExceeded", "CallResult", "ConfigError", "ConnectionLost",
+    "Credentials", "Estimate", "InsufficientBalance", "InvalidApiKey", "InvalidParameters", "Job",
+    "MalformedResponse", "MomoClient", "MomoError", "MomoProvider", "OpenAIClient", "OpenAIProvider", "Price",
+    "PromptRequest", "Provider", "RateLimited", "RunReport", "ServerError", "TerminalError", "Timeout",
+    "TransientError", "estimate", "open_provider", "run_frame", "run_job",
+]

@@ -206,7 +206,8 @@ def sandbox_cmd(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     config: Annotated[Path | None, typer.Option(help="Sandbox config (TOML).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for fault injection.")] = None,
-    time_scale: Annotated[float | None, typer.Option(help="A minute lasts 60/X seconds.")] = None,
+    window_seconds: Annotated[float | None, typer.Option(help="Length of a rate-limit 'minute' (scaled time).")] = None,
+    latency_ms: Annotated[float | None, typer.Option(help="Server-side delay per call (model time).")] = None,
     algorithm: Annotated[str | None, typer.Option(help="fixed_window | sliding_log | token_bucket")] = None,
 ) -> None:
     """Run the sandbox server (both APIs of the contract) until Ctrl-C."""
@@ -214,9 +215,9 @@ def sandbox_cmd(
 
     def build() -> Any:
         cfg = SandboxConfig.from_toml(config) if config else SandboxConfig()
-        changes = {k: v for k, v in {"seed": seed, "time_scale": time_scale,
-                                      "rate_algorithm": algorithm}.items() if v is not None}
-        return cfg.model_copy(update=changes) if changes else cfg
+        changes = {k: v for k, v in {"seed": seed, "window_seconds": window_seconds, "latency_ms": latency_ms,
+                                      "algorithm": algorithm}.items() if v is not None}
+        return SandboxConfig.model_validate({**cfg.model_dump(), **changes}) if changes else cfg
 
     cfg = guarded(build)
     with contextlib.suppress(KeyboardInterrupt):
