@@ -1,0 +1,222 @@
+"""``make bench``: throughput, CPU and memory of the pipeline against the sandbox, with figures printed.
+
+    .venv/bin/python bench/run.py [--rows 20000] [--latency-ms 50] [--big-rows 1000000] [--quick]
+
+What runs, each in its own process so that CPU time and peak RSS belong to one thing:
+
+1. the sandbox server (``momo-batch sandbox``), pinned to core 1, enterprise key, 50 ms per call;
+2. a bare client loop: ``MomoClient.call`` with the same transport and the same number in flight,
+   no pipeline (no dataset, limiter, retries, journal or Parquet) — the ceiling for (3);
+3. the pipeline: ``run_job`` over a ``--rows`` Parquet input, enterprise tier, into Parquet;
+4. a ``--big-rows`` input job (1 M rows; one row in 50 has a prompt, the rest are empty and
+   recorded ``skipped``): every row is read, journaled and written, so its peak RSS shows whether
+   memory grows with the input;
+5. ``estimate`` over ``--big-rows`` prompts (exact offline token counts, no paid call).
+
+Client processes are pinned to core 0. Peak RSS is ``ru_maxrss`` of the child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "momo-sandbox-enterprise"
+CONCURRENCY = 100
+
+
+def _pin(core: int) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {core})
+
+
+def _usage() -> dict[str, float]:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu": r.ru_utime + r.ru_stime, "rss_mb": r.ru_maxrss / 1024}
+
+
+# -- children ---------------------------------------------------------------------------------
+def child_bare(url: str, rows: int) -> dict[str, float]:
+    import anyio
+
+    from pipeline.providers import MomoClient
+
+    async def go() -> float:
+        async with MomoClient(KEY, url, timeout=30, max_connections=CONCURRENCY) as client:
+            send, receive = anyio.create_memory_object_stream[int](CONCURRENCY)
+
+            async def worker() -> None:
+                async with receive.clone() as inbox:
+                    async for i in inbox:
+                        await client.call(159, f"Question {i}: what is the capital of France?", max_tokens=300)
+
+            t0 = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for _ in range(CONCURRENCY):
+                    tg.start_soon(worker)
+                async with send:
+                    for i in range(rows):
+                        await send.send(i)
+                receive.close()
+            return time.perf_counter() - t0
+
+    cpu0 = _usage()["cpu"]
+    wall = anyio.run(go)
+    u = _usage()
+    return {"rows": rows, "wall": wall, "cpu": u["cpu"] - cpu0, "rss_mb": u["rss_mb"]}
+
+
+def _job(data: Path, out: Path, url: str) -> object:
+    from pipeline import Job
+
+    return Job.from_dict({
+        "input": {"path": str(data), "id_column": "id"},
+        "prompt": {"template": "{question}"},
+        "provider": {"kind": "momo", "base_url": url, "agent_id": 159, "max_tokens": 300},
+        "limits": {"tier": "enterprise", "concurrency": CONCURRENCY},
+        "output": {"path": str(out)},
+    })
+
+
+def child_pipeline(url: str, data: Path, out: Path) -> dict[str, float]:
+    import anyio
+
+    from pipeline import Credentials, open_provider, run_job
+
+    job = _job(data, out, url)
+
+    async def go() -> object:
+        provider = open_provider(job.provider, Credentials(KEY), base_url=url, max_connections=CONCURRENCY)
+        try:
+            return await run_job(job, provider)
+        finally:
+            await provider.aclose()
+
+    cpu0 = _usage()["cpu"]
+    t0 = time.perf_counter()
+    report = anyio.run(go)
+    wall = time.perf_counter() - t0
+    u = _usage()
+    d = report.as_dict()
+    return {"rows": d["rows"], "ok": d["ok"], "skipped": d["skipped"], "calls": d["calls"], "wall": wall,
+            "cpu": u["cpu"] - cpu0, "rss_mb": u["rss_mb"]}
+
+
+def child_estimate(url: str, data: Path, out: Path) -> dict[str, float]:
+    import anyio
+
+    from pipeline import Credentials, estimate, open_provider
+
+    job = _job(data, out, url)
+
+    async def go() -> object:
+        provider = open_provider(job.provider, Credentials(KEY), base_url=url)
+        try:
+            return await estimate(job, provider)
+        finally:
+            await provider.aclose()
+
+    t0 = time.perf_counter()
+    est = anyio.run(go)
+    wall = time.perf_counter() - t0
+    return {"rows": est.rows, "prompt_tokens": est.prompt_tokens, "wall": wall, "rss_mb": _usage()["rss_mb"]}
+
+
+# -- parent -----------------------------------------------------------------------------------
+def _write_inputs(tmp: Path, rows: int, big_rows: int) -> tuple[Path, Path, Path]:
+    import polars as pl
+
+    questions = pl.read_csv(ROOT / "data" / "questions.csv")["question"].drop_nulls().to_list()
+
+    def frame(n: int, every: int = 1) -> pl.DataFrame:
+        """``n`` distinct prompts (a question with its row number); with ``every``, only 1 row in ``every``."""
+        idx = pl.int_range(0, n, eager=True)
+        text = pl.Series(questions).gather(idx % len(questions))
+        df = pl.DataFrame({"id": idx, "question": "Q" + idx.cast(pl.String) + ": " + text})
+        if every > 1:
+            df = df.with_columns(pl.when(pl.col("id") % every == 0).then(pl.col("question")).alias("question"))
+        return df
+
+    small, big, prompts = tmp / "rows.parquet", tmp / "big.parquet", tmp / "prompts.parquet"
+    frame(rows).write_parquet(small)
+    frame(big_rows, every=50).write_parquet(big)
+    frame(big_rows).write_parquet(prompts)
+    return small, big, prompts
+
+
+def _child(*args: str) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"bench child {args[0]} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _start_sandbox(latency_ms: float) -> tuple[subprocess.Popen[str], str]:
+    code = "import os,sys; os.sched_setaffinity(0,{1}) if hasattr(os,'sched_setaffinity') and os.cpu_count()>1 " \
+           "else None; from pipeline.cli import main; sys.argv=sys.argv[:1]+sys.argv[1:]; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "sandbox", "--port", "0", "--latency-ms", str(latency_ms)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # "sandbox listening on http://127.0.0.1:PORT"
+    if "listening on" not in line:
+        proc.kill()
+        raise SystemExit(f"sandbox did not start: {line!r}")
+    return proc, line.rsplit(" ", 1)[-1].strip() + "/v1"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=20_000)
+    ap.add_argument("--latency-ms", type=float, default=50)
+    ap.add_argument("--big-rows", type=int, default=1_000_000)
+    ap.add_argument("--quick", action="store_true", help="2,000 rows and a 100,000-row big input")
+    args = ap.parse_args()
+    if args.quick:
+        args.rows, args.big_rows = 2_000, 100_000
+    with tempfile.TemporaryDirectory(prefix="momo-bench-") as name:
+        tmp = Path(name)
+        small, big, prompts = _write_inputs(tmp, args.rows, args.big_rows)
+        server, url = _start_sandbox(args.latency_ms)
+        try:
+            print(f"sandbox: {url}, {args.latency_ms:g} ms per call, enterprise tier, {CONCURRENCY} in flight; "
+                  f"os.cpu_count()={os.cpu_count()}", flush=True)
+            bare = _child("bare", url, str(args.rows))
+            pipe = _child("pipeline", url, str(small), str(tmp / "out.parquet"))
+            big_run = _child("pipeline", url, str(big), str(tmp / "big-out.parquet"))
+            est = _child("estimate", url, str(prompts), str(tmp / "est-out.parquet"))
+        finally:
+            server.terminate()
+            server.wait(10)
+    print(f"\n{'':<34}{'rows':>10}{'rows/s':>10}{'CPU ms/row':>12}{'peak RSS MB':>13}")
+    for name, r in (("bare client loop (no pipeline)", bare), ("pipeline (run_job)", pipe)):
+        print(f"{name:<34}{r['rows']:>10,}{r['rows'] / r['wall']:>10,.0f}{r['cpu'] / r['rows'] * 1000:>12.3f}"
+              f"{r['rss_mb']:>13.0f}")
+    print(f"{'pipeline, ' + format(args.big_rows, ',') + '-row input':<34}{big_run['rows']:>10,}"
+          f"{big_run['rows'] / big_run['wall']:>10,.0f}{big_run['cpu'] / big_run['rows'] * 1000:>12.3f}"
+          f"{big_run['rss_mb']:>13.0f}   ({big_run['calls']:,} calls, {big_run['skipped']:,} empty rows skipped)")
+    print(f"\nestimate over {est['rows']:,} prompts ({est['prompt_tokens']:,} tokens counted exactly): "
+          f"{est['wall']:.2f} s, peak RSS {est['rss_mb']:.0f} MB")
+    print(f"pipeline / bare loop throughput: {pipe['rows'] / pipe['wall'] / (bare['rows'] / bare['wall']):.0%}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in ("bare", "pipeline", "estimate"):
+        _pin(0)
+        kind, url, *rest = sys.argv[1:]
+        if kind == "bare":
+            result = child_bare(url, int(rest[0]))
+        elif kind == "pipeline":
+            result = child_pipeline(url, Path(rest[0]), Path(rest[1]))
+        else:
+            result = child_estimate(url, Path(rest[0]), Path(rest[1]))
+        print(json.dumps(result))
+    else:
+        main()
