@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .config import Job, ProviderConfig
+from .config import Job, OutputConfig, ProviderConfig
 from .connect import Credentials
 from .errors import ConfigError, MomoError, TerminalError, TransientError, redact
 
@@ -123,6 +123,7 @@ def run(
 def estimate(
     job_file: Annotated[Path, typer.Argument(help="Job file (TOML).")],
     pilot: Annotated[int, typer.Option(min=0, help="Run N sampled rows for real first (reused by the run).")] = 0,
+    output: Annotated[Path | None, typer.Option(help="The run's output (where pilot results are kept).")] = None,
     base_url: BaseUrl = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N input rows.")] = None,
     max_cost: Annotated[float | None, typer.Option("--max-cost", min=0, help="Cap to check against.")] = None,
@@ -131,6 +132,8 @@ def estimate(
 ) -> None:
     """What the job will cost and how long it takes, before it runs (no paid call but the pilot's)."""
     job = guarded(lambda: Job.load(job_file))
+    if output is not None:
+        job = job.with_overrides(output=OutputConfig(path=output))
     from .cli_run import estimate_cli_job
 
     code = guarded(lambda: estimate_cli_job(

@@ -1,0 +1,61 @@
+"""Small builders shared by the tests that run jobs against the sandbox."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pipeline import Credentials, Job, open_provider
+from pipeline.providers.base import Provider
+
+
+def questions(path: Path, n: int, *, blank: Iterable[int] = ()) -> Path:
+    """A CSV of ``n`` distinct questions (rows in ``blank`` have none)."""
+    empty = set(blank)
+    qs = [None if i in empty else f"Question {i}: what is {i} squared?" for i in range(n)]
+    pl.DataFrame({"id": [f"q{i:04d}" for i in range(n)], "question": qs}).write_csv(path)
+    return path
+
+
+def momo_job(data: Path, out: Path, url: str, **limits: Any) -> Job:
+    provider = limits.pop("provider", {})
+    return Job.from_dict({
+        "input": {"path": str(data), "id_column": "id"},
+        "prompt": {"template": "{question}"},
+        "provider": {"kind": "momo", "base_url": url, "agent_id": 159, "max_tokens": 300, **provider},
+        "limits": {"tier": "enterprise", "concurrency": 16, **limits},
+        "output": {"path": str(out)},
+    })
+
+
+def provider_for(job: Job, key: str, url: str) -> Provider:
+    return open_provider(job.provider, Credentials(key), base_url=url, max_connections=job.limits.concurrency)
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def calls(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Agent calls (and chat completions) in the sandbox's request log."""
+    return [r for r in records if r.get("prompt_sha")]
+
+
+def charged_per_prompt(records: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(r["prompt_sha"] for r in calls(records) if r.get("charged"))
+
+
+def max_in_any_window(times: list[float], window: float) -> int:
+    """The largest number of events inside any half-open interval of length ``window``."""
+    times = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while times[lo] <= t - window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best

@@ -1,0 +1,109 @@
+"""The ``momo-batch`` command as a user runs it: a real process, a real sandbox, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "momo-sandbox-pro"
+
+
+def cli(*args: str, key: str | None = KEY, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k not in ("MOMO_API_KEY", "MOMO_BASE_URL")}
+    if key:
+        environ["MOMO_API_KEY"] = key
+    environ.update(env)
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
+                          env=environ, cwd=cwd, timeout=60)
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_agents_lists_every_page(sandbox: object) -> None:
+    proc = cli("agents", "--json", "--base-url", sandbox.momo_url)  # type: ignore[attr-defined]
+    assert proc.returncode == 0, proc.stderr
+    agents = json.loads(proc.stdout)
+    assert len(agents) > 20 and len({a["id"] for a in agents}) == len(agents)
+    table = cli("agents", MOMO_BASE_URL=sandbox.momo_url)  # type: ignore[attr-defined]
+    assert table.returncode == 0 and "gpt5.2" in table.stdout
+
+
+def test_balance_shows_packages(sandbox: object) -> None:
+    proc = cli("balance", "--json", MOMO_BASE_URL=sandbox.momo_url)  # type: ignore[attr-defined]
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["currency"] == "CNY" and data["balance"] > 0
+    assert data["packages"] == [{"agent_id": 159, "remaining_tokens": 50_000}]
+    text = cli("balance", MOMO_BASE_URL=sandbox.momo_url)  # type: ignore[attr-defined]
+    assert "CNY" in text.stdout and "50,000" in text.stdout
+
+
+@pytest.mark.parametrize("command", ["agents", "balance"])
+def test_bad_key_is_one_line_and_never_echoed(sandbox: object, command: str) -> None:
+    secret = "momo-wrong-key-that-must-not-be-printed"
+    proc = cli(command, key=secret, MOMO_BASE_URL=sandbox.momo_url)  # type: ignore[attr-defined]
+    line = one_line_error(proc)
+    assert "INVALID_API_KEY" in line and secret not in proc.stderr + proc.stdout
+    assert proc.returncode == 5
+
+
+@pytest.mark.parametrize("command", ["agents", "balance"])
+def test_unreachable_server_is_one_line(command: str) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    line = one_line_error(cli(command, "--base-url", f"http://127.0.0.1:{port}/v1"))
+    assert "unreachable" in line
+
+
+def test_missing_key_and_bad_argument() -> None:
+    assert "MOMO_API_KEY" in one_line_error(cli("agents", key=None))
+    proc = cli("run", "jobs/example.toml", "--format", "xml")
+    assert "--format" in one_line_error(proc) and proc.returncode == 2
+
+
+def test_bad_input_column_fails_before_any_call(tmp_path: Path, sandbox: object) -> None:
+    data = tmp_path / "in.csv"
+    data.write_text("id,text\n1,hello\n")
+    job = tmp_path / "job.toml"
+    job.write_text(f'[input]\npath = "{data}"\n[prompt]\ntemplate = "{{question}}"\n'
+                   f'[provider]\nkind = "momo"\nagent_id = 159\n[output]\npath = "{tmp_path / "o.parquet"}"\n')
+    proc = cli("run", str(job), MOMO_BASE_URL=sandbox.momo_url)  # type: ignore[attr-defined]
+    line = one_line_error(proc)
+    assert "question" in line and str(data.name) in line and proc.returncode == 2
+    assert not (tmp_path / "o.parquet").exists()
+    assert not sandbox.records()  # type: ignore[attr-defined]
+
+
+def test_example_job_with_embedded_sandbox(tmp_path: Path) -> None:
+    out = tmp_path / "questions.parquet"
+    proc = cli("run", "jobs/example.toml", "--sandbox", "--output", str(out), "--json", key=None)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    frame = pl.read_parquet(out)
+    assert frame.height == summary["rows"] == 50
+    assert summary["ok"] == 49 and summary["skipped"] == 1
+    assert frame["tokens_used"].drop_nulls().min() > 0
+
+
+def test_estimate_json_with_pilot(tmp_path: Path) -> None:
+    proc = cli("estimate", "jobs/example.toml", "--sandbox", "--pilot", "5", "--json",
+               "--output", str(tmp_path / "q.parquet"), key=None)
+    assert proc.returncode == 0, proc.stderr
+    est = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert est["pilot_rows"] == 5 and est["worst_case"] >= est["expected_cost"]
+    assert "toktok" in est["tokenizer"]

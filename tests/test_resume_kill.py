@@ -1,0 +1,94 @@
+"""``kill -9`` a running job at random moments; each resume loses nothing and pays for no finished row twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.sandbox import Sandbox, SandboxConfig
+
+from .helpers import calls, questions, sha
+
+ROWS = 400
+
+
+def write_job(tmp: Path, url: str) -> Path:
+    data = questions(tmp / "q.csv", ROWS)
+    job = tmp / "job.toml"
+    job.write_text(f"""
+[input]
+path = "{data}"
+id_column = "id"
+[prompt]
+template = "{{question}}"
+[provider]
+kind = "momo"
+base_url = "{url}"
+agent_id = 159
+max_tokens = 300
+[limits]
+tier = "enterprise"
+concurrency = 8
+[output]
+path = "{tmp / 'out.parquet'}"
+""")
+    return job
+
+
+def journaled_rows(out: Path) -> set[int]:
+    """Rows with a result in the journal (a torn last line is ignored, as the runner does)."""
+    rows: set[int] = set()
+    for part in sorted((out.parent / (out.name + ".journal")).glob("results-*.jsonl")):
+        for line in part.read_text().splitlines():
+            try:
+                rows.add(json.loads(line)["__row"])
+            except (ValueError, KeyError):
+                continue
+    return rows
+
+
+def start(job: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(job), "--yes", "--quiet"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
+    rng = random.Random(20261125)
+    with Sandbox(SandboxConfig(latency_ms=15)).running() as sb:
+        job = write_job(tmp_path, sb.momo_url)
+        env = {**os.environ, "MOMO_API_KEY": "momo-sandbox-enterprise"}
+        prompts = pl.read_csv(tmp_path / "q.csv")["question"].to_list()
+        finished_at_kill: list[tuple[int, set[int]]] = []  # (log length, journaled rows) at each kill
+        target = 0
+        for _ in range(3):
+            target += rng.randint(40, 110)
+            proc = start(job, env)
+            reached = sb.wait_for_requests(target, timeout=30)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert reached, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            finished_at_kill.append((len(sb.records()), journaled_rows(tmp_path / "out.parquet")))
+        final = subprocess.run([sys.executable, "-m", "pipeline", "run", str(job), "--yes", "--json"],
+                               env=env, capture_output=True, text=True, timeout=60)
+        records = sb.records()
+    assert final.returncode == 0, final.stderr[-2000:]
+    summary = json.loads(final.stdout.strip().splitlines()[-1])
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    assert out.height == ROWS and out["id"].n_unique() == ROWS  # every input row exactly once
+    assert out["id"].to_list() == sorted(out["id"].to_list())
+    assert (out["status"] == "ok").all()
+    assert summary["already_done"] >= len(finished_at_kill[-1][1]) > 0
+    # no row that was finished (journaled) when a run was killed was called again afterwards
+    for log_len, done in finished_at_kill:
+        done_shas = {sha(prompts[r]) for r in done}
+        again = [r for r in calls(records[log_len:]) if r["prompt_sha"] in done_shas]
+        assert not again, f"{len(again)} finished rows called again after a kill"
+    sent = {r["prompt_sha"] for r in calls(records)}
+    assert sent == {sha(p) for p in prompts}

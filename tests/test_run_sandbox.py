@@ -1,0 +1,124 @@
+"""Jobs against the sandbox over HTTP, time scaled down: rate tiers, faults, balance, budget, output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import Job, run_job
+from pipeline.estimate import worst_cost_fn
+from pipeline.sandbox import FaultConfig, KeyConfig, Sandbox, SandboxConfig
+
+from .helpers import calls, charged_per_prompt, max_in_any_window, momo_job, provider_for, questions
+
+TIERS = {"free": 10, "basic": 60, "pro": 300}
+ROWS_PER_TIER = {"free": 25, "basic": 130, "pro": 620}  # about two windows of one second each
+
+
+async def run(job: Job, key: str, url: str, **kw: object) -> object:
+    provider = provider_for(job, key, url)
+    try:
+        return await run_job(job, provider, **kw)  # type: ignore[arg-type]
+    finally:
+        await provider.aclose()
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_log", "token_bucket"])
+@pytest.mark.parametrize("tier", list(TIERS))
+async def test_tier_is_never_exceeded_and_nearly_reached(tmp_path: Path, tier: str, algorithm: str) -> None:
+    window = 1.0
+    cfg = SandboxConfig(window_seconds=window, algorithm=algorithm)
+    data = questions(tmp_path / "q.csv", ROWS_PER_TIER[tier])
+    with Sandbox(cfg).running() as sb:
+        job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, tier=tier, window_seconds=window,
+                       concurrency=32)
+        report = await run(job, f"momo-sandbox-{tier}", sb.momo_url)
+        sent = [r["ts"] for r in calls(sb.records())]
+    limit = TIERS[tier]
+    assert report.exit_code == 0
+    assert max_in_any_window(sent, window) <= limit
+    achieved = (len(sent) - 1) / (max(sent) - min(sent)) * window
+    assert achieved >= 0.97 * limit, f"{achieved:.1f} of {limit} per window"
+
+
+async def test_faults_every_row_still_ends_ok(tmp_path: Path) -> None:
+    faults = FaultConfig(rate_limit=0.10, server_error=0.05, reset=0.03, bad_gateway_html=0.02, malformed=0.02,
+                         success_false=0.02, max_faults_per_prompt=3)
+    data = questions(tmp_path / "q.csv", 300, blank=[7])
+    with Sandbox(SandboxConfig(faults=faults, window_seconds=0.5, seed=7)).running() as sb:
+        job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, max_attempts=6)
+        report = await run(job, "momo-sandbox-enterprise", sb.momo_url, backoff=(0.001, 0.02))
+        records = sb.records()
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    assert report.exit_code == 0
+    assert out["status"].value_counts().sort("status").rows() == [("ok", 299), ("skipped", 1)]
+    assert out["id"].to_list() == [f"q{i:04d}" for i in range(300)]  # input order kept
+    faulted = [r for r in calls(records) if r["fault"]]
+    assert len(faulted) > 30 and {r["fault"] for r in faulted} >= {"rate_limit", "server_error", "reset"}
+    assert max(charged_per_prompt(records).values()) == 1  # faults are not charged, no row paid twice
+    assert report.stats.rate_limited == sum(r["fault"] == "rate_limit" for r in faulted)
+
+
+async def test_insufficient_balance_stops_then_top_up_finishes(tmp_path: Path) -> None:
+    key = "momo-small"
+    cfg = SandboxConfig(keys={key: KeyConfig(tier="enterprise", balance=0.02, packages={})})
+    data = questions(tmp_path / "q.csv", 60)
+    with Sandbox(cfg).running() as sb:
+        job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, concurrency=4)
+        first = await run(job, key, sb.momo_url)
+        partial = pl.read_parquet(tmp_path / "out.parquet")
+        sb.top_up(key, 10.0)
+        second = await run(job, key, sb.momo_url)
+        records = sb.records()
+    assert first.exit_code == 3 and first.stop_code == "INSUFFICIENT_BALANCE"
+    done = partial.filter(pl.col("status") == "ok").height
+    assert 5 < done < 60 and partial.height == 60  # every row is in the file, unfinished ones say why
+    assert second.exit_code == 0 and second.stats.already_done == done
+    final = pl.read_parquet(tmp_path / "out.parquet")
+    assert final.filter(pl.col("status") == "ok").height == 60
+    assert max(charged_per_prompt(records).values()) == 1
+    assert final["cost"].sum() == pytest.approx(sum(r["cost"] for r in calls(records) if r["charged"]))
+
+
+async def test_budget_cap_holds_and_a_raised_cap_resumes(tmp_path: Path) -> None:
+    key = "momo-nopkg"
+    cfg = SandboxConfig(keys={key: KeyConfig(tier="enterprise", balance=100.0, packages={})})
+    data = questions(tmp_path / "q.csv", 80)
+    cap = 0.05
+    with Sandbox(cfg).running() as sb:
+        job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, concurrency=8)
+        provider = provider_for(job, key, sb.momo_url)
+        worst = worst_cost_fn(job, await provider.price())
+        await provider.aclose()
+        first = await run(job, key, sb.momo_url, max_cost=cap, worst_cost=worst)
+        capped = pl.read_parquet(tmp_path / "out.parquet")
+        charged_first = sum(r["cost"] for r in calls(sb.records()) if r["charged"])
+        second = await run(job, key, sb.momo_url, max_cost=10.0, worst_cost=worst)
+        records = sb.records()
+    assert first.exit_code == 4 and first.stop_code == "BUDGET_EXCEEDED"
+    assert capped["cost"].sum() <= cap and charged_first <= cap
+    assert capped["cost"].sum() == pytest.approx(charged_first)
+    assert capped.filter(pl.col("status") == "ok").height > 10
+    assert second.exit_code == 0
+    assert max(charged_per_prompt(records).values()) == 1
+
+
+async def test_output_schema_and_provenance_without_the_key(tmp_path: Path, sandbox: object) -> None:
+    data = questions(tmp_path / "q.csv", 12, blank=[3])
+    job = momo_job(data, tmp_path / "out.parquet", sandbox.momo_url,  # type: ignore[attr-defined]
+                   provider={"stream": True})
+    await run(job, "momo-sandbox-pro", sandbox.momo_url)  # type: ignore[attr-defined]
+    table = pq.read_table(tmp_path / "out.parquet")
+    names = table.schema.names
+    for col in ("id", "question", "response", "tokens_used", "cost", "request_id", "status", "error_code",
+                "error_message", "attempts", "latency_ms", "finished_at"):
+        assert col in names
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    assert meta["momo_batch.target"] == "159" and "momo_batch.job_sha256" in meta
+    raw = (tmp_path / "out.parquet").read_bytes()
+    assert b"momo-sandbox-pro" not in raw
+    out = pl.from_arrow(table)
+    assert out.filter(pl.col("status") == "ok")["tokens_used"].min() > 0  # streamed summaries were read
