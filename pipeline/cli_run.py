@@ -37,7 +37,7 @@ async def _run(job: Job, provider: Any, *, quiet: bool, errors: Console, yes: bo
         _preflight(est, yes, errors)
         before = await provider.account()
         worst = worst_cost_fn(job, price) if cap is not None else None
-        with Reporter(stats, stream=errors.file, enabled=not quiet) as rep:
+        with Reporter(stats, stream=errors.file, enabled=not quiet) as rep:  # type: ignore[arg-type]
             report = await run_job(job, provider, stats=stats, on_result=rep.update,
                                    worst_cost=worst, **kw)
         after = await provider.account()

@@ -205,9 +205,8 @@ class MomoClient:
 
     def _unwrap(self, response: httpx.Response) -> dict[str, Any]:
         body = json_body(response)
-        ok = isinstance(body, Mapping) and body.get("success") is True and response.is_success
-        if ok:
-            data = body.get("data")  # type: ignore[union-attr]
+        if isinstance(body, Mapping) and body.get("success") is True and response.is_success:
+            data = body.get("data")
             if isinstance(data, dict):
                 return data
             raise MalformedResponse(f"{response.request.url.path}: success without a data object")
