@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from aiohttp import web
 
+from .answers import count_tokens
 from .config import FaultConfig, SandboxConfig
 from .momo import MomoApi
 from .relay import RelayApi
@@ -39,6 +41,7 @@ async def _serve(state: SandboxState, host: str, port: int, on_ready: Callable[[
                  stop: asyncio.Event) -> None:
     """Serve until ``stop`` is set (or the task is cancelled), then shut down cleanly."""
     state.log.open()
+    count_tokens("warm-up")  # the tokenizer loads lazily (~0.3 s): not on the first request
     runner = web.AppRunner(build_app(state), access_log=None, handle_signals=False,
                            shutdown_timeout=_SHUTDOWN_GRACE)
     try:
@@ -58,10 +61,12 @@ class Sandbox:
     ``sb.relay_url`` are the base URLs; the other methods inspect and change its accounts.
     """
 
-    def __init__(self, config: SandboxConfig | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, config: SandboxConfig | None = None, host: str = "127.0.0.1", *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` drives the rate limits and log timestamps; a test may pass a fake one."""
         self.config = config or SandboxConfig()
         self.host = host
-        self.state = SandboxState(self.config)
+        self.state = SandboxState(self.config, clock)
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
