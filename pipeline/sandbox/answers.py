@@ -24,6 +24,7 @@ __all__ = ["PROMPT_OVERHEAD", "answer", "completion_tokens", "count_tokens", "la
 
 ENCODING = "o200k_base"
 PROMPT_OVERHEAD = 7
+_NO_LIMIT = 2**62
 
 _FILLER = (
     "the", "result", "depends", "on", "context", "and", "a", "careful", "reading", "shows", "that",
@@ -41,8 +42,12 @@ def stable_hash(*parts: object) -> int:
 
 @lru_cache(maxsize=65536)
 def count_tokens(text: str) -> int:
-    """Exact o200k_base token count (cached: batch jobs resend the same prompts on retries)."""
-    return toktok.batch_count([text], ENCODING)[0]
+    """Exact o200k_base token count (cached: batch jobs resend the same prompts on retries).
+
+    ``truncate`` with no real limit returns the same exact count as ``batch_count`` at a fraction of
+    the cost for one text (~0.5 µs instead of ~30 µs of per-batch set-up): this is the hot path.
+    """
+    return toktok.truncate(text, _NO_LIMIT, ENCODING)[1]
 
 
 def completion_tokens(target: object, prompt: str, max_tokens: int | None) -> int:
