@@ -64,7 +64,7 @@ class KeyConfig(_Strict):
     """A MOMO API key: its rate tier, money (CNY) and prepaid token packages per agent id."""
 
     tier: Tier = "pro"
-    balance: float = Field(1000.0, ge=0)
+    balance: float = Field(default=1000.0, ge=0)
     packages: dict[int, int] = Field(default_factory=dict)
 
 
@@ -72,11 +72,11 @@ class RelayKeyConfig(_Strict):
     """A relay API key (``sk-…``). Keys of one user share that user's quota."""
 
     user_id: str = "1"
-    hard_limit_usd: float = Field(100.0, ge=0)
-    rpm: int | None = Field(None, ge=1)
+    hard_limit_usd: float = Field(default=100.0, ge=0)
+    rpm: int | None = Field(default=None, ge=1)
 
 
-_Prob = Field(0.0, ge=0.0, le=1.0)
+_Prob = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class FaultConfig(_Strict):
@@ -100,7 +100,7 @@ class FaultConfig(_Strict):
     stream_crlf: float = _Prob
     stream_keepalive: float = _Prob
     # After this many faults for one (key, prompt) it always succeeds, so a client's retries converge.
-    max_faults_per_prompt: int = Field(3, ge=0)
+    max_faults_per_prompt: int = Field(default=3, ge=0)
     apply_to: Literal["all", "calls"] = "calls"
 
     @model_validator(mode="after")
@@ -124,21 +124,21 @@ class SandboxConfig(_Strict):
     """Everything a sandbox run simulates. All fields have defaults: ``SandboxConfig()`` just works."""
 
     seed: int = 0
-    window_seconds: float = Field(60.0, gt=0)
+    window_seconds: float = Field(default=60.0, gt=0)
     # The CLI's ``--time-scale X``: a window lasts window_seconds / X.
-    time_scale: float = Field(1.0, gt=0)
+    time_scale: float = Field(default=1.0, gt=0)
     algorithm: Algorithm = "fixed_window"
     # The CLI's ``--algorithm``; overrides ``algorithm`` when set.
     rate_algorithm: Algorithm | None = None
     rate_headers: bool = True
-    latency_ms: float = Field(0.0, ge=0)
+    latency_ms: float = Field(default=0.0, ge=0)
     keys: dict[str, KeyConfig] = Field(default_factory=_default_keys)
     relay_keys: dict[str, RelayKeyConfig] = Field(default_factory=lambda: dict(DEFAULT_RELAY_KEYS))
     access_tokens: dict[str, str] = Field(default_factory=lambda: {"sandbox-system-token": "1"})
     faults: FaultConfig = Field(default_factory=FaultConfig)
     request_log: Path | None = None
-    agent_count: int = Field(45, ge=2, le=1000)
-    hang_seconds: float = Field(30.0, ge=0)
+    agent_count: int = Field(default=45, ge=2, le=1000)
+    hang_seconds: float = Field(default=30.0, ge=0)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> SandboxConfig:

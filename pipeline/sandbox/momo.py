@@ -18,10 +18,10 @@ from aiohttp import web
 
 from .answers import PROMPT_OVERHEAD, answer, completion_tokens, count_tokens
 from .catalog import LABEL_AGENT_ID, Agent
-from .log import fingerprint
+from .handlers import Handlers
 from .ratelimit import Decision
-from .state import MomoAccount, SandboxState
-from .wire import BAD_GATEWAY_HTML, EventStream, abort, bearer, json_reply, new_record, pieces, request_id, stream_reply
+from .state import MomoAccount
+from .wire import EventStream, bearer, json_reply, pieces, request_id, stream_reply
 
 __all__ = ["MAX_TOKENS", "CallParams", "MomoApi", "parse_call"]
 
@@ -70,31 +70,23 @@ def _error(code: str, message: str, details: str) -> dict[str, Any]:
     return {"success": False, "error": {"code": code, "message": message, "details": details}}
 
 
-class MomoApi:
+class MomoApi(Handlers):
     """Request handlers over a :class:`SandboxState`."""
 
-    def __init__(self, state: SandboxState) -> None:
-        self.state = state
-        self.cfg = state.cfg
+    api = "momo"
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/agents", self.list_agents), web.post("/v1/agents/{agent_id}", self.call),
                 web.get("/v1/account/balance", self.balance)]
 
     # -- shared steps -----------------------------------------------------------------------------
-    def _finish(self, rec: dict[str, Any], response: web.StreamResponse, code: str | None = None) -> web.StreamResponse:
-        rec["status"], rec["code"] = response.status, code
-        self.state.log.append(rec)
-        return response
-
     def _fail(self, rec: dict[str, Any], status: int, code: str, message: str, details: str,
               headers: dict[str, str] | None = None) -> web.StreamResponse:
         return self._finish(rec, json_reply(_error(code, message, details), status, headers), code)
 
     def _authorize(self, request: web.Request) -> tuple[dict[str, Any], MomoAccount | None]:
         key = bearer(request)
-        rec = new_record("momo", request, self.state.clock(), fingerprint(key) if key else None)
-        return rec, self.state.momo.get(key) if key else None
+        return self._record(request, key), self.state.momo.get(key) if key else None
 
     def _unauthorized(self, rec: dict[str, Any]) -> web.StreamResponse:
         return self._fail(rec, 401, "INVALID_API_KEY", "API Key 无效", "检查 API Key 是否正确")
@@ -108,51 +100,18 @@ class MomoApi:
             headers["Retry-After"] = f"{decision.retry_after:.3f}"
         return headers
 
-    def _fault_headers(self, account: MomoAccount) -> dict[str, str]:
-        """Headers of an injected 429: wait one scaled second."""
-        if not self.cfg.rate_headers:
-            return {}
-        wait = f"{max(self.cfg.window / 60, 0.001):.3f}"
-        headers = {"Retry-After": wait}
-        if account.limiter is not None:
-            limit = str(account.limiter.limit)
-            headers.update({"X-RateLimit-Limit": limit, "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": wait})
-        return headers
-
-    async def _fault_reply(self, request: web.Request, rec: dict[str, Any], fault: str,
-                           account: MomoAccount, stream: bool) -> web.StreamResponse | None:
-        """The reply an injected fault gives instead of an answer; None for stream faults. Nothing is charged."""
-        if fault == "rate_limit":
-            return self._fail(rec, 429, "RATE_LIMIT", "请求过于频繁", "稍后重试,遵守限流规则",
-                              self._fault_headers(account))
-        if fault == "server_error":
-            return self._fail(rec, 500, "INTERNAL_ERROR", "服务器内部错误", "upstream model failed")
-        if fault == "success_false":
-            return self._fail(rec, 200, "INTERNAL_ERROR", "服务器内部错误", "请稍后重试")
-        if fault == "bad_gateway_html":
-            return self._finish(rec, web.Response(status=502, text=BAD_GATEWAY_HTML, content_type="text/html"))
-        if fault == "reset":
-            self.state.log.append(rec)
-            return abort(request)
-        if fault == "malformed":
-            return self._finish(rec, await self._malformed(request, stream))
+    def _error_reply(self, rec: dict[str, Any], fault: str) -> web.StreamResponse:
+        if fault == "rate_limit":  # an injected 429 says "wait one (scaled) second"
+            headers = {"Retry-After": f"{max(self.cfg.window / 60, 0.001):.3f}"} if self.cfg.rate_headers else {}
+            return self._fail(rec, 429, "RATE_LIMIT", "请求过于频繁", "稍后重试,遵守限流规则", headers)
         if fault == "hang":
-            reply = self._fail(rec, 504, "INTERNAL_ERROR", "网关超时", "upstream model did not answer in time")
-            await asyncio.sleep(self.cfg.hang_seconds)
-            return reply
-        return None
+            return self._fail(rec, 504, "INTERNAL_ERROR", "网关超时", "upstream model did not answer in time")
+        status = 200 if fault == "success_false" else 500
+        return self._fail(rec, status, "INTERNAL_ERROR", "服务器内部错误", "upstream model failed")
 
-    async def _malformed(self, request: web.Request, stream: bool) -> web.StreamResponse:
-        """HTTP 200 whose body breaks off in the middle of a JSON value."""
-        body = json.dumps({"success": True, "data": {"id": request_id("req_"), "content": "Answer to: …",
-                                                     "tokens_used": 100, "cost": 0.001}})
-        cut = body[: len(body) // 2]
-        if not stream:
-            return web.Response(status=200, text=cut, content_type="application/json")
-        events = EventStream(request)
-        await events.start()
-        await events.response.write(f"data: {cut}\n\n".encode())
-        return await events.finish()
+    def _sample_body(self, rec: dict[str, Any]) -> dict[str, Any]:
+        return {"success": True, "data": {"id": request_id("req_"), "content": "Answer to: …", "tokens_used": 100,
+                                          "cost": 0.001}}
 
     # -- endpoints --------------------------------------------------------------------------------
     async def list_agents(self, request: web.Request) -> web.StreamResponse:
@@ -166,7 +125,7 @@ class MomoApi:
             page = page_size = 0
         if page < 1 or not 1 <= page_size <= 100:
             return self._fail(rec, 400, "INVALID_PARAMETERS", "参数错误", "page ≥ 1, 1 ≤ page_size ≤ 100")
-        if (reply := await self._other_fault(request, rec, account)) is not None:
+        if (reply := await self._other_fault(request, rec)) is not None:
             return reply
         agents = list(self.state.agents.values())[(page - 1) * page_size: page * page_size]
         data = {"agents": [a.as_json() for a in agents], "total": len(self.state.agents),
@@ -177,20 +136,11 @@ class MomoApi:
         rec, account = self._authorize(request)
         if account is None:
             return self._unauthorized(rec)
-        if (reply := await self._other_fault(request, rec, account)) is not None:
+        if (reply := await self._other_fault(request, rec)) is not None:
             return reply
         data = {"balance": round(account.balance, 6), "currency": "CNY",
                 "agents": [{"agent_id": a, "remaining_tokens": t} for a, t in sorted(account.packages.items())]}
         return self._finish(rec, json_reply({"success": True, "data": data}))
-
-    async def _other_fault(self, request: web.Request, rec: dict[str, Any],
-                           account: MomoAccount) -> web.StreamResponse | None:
-        """Faults on listing and balance reads (only with ``apply_to = "all"``)."""
-        if self.state.faults.faults.apply_to != "all":
-            return None
-        rec["n"] = n = self.state.seen(rec["key"], request.path)
-        rec["fault"] = fault = self.state.faults.choose(rec["key"], request.path, n, call=False)
-        return None if fault is None else await self._fault_reply(request, rec, fault, account, False)
 
     async def call(self, request: web.Request) -> web.StreamResponse:
         rec, account = self._authorize(request)
@@ -210,7 +160,7 @@ class MomoApi:
         if decision is not None and not decision.allowed:
             return self._fail(rec, 429, "RATE_LIMIT", "请求过于频繁", f"{decision.limit} 请求/分钟", headers)
         rec["fault"] = fault = self.state.faults.choose(rec["key"], sha, n, call=True, stream=params.stream)
-        if fault is not None and (reply := await self._fault_reply(request, rec, fault, account, params.stream)):
+        if fault is not None and (reply := await self._fault_reply(request, rec, fault, params.stream)):
             return reply
         if self.cfg.latency_ms:
             await asyncio.sleep(self.cfg.latency_ms / 1000)

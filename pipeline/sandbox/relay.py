@@ -21,9 +21,9 @@ from aiohttp import web
 
 from .answers import answer, completion_tokens, count_tokens
 from .catalog import QUOTA_PER_USD, RELAY_PRICES, Price, quota_units
-from .log import fingerprint
-from .state import RelayKey, RelayUser, SandboxState
-from .wire import BAD_GATEWAY_HTML, EventStream, abort, bearer, json_reply, new_record, pieces, request_id, stream_reply
+from .handlers import Handlers
+from .state import RelayKey, RelayUser
+from .wire import EventStream, bearer, json_reply, pieces, request_id, stream_reply
 
 __all__ = ["ChatParams", "RelayApi", "parse_chat"]
 
@@ -96,12 +96,10 @@ def _error(message: str, code: str = "", kind: str = "new_api_error") -> dict[st
     return {"error": {"message": message, "type": kind, "code": code}}
 
 
-class RelayApi:
+class RelayApi(Handlers):
     """Request handlers over a :class:`SandboxState`."""
 
-    def __init__(self, state: SandboxState) -> None:
-        self.state = state
-        self.cfg = state.cfg
+    api = "relay"
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/models", self.models), web.post("/v1/chat/completions", self.chat),
@@ -109,11 +107,6 @@ class RelayApi:
                 web.get("/v1/dashboard/billing/usage", self.usage), web.get("/api/user/self", self.user_self)]
 
     # -- shared steps -----------------------------------------------------------------------------
-    def _finish(self, rec: dict[str, Any], response: web.StreamResponse, code: str | None = None) -> web.StreamResponse:
-        rec["status"], rec["code"] = response.status, code
-        self.state.log.append(rec)
-        return response
-
     def _fail(self, rec: dict[str, Any], status: int, body: dict[str, Any], log_code: str | None = None,
               ) -> web.StreamResponse:
         """An error body; the log records its ``code``, or ``log_code`` where the body has none."""
@@ -121,50 +114,19 @@ class RelayApi:
 
     def _authorize(self, request: web.Request) -> tuple[dict[str, Any], RelayKey | None]:
         key = bearer(request)
-        rec = new_record("relay", request, self.state.clock(), fingerprint(key) if key else None)
-        return rec, self.state.relay.get(key) if key else None
+        return self._record(request, key), self.state.relay.get(key) if key else None
 
-    async def _fault_reply(self, request: web.Request, rec: dict[str, Any], fault: str,
-                           model: str, stream: bool) -> web.StreamResponse | None:
-        """The reply an injected fault gives instead of an answer; None for stream faults. Nothing is charged."""
-        if fault == "rate_limit":
+    def _error_reply(self, rec: dict[str, Any], fault: str) -> web.StreamResponse:
+        if fault == "rate_limit":  # as relays do: no body, no Retry-After
             return self._finish(rec, web.Response(status=429), "rate_limit")
-        if fault == "server_error":
-            return self._fail(rec, 500, _error("upstream error: do request failed", "do_request_failed",
-                                               "upstream_error"))
-        if fault == "success_false":
-            return self._fail(rec, 200, _error("upstream returned an empty response", "empty_response"))
-        if fault == "bad_gateway_html":
-            return self._finish(rec, web.Response(status=502, text=BAD_GATEWAY_HTML, content_type="text/html"))
-        if fault == "reset":
-            self.state.log.append(rec)
-            return abort(request)
-        if fault == "malformed":
-            return self._finish(rec, await self._malformed(request, model, stream))
         if fault == "hang":
-            reply = self._fail(rec, 504, _error("upstream timed out", "timeout", "upstream_error"))
-            await asyncio.sleep(self.cfg.hang_seconds)
-            return reply
-        return None
+            return self._fail(rec, 504, _error("upstream timed out", "timeout", "upstream_error"))
+        if fault == "success_false":  # an error body with HTTP 200
+            return self._fail(rec, 200, _error("upstream returned an empty response", "empty_response"))
+        return self._fail(rec, 500, _error("upstream error: do request failed", "do_request_failed", "upstream_error"))
 
-    async def _malformed(self, request: web.Request, model: str, stream: bool) -> web.StreamResponse:
-        body = json.dumps(_completion(request_id("chatcmpl-"), model, "Answer to: …", 10, 10))
-        cut = body[: len(body) // 2]
-        if not stream:
-            return web.Response(status=200, text=cut, content_type="application/json")
-        events = EventStream(request)
-        await events.start()
-        await events.response.write(f"data: {cut}\n\n".encode())
-        return await events.finish()
-
-    async def _other_fault(self, request: web.Request, rec: dict[str, Any]) -> web.StreamResponse | None:
-        """Faults on the non-call endpoints (only with ``apply_to = "all"``)."""
-        if self.state.faults.faults.apply_to != "all":
-            return None
-        subject = rec["key"] or ""
-        rec["n"] = n = self.state.seen(subject, request.path)
-        rec["fault"] = fault = self.state.faults.choose(subject, request.path, n, call=False)
-        return None if fault is None else await self._fault_reply(request, rec, fault, "", False)
+    def _sample_body(self, rec: dict[str, Any]) -> dict[str, Any]:
+        return _completion(request_id("chatcmpl-"), str(rec["target"]), "Answer to: …", 10, 10)
 
     # -- endpoints --------------------------------------------------------------------------------
     async def models(self, request: web.Request) -> web.StreamResponse:
@@ -193,9 +155,9 @@ class RelayApi:
         rec["prompt_sha"] = sha = hashlib.sha256(transcript.encode()).hexdigest()
         rec["n"] = n = self.state.seen(rec["key"], sha)
         if key.limiter is not None and not key.limiter.acquire(self.state.clock()).allowed:
-            return self._finish(rec, web.Response(status=429), "rate_limit")  # as relays do: no body, no Retry-After
+            return self._error_reply(rec, "rate_limit")
         rec["fault"] = fault = self.state.faults.choose(rec["key"], sha, n, call=True, stream=params.stream)
-        if fault is not None and (reply := await self._fault_reply(request, rec, fault, params.model, params.stream)):
+        if fault is not None and (reply := await self._fault_reply(request, rec, fault, params.stream)):
             return reply
         if self.cfg.latency_ms:
             await asyncio.sleep(self.cfg.latency_ms / 1000)
@@ -262,7 +224,7 @@ class RelayApi:
 
     async def user_self(self, request: web.Request) -> web.StreamResponse:
         token = bearer(request)
-        rec = new_record("relay", request, self.state.clock(), fingerprint(token) if token else None)
+        rec = self._record(request, token)
         user = self._logged_in(token, request.headers.get("New-Api-User"))
         if isinstance(user, str):
             return self._finish(rec, json_reply({"success": False, "message": user}), "unauthorized")

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 __all__ = ["BAD_GATEWAY_HTML", "EventStream", "abort", "bearer", "json_reply", "new_record", "pieces", "request_id",
-           "stream_reply"]
+           "stream_reply", "truncated"]
 
 BAD_GATEWAY_HTML = (
     "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -99,6 +99,18 @@ class EventStream:
         """Close the connection mid-body: no terminating chunk, so the client sees a broken stream."""
         abort(self.request)
         return self.response
+
+
+async def truncated(request: web.Request, body: Any, stream: bool) -> web.StreamResponse:
+    """HTTP 200 whose JSON breaks off half-way: the whole body, or the one event of a stream."""
+    text = _dumps(body)
+    cut = text[: len(text) // 2]
+    if not stream:
+        return web.Response(status=200, text=cut, content_type="application/json")
+    events = EventStream(request)
+    await events.start()
+    await events.response.write(f"data: {cut}\n\n".encode())
+    return await events.finish()
 
 
 async def stream_reply(stream: EventStream, deltas: list[Any], tail: list[Any], fault: str | None,
