@@ -66,6 +66,11 @@ def parse_call(body: bytes) -> CallParams | str:
                       max_tokens, bool(stream))
 
 
+def _whole(text: str) -> int | None:
+    """A positive whole number written in plain ASCII digits ("1_0", " 7" and "+3" are not), else None."""
+    return int(text) if text.isascii() and text.isdigit() and int(text) > 0 else None
+
+
 def _error(code: str, message: str, details: str) -> dict[str, Any]:
     return {"success": False, "error": {"code": code, "message": message, "details": details}}
 
@@ -118,12 +123,9 @@ class MomoApi(Handlers):
         rec, account = self._authorize(request)
         if account is None:
             return self._unauthorized(rec)
-        try:
-            page = int(request.query.get("page", "1"))
-            page_size = int(request.query.get("page_size", "20"))
-        except ValueError:
-            page = page_size = 0
-        if page < 1 or not 1 <= page_size <= 100:
+        page = _whole(request.query.get("page", "1"))
+        page_size = _whole(request.query.get("page_size", "20"))
+        if not page or not page_size or page_size > 100:
             return self._fail(rec, 400, "INVALID_PARAMETERS", "参数错误", "page ≥ 1, 1 ≤ page_size ≤ 100")
         if (reply := await self._other_fault(request, rec)) is not None:
             return reply
@@ -167,12 +169,9 @@ class MomoApi(Handlers):
         return await self._answer(request, rec, account, agent, params, headers)
 
     def _agent(self, raw_id: str, rec: dict[str, Any]) -> Agent | None:
-        try:
-            rec["target"] = int(raw_id)
-        except ValueError:
-            rec["target"] = raw_id
-            return None
-        return self.state.agents.get(rec["target"])
+        agent_id = _whole(raw_id)
+        rec["target"] = raw_id if agent_id is None else agent_id
+        return None if agent_id is None else self.state.agents.get(agent_id)
 
     async def _answer(self, request: web.Request, rec: dict[str, Any], account: MomoAccount, agent: Agent,
                       params: CallParams, headers: dict[str, str]) -> web.StreamResponse:
@@ -190,12 +189,10 @@ class MomoApi(Handlers):
         if not params.stream:
             data = {"id": rid, "content": content, "tokens_used": tokens, "cost": charge.cost}
             return self._finish(rec, json_reply({"success": True, "data": data}, headers=headers))
-        rec["status"] = 200
-        self.state.log.append(rec)
         fault = rec["fault"]
         summary = {"done": True, "id": rid, "tokens_used": tokens, "cost": charge.cost}
-        stream = EventStream(request, crlf=fault == "stream_crlf", keepalive=fault == "stream_keepalive",
-                             split=fault == "stream_split", headers=headers)
+        stream = EventStream.framed_for(request, fault, headers)
+        self._finish(rec, stream.response)  # charged now, whatever happens to the stream
         tail = ["[DONE]"] if fault == "stream_no_summary" else [summary, "[DONE]"]
         error = {"error": {"code": "SERVER_ERROR", "message": "upstream model failed mid-stream"}}
         return await stream_reply(stream, [{"delta": p} for p in pieces(content)], tail, fault, error)

@@ -179,13 +179,11 @@ class RelayApi(Handlers):
         content = answer(params.model, params.messages[-1][1], params.temperature, rec["n"], labelling=True)
         if not params.stream:
             return self._finish(rec, json_reply(_completion(rid, params.model, content, prompt_tokens, completion)))
-        rec["status"] = 200
-        self.state.log.append(rec)
-        return await self._stream(request, rec["fault"], rid, params, content, _usage(prompt_tokens, completion))
+        return await self._stream(request, rec, rid, params, content, _usage(prompt_tokens, completion))
 
-    async def _stream(self, request: web.Request, fault: str | None, rid: str, params: ChatParams, content: str,
+    async def _stream(self, request: web.Request, rec: dict[str, Any], rid: str, params: ChatParams, content: str,
                       usage: dict[str, Any]) -> web.StreamResponse:
-        created = int(time.time())
+        fault, created = rec["fault"], int(time.time())
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
             return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": params.model,
@@ -196,8 +194,8 @@ class RelayApi(Handlers):
         if params.include_usage and fault != "stream_no_summary":
             tail.append({**chunk({}), "choices": [], "usage": usage})
         tail.append("[DONE]")
-        stream = EventStream(request, crlf=fault == "stream_crlf", keepalive=fault == "stream_keepalive",
-                             split=fault == "stream_split")
+        stream = EventStream.framed_for(request, fault)
+        self._finish(rec, stream.response)  # charged now, whatever happens to the stream
         error = _error("upstream stream broken", "bad_response_body", "upstream_error")
         return await stream_reply(stream, deltas, tail, fault, error)
 

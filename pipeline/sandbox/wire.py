@@ -71,6 +71,13 @@ class EventStream:
                                                     "Cache-Control": "no-cache", **(headers or {})})
         self._sent = 0
 
+    @classmethod
+    def framed_for(cls, request: web.Request, fault: str | None,
+                   headers: dict[str, str] | None = None) -> EventStream:
+        """A stream framed as the ``stream_crlf`` / ``stream_keepalive`` / ``stream_split`` variant says."""
+        return cls(request, crlf=fault == "stream_crlf", keepalive=fault == "stream_keepalive",
+                   split=fault == "stream_split", headers=headers)
+
     async def start(self) -> None:
         await self.response.prepare(self.request)
 
