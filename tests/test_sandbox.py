@@ -44,7 +44,7 @@ class FakeClock:
 
 
 @contextlib.contextmanager
-def sandbox(clock: FakeClock | None = None, **config: Any) -> Iterator[Sandbox]:
+def serve(clock: FakeClock | None = None, **config: Any) -> Iterator[Sandbox]:
     sb = Sandbox(SandboxConfig(**config), clock=clock) if clock else Sandbox(SandboxConfig(**config))
     with sb.running():
         yield sb
@@ -52,7 +52,7 @@ def sandbox(clock: FakeClock | None = None, **config: Any) -> Iterator[Sandbox]:
 
 @pytest.fixture
 def sb() -> Iterator[Sandbox]:
-    with sandbox(window_seconds=2.0) as server:
+    with serve(window_seconds=2.0) as server:
         yield server
 
 
@@ -124,7 +124,8 @@ async def test_pagination_walk_returns_every_agent(sb: Sandbox) -> None:
     assert set(agents[0]) == {"id", "name", "description", "price_per_1k_tokens", "rating"}
 
 
-@pytest.mark.parametrize("query", ["page_size=0", "page_size=101", "page_size=x", "page=0", "page=-1"])
+@pytest.mark.parametrize("query", ["page_size=0", "page_size=101", "page_size=x", "page=0", "page=-1", "page=1_0",
+                                   "page=%2B1"])
 async def test_listing_rejects_bad_paging(sb: Sandbox, query: str) -> None:
     r = await get(f"{sb.momo_url}/agents?{query}", auth(PRO))
     assert r.status_code == 400 and error_code(r) == "INVALID_PARAMETERS"
@@ -147,7 +148,7 @@ async def test_bad_key_is_401_everywhere(sb: Sandbox, headers: dict[str, str]) -
         assert "momo-" not in r.text
 
 
-@pytest.mark.parametrize("agent", [999, "abc"])
+@pytest.mark.parametrize("agent", [999, "abc", "1_59", "0x9f"])
 async def test_unknown_agent_is_404_before_params(sb: Sandbox, agent: int | str) -> None:
     r = await call(sb, {"temperature": 7}, agent=agent)
     assert r.status_code == 404 and error_code(r) == "AGENT_NOT_FOUND"
@@ -181,7 +182,7 @@ async def test_call_answers_deterministically_and_ignores_unknown_fields(sb: San
 # -- MOMO: money ---------------------------------------------------------------------------------------
 async def test_package_is_used_before_money() -> None:
     keys = {"k": KeyConfig(tier="enterprise", balance=10.0, packages={159: 600})}
-    with sandbox(keys=keys) as sb:
+    with serve(keys=keys) as sb:
         package, balance, phases = 600, 10.0, []
         for i in range(12):
             data = (await call(sb, {"prompt": f"question {i}"}, key="k")).json()["data"]
@@ -196,7 +197,7 @@ async def test_package_is_used_before_money() -> None:
 
 async def test_balance_runs_out_then_top_up() -> None:
     keys = {"k": KeyConfig(tier="enterprise", balance=1.0)}
-    with sandbox(keys=keys) as sb:
+    with serve(keys=keys) as sb:
         cost = (await call(sb, {"prompt": "price me"}, key="k")).json()["data"]["cost"]
         assert cost > 0 and sb.balance("k") == round(1.0 - cost, 6)
         sb.set_balance("k", cost / 2)
@@ -214,7 +215,7 @@ async def test_balance_runs_out_then_top_up() -> None:
 @pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_log", "token_bucket"])
 async def test_each_algorithm_admits_exactly_the_limit(algorithm: str) -> None:
     clock = FakeClock()
-    with sandbox(clock, window_seconds=2.0, algorithm=algorithm) as sb:
+    with serve(clock, window_seconds=2.0, algorithm=algorithm) as sb:
         statuses, remaining = [], []
         for i in range(11):
             r = await call(sb, {"prompt": f"p{i}"}, key=FREE)
@@ -234,7 +235,7 @@ async def test_each_algorithm_admits_exactly_the_limit(algorithm: str) -> None:
 
 
 async def test_rate_headers_can_be_switched_off() -> None:
-    with sandbox(FakeClock(), rate_headers=False) as sb:
+    with serve(FakeClock(), rate_headers=False) as sb:
         responses = [await call(sb, {"prompt": "x"}, key=FREE) for _ in range(11)]
     assert responses[-1].status_code == 429 and error_code(responses[-1]) == "RATE_LIMIT"
     for r in responses:
@@ -249,7 +250,7 @@ async def test_enterprise_is_unlimited(sb: Sandbox) -> None:
 
 # -- MOMO: streams ---------------------------------------------------------------------------------------
 async def stream_variant(fault: str | None) -> tuple[list[bytes], Exception | None, list[dict[str, Any]]]:
-    with sandbox() as sb:
+    with serve() as sb:
         if fault:
             sb.set_faults(FaultConfig(**{fault: 1.0}))
         chunks, error = await stream(f"{sb.momo_url}/agents/159", {"prompt": "写一首诗", "stream": True}, PRO)
@@ -308,7 +309,7 @@ async def test_stream_without_summary() -> None:
 # -- MOMO: faults ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("fault", "status"), [("rate_limit", 429), ("server_error", 500), ("success_false", 200)])
 async def test_error_faults(fault: str, status: int) -> None:
-    with sandbox(faults=FaultConfig(**{fault: 1.0})) as sb:
+    with serve(faults=FaultConfig(**{fault: 1.0})) as sb:
         r = await call(sb, {"prompt": "x"})
         assert r.status_code == status
         assert error_code(r) == {"rate_limit": "RATE_LIMIT"}.get(fault, "INTERNAL_ERROR")
@@ -319,7 +320,7 @@ async def test_error_faults(fault: str, status: int) -> None:
 
 
 async def test_bad_gateway_html_and_malformed() -> None:
-    with sandbox(faults=FaultConfig(bad_gateway_html=1.0)) as sb:
+    with serve(faults=FaultConfig(bad_gateway_html=1.0)) as sb:
         r = await call(sb, {"prompt": "x"})
         assert r.status_code == 502 and r.headers["content-type"].startswith("text/html") and "<html>" in r.text
         sb.set_faults(FaultConfig(malformed=1.0))
@@ -331,14 +332,14 @@ async def test_bad_gateway_html_and_malformed() -> None:
 
 
 async def test_reset_drops_the_connection() -> None:
-    with sandbox(faults=FaultConfig(reset=1.0)) as sb:
+    with serve(faults=FaultConfig(reset=1.0)) as sb:
         with pytest.raises(httpx.TransportError):
             await call(sb, {"prompt": "x"})
         assert sb.records()[0]["fault"] == "reset" and sb.balance(PRO) == 1000.0
 
 
 async def test_hang_outlasts_a_client_timeout_then_answers_504() -> None:
-    with sandbox(faults=FaultConfig(hang=1.0), hang_seconds=0.2) as sb:
+    with serve(faults=FaultConfig(hang=1.0), hang_seconds=0.2) as sb:
         with pytest.raises(httpx.ReadTimeout):
             await call(sb, {"prompt": "x"}, timeout=0.05)
         r = await call(sb, {"prompt": "x"})
@@ -348,7 +349,7 @@ async def test_hang_outlasts_a_client_timeout_then_answers_504() -> None:
 
 async def fault_sequence(seed: int, prompts: list[str]) -> list[str | None]:
     faults = FaultConfig(server_error=0.2, malformed=0.2, success_false=0.1)
-    with sandbox(seed=seed, faults=faults) as sb:
+    with serve(seed=seed, faults=faults) as sb:
         for prompt in prompts:
             await call(sb, {"prompt": prompt}, key=ENTERPRISE)
         return [rec["fault"] for rec in sb.records()]
@@ -363,7 +364,7 @@ async def test_faults_are_a_function_of_the_seed() -> None:
 
 
 async def test_max_faults_per_prompt_lets_retries_converge() -> None:
-    with sandbox(faults=FaultConfig(server_error=1.0, max_faults_per_prompt=3)) as sb:
+    with serve(faults=FaultConfig(server_error=1.0, max_faults_per_prompt=3)) as sb:
         statuses = [(await call(sb, {"prompt": "retry me"})).status_code for _ in range(5)]
         assert statuses == [500, 500, 500, 200, 200]
         assert [rec["n"] for rec in sb.records()] == [1, 2, 3, 4, 5]
@@ -371,7 +372,7 @@ async def test_max_faults_per_prompt_lets_retries_converge() -> None:
 
 
 async def test_stream_faults_spare_plain_calls_and_apply_to_all() -> None:
-    with sandbox(faults=FaultConfig(stream_drop=1.0)) as sb:
+    with serve(faults=FaultConfig(stream_drop=1.0)) as sb:
         assert (await call(sb, {"prompt": "x"})).status_code == 200
         assert sb.records()[0]["fault"] is None
         assert (await get(f"{sb.momo_url}/account/balance", auth(PRO))).status_code == 200
@@ -447,7 +448,7 @@ async def test_relay_errors(sb: Sandbox) -> None:
 
 async def test_relay_rate_limit_is_an_empty_429() -> None:
     keys = {"sk-slow": RelayKeyConfig(rpm=2)}
-    with sandbox(FakeClock(), relay_keys=keys) as sb:
+    with serve(FakeClock(), relay_keys=keys) as sb:
         statuses = [(await chat(sb, key="sk-slow")).status_code for _ in range(2)]
         r = await chat(sb, key="sk-slow")
         assert statuses == [200, 200] and r.status_code == 429 and r.content == b""
@@ -464,7 +465,7 @@ async def test_relay_fault_429_has_an_empty_body(sb: Sandbox) -> None:
 
 
 async def test_relay_quota_exhausted_is_403() -> None:
-    with sandbox(relay_keys={"sk-poor": RelayKeyConfig(hard_limit_usd=0.00001)}) as sb:
+    with serve(relay_keys={"sk-poor": RelayKeyConfig(hard_limit_usd=0.00001)}) as sb:
         r = await chat(sb, key="sk-poor")
         assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_user_quota"
         assert sb.relay_quota() == 5
@@ -496,7 +497,7 @@ async def test_relay_user_self(sb: Sandbox) -> None:
 # -- log, config, entry point ------------------------------------------------------------------------------
 async def test_log_never_holds_a_raw_key(tmp_path: Path) -> None:
     path = tmp_path / "requests.jsonl"
-    with sandbox(request_log=path, faults=FaultConfig(server_error=0.5)) as sb:
+    with serve(request_log=path, faults=FaultConfig(server_error=0.5)) as sb:
         for key in (PRO, "momo-leaked-secret"):
             await call(sb, {"prompt": "x"}, key=key)
             await get(f"{sb.momo_url}/account/balance", auth(key))
