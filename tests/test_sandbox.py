@@ -439,6 +439,23 @@ async def test_relay_stream_usage_chunk_only_when_asked(sb: Sandbox, include_usa
         assert usage == []
 
 
+@pytest.mark.parametrize("fault", ["stream_mid_error", "stream_no_summary", "stream_drop"])
+async def test_relay_stream_faults(fault: str) -> None:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+            "stream_options": {"include_usage": True}}
+    with serve(faults=FaultConfig(**{fault: 1.0})) as sb:
+        chunks, error = await stream(f"{sb.relay_url}/v1/chat/completions", body, RELAY)
+        assert sb.records()[0]["charged"] and sb.records()[0]["fault"] == fault
+    events = parse_sse(b"".join(chunks))
+    assert not any("usage" in e for e in events if isinstance(e, dict))
+    if fault == "stream_mid_error":
+        assert error is None and events[-1]["error"]["code"]
+    elif fault == "stream_no_summary":
+        assert error is None and events[-1] == "[DONE]"
+    else:
+        assert isinstance(error, httpx.RemoteProtocolError) and "[DONE]" not in events
+
+
 async def test_relay_errors(sb: Sandbox) -> None:
     r = await chat(sb, model="no-such-model")
     assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_found"
@@ -514,6 +531,13 @@ async def test_log_never_holds_a_raw_key(tmp_path: Path) -> None:
     assert {rec["api"] for rec in lines} == {"momo", "relay"}
 
 
+async def test_latency_is_added_per_call() -> None:
+    with serve(latency_ms=80) as sb:
+        async with client() as http:
+            response = await http.post(f"{sb.momo_url}/agents/159", json={"prompt": "slow"}, headers=auth(ENTERPRISE))
+    assert response.status_code == 200 and response.elapsed.total_seconds() >= 0.08
+
+
 def test_wait_for_requests_times_out(sb: Sandbox) -> None:
     assert sb.wait_for_requests(0) is True
     assert sb.wait_for_requests(1, timeout=0.01) is False
@@ -526,6 +550,8 @@ def test_config_from_toml(tmp_path: Path) -> None:
     cfg = SandboxConfig.from_toml(path)
     assert cfg.seed == 3 and cfg.window == 2.0 and cfg.faults.reset == 0.5
     assert cfg.keys["k"].packages == {159: 10}
+    cli = SandboxConfig().model_copy(update={"time_scale": 30.0, "rate_algorithm": "token_bucket"})
+    assert cli.window == 2.0 and cli.limiter_algorithm == "token_bucket"  # what `momo-batch sandbox` sets
     with pytest.raises(ValueError, match="add up"):
         FaultConfig(reset=0.6, hang=0.6)
 
