@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from typing import IO
 
 import aiohttp
 
@@ -29,15 +28,21 @@ def start_server() -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.sandbox", "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    match = re.search(r"http://\S+", _first_line(proc.stdout))
+    match = re.search(r"http://\S+", proc.stdout.readline())
     if not match:
         proc.kill()
         raise SystemExit("the sandbox did not print its URL")
     return proc, match.group(0)
 
 
-def _first_line(stream: IO[str]) -> str:
-    return stream.readline()
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux), to show whether the server was the busy side."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pin(server_pid: int) -> str:
@@ -66,15 +71,11 @@ async def drive(url: str, total: int, concurrency: int, stream: bool) -> tuple[f
                     await response.read()
                     statuses[response.status] += 1
 
-        await worker_warmup(session)
+        async with session.post("v1/agents/159", json={"prompt": "warm-up"}) as response:
+            await response.read()
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return time.perf_counter() - start, statuses
-
-
-async def worker_warmup(session: aiohttp.ClientSession) -> None:
-    async with session.post("v1/agents/159", json={"prompt": "warm-up"}) as response:
-        await response.read()
 
 
 def main() -> None:
@@ -86,13 +87,18 @@ def main() -> None:
     proc, url = start_server()
     try:
         placement = pin(proc.pid)
+        cpu_before = cpu_seconds(proc.pid)
         elapsed, statuses = asyncio.run(drive(url, args.requests, args.concurrency, args.stream))
+        cpu_after = cpu_seconds(proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
     kind = "streamed" if args.stream else "JSON"
     print(f"sandbox: {args.requests} {kind} agent calls, {args.concurrency} in flight, {placement}")
     print(f"  {args.requests / elapsed:,.0f} requests/s  ({elapsed:.2f} s; statuses {dict(statuses)})")
+    if cpu_before is not None and cpu_after is not None:
+        print(f"  server CPU busy {(cpu_after - cpu_before) / elapsed:.0%} of the run "
+              f"({(cpu_after - cpu_before) / args.requests * 1e6:.0f} µs per call)")
 
 
 if __name__ == "__main__":
