@@ -51,7 +51,6 @@ class RelayUser:
 @dataclass(slots=True)
 class RelayKey:
     user: RelayUser
-    hard_limit_usd: float
     limiter: Limiter | None
 
 
@@ -76,7 +75,7 @@ class SandboxState:
         for key, rk in cfg.relay_keys.items():
             # A user's credit is the hard limit of its first key.
             user = self.users.setdefault(rk.user_id, RelayUser(rk.user_id, rk.hard_limit_usd))
-            self.relay[key] = RelayKey(user, rk.hard_limit_usd, make_limiter(algorithm, rk.rpm, window))
+            self.relay[key] = RelayKey(user, make_limiter(algorithm, rk.rpm, window))
         self.agents = make_agents(cfg.agent_count)
         self.faults = FaultPicker(cfg.seed, cfg.faults)
         self.log = RequestLog(cfg.request_log)
