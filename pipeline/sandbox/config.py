@@ -1,0 +1,156 @@
+"""What a sandbox server simulates: accounts, rate limits, faults. Validated once, at start-up.
+
+```toml
+seed = 7
+window_seconds = 2.0          # a rate-limit "minute" lasts 2 s
+algorithm = "sliding_log"
+
+[keys.momo-sandbox-free]
+tier = "free"
+balance = 1.5
+packages = { 159 = 1000 }
+
+[relay_keys.sk-sandbox-relay]
+hard_limit_usd = 5.0
+rpm = 30
+
+[faults]
+server_error = 0.1
+reset = 0.05
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "DEFAULT_KEYS",
+    "DEFAULT_RELAY_KEYS",
+    "FAULT_NAMES",
+    "STREAM_FAULTS",
+    "TIER_LIMITS",
+    "Algorithm",
+    "FaultConfig",
+    "KeyConfig",
+    "RelayKeyConfig",
+    "SandboxConfig",
+    "Tier",
+]
+
+Tier = Literal["free", "basic", "pro", "enterprise"]
+Algorithm = Literal["fixed_window", "sliding_log", "token_bucket"]
+
+# Requests per window (the contract's "minute"); None is unlimited.
+TIER_LIMITS: dict[str, int | None] = {"free": 10, "basic": 60, "pro": 300, "enterprise": None}
+
+# The order fixes which fault a uniform draw lands on: changing it changes every seeded run.
+FAULT_NAMES: tuple[str, ...] = (
+    "rate_limit", "server_error", "bad_gateway_html", "reset", "hang", "malformed", "success_false",
+    "stream_mid_error", "stream_drop", "stream_no_summary", "stream_split", "stream_crlf", "stream_keepalive",
+)
+STREAM_FAULTS = frozenset(name for name in FAULT_NAMES if name.startswith("stream_"))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KeyConfig(_Strict):
+    """A MOMO API key: its rate tier, money (CNY) and prepaid token packages per agent id."""
+
+    tier: Tier = "pro"
+    balance: float = Field(default=1000.0, ge=0)
+    packages: dict[int, int] = Field(default_factory=dict)
+
+
+class RelayKeyConfig(_Strict):
+    """A relay API key (``sk-…``). Keys of one user share that user's quota."""
+
+    user_id: str = "1"
+    hard_limit_usd: float = Field(default=100.0, ge=0)
+    rpm: int | None = Field(default=None, ge=1)
+
+
+_Prob = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class FaultConfig(_Strict):
+    """Probability of each fault per request; a deterministic hash draw picks at most one.
+
+    ``stream_split``/``stream_crlf``/``stream_keepalive`` only change the framing of a stream that
+    still delivers and charges; the ``stream_*`` faults never hit a non-stream request.
+    """
+
+    rate_limit: float = _Prob
+    server_error: float = _Prob
+    bad_gateway_html: float = _Prob
+    reset: float = _Prob
+    hang: float = _Prob
+    malformed: float = _Prob
+    success_false: float = _Prob
+    stream_mid_error: float = _Prob
+    stream_drop: float = _Prob
+    stream_no_summary: float = _Prob
+    stream_split: float = _Prob
+    stream_crlf: float = _Prob
+    stream_keepalive: float = _Prob
+    # After this many faults for one (key, prompt) it always succeeds, so a client's retries converge.
+    max_faults_per_prompt: int = Field(default=3, ge=0)
+    apply_to: Literal["all", "calls"] = "calls"
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> FaultConfig:
+        total = sum(getattr(self, name) for name in FAULT_NAMES)
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"fault probabilities add up to {total:.3f}; at most one fault per request (≤ 1)")
+        return self
+
+
+def _default_keys() -> dict[str, KeyConfig]:
+    return {f"momo-sandbox-{tier}": KeyConfig(tier=tier, balance=1000.0, packages={159: 50000})
+            for tier in ("free", "basic", "pro", "enterprise")}
+
+
+DEFAULT_KEYS: dict[str, KeyConfig] = _default_keys()
+DEFAULT_RELAY_KEYS: dict[str, RelayKeyConfig] = {"sk-sandbox-relay": RelayKeyConfig()}
+
+
+class SandboxConfig(_Strict):
+    """Everything a sandbox run simulates. All fields have defaults: ``SandboxConfig()`` just works."""
+
+    seed: int = 0
+    window_seconds: float = Field(default=60.0, gt=0)
+    # The CLI's ``--time-scale X``: a window lasts window_seconds / X.
+    time_scale: float = Field(default=1.0, gt=0)
+    algorithm: Algorithm = "fixed_window"
+    # The CLI's ``--algorithm``; overrides ``algorithm`` when set.
+    rate_algorithm: Algorithm | None = None
+    rate_headers: bool = True
+    latency_ms: float = Field(default=0.0, ge=0)
+    keys: dict[str, KeyConfig] = Field(default_factory=_default_keys)
+    relay_keys: dict[str, RelayKeyConfig] = Field(default_factory=lambda: dict(DEFAULT_RELAY_KEYS))
+    access_tokens: dict[str, str] = Field(default_factory=lambda: {"sandbox-system-token": "1"})
+    faults: FaultConfig = Field(default_factory=FaultConfig)
+    request_log: Path | None = None
+    agent_count: int = Field(default=45, ge=2, le=1000)
+    hang_seconds: float = Field(default=30.0, ge=0)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> SandboxConfig:
+        """Read a TOML file (see the module docstring); unknown keys are errors."""
+        with open(path, "rb") as fh:
+            return cls.model_validate(tomllib.load(fh))
+
+    @property
+    def window(self) -> float:
+        """Real seconds in one rate-limit window, after ``time_scale``."""
+        return self.window_seconds / self.time_scale
+
+    @property
+    def limiter_algorithm(self) -> Algorithm:
+        return self.rate_algorithm or self.algorithm

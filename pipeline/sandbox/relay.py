@@ -1,0 +1,256 @@
+"""The OpenAI-compatible relay (contract §2, new-api family): models, chat completions, billing, user.
+
+Tokens: ``prompt_tokens`` = o200k count of every message content + 4 per message + 3 (OpenAI's
+chat framing); ``completion_tokens`` as for MOMO. Charge: :func:`~.catalog.quota_units` from
+:data:`~.catalog.RELAY_PRICES`. Errors look the way such relays really send them: an empty-bodied
+429, 403 ``insufficient_user_quota``, 503 ``model_not_found``, and HTTP 200 bodies carrying an
+error on the billing and ``/api/user/self`` endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from .answers import answer, completion_tokens, count_tokens
+from .catalog import QUOTA_PER_USD, RELAY_PRICES, Price, quota_units
+from .handlers import Handlers
+from .state import RelayKey, RelayUser
+from .wire import EventStream, bearer, json_reply, pieces, request_id, stream_reply
+
+__all__ = ["ChatParams", "RelayApi", "parse_chat"]
+
+_PER_MESSAGE, _PER_REPLY = 4, 3
+
+
+@dataclass(frozen=True, slots=True)
+class ChatParams:
+    model: str
+    messages: list[tuple[str, str]]  # (role, text)
+    temperature: float
+    max_tokens: int | None
+    stream: bool
+    include_usage: bool
+
+    @property
+    def transcript(self) -> str:
+        """The conversation as one text: what ``prompt_sha`` hashes and answers are keyed on."""
+        return "\n".join(f"{role}: {text}" for role, text in self.messages)
+
+
+def _text(content: Any) -> str | None:
+    """A message's text: a string, or the text parts of a content list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        return "".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
+    return None
+
+
+def _messages(raw: Any) -> list[tuple[str, str]] | str:
+    if not isinstance(raw, list) or not raw:
+        return "messages must be a non-empty array"
+    out = []
+    for m in raw:
+        text = _text(m.get("content")) if isinstance(m, dict) else None
+        if text is None or not isinstance(m.get("role"), str):
+            return "each message needs a string role and a content"
+        out.append((m["role"], text))
+    return out
+
+
+def parse_chat(body: bytes) -> ChatParams | str:
+    """The request's parameters, or an error message (HTTP 400)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return "invalid JSON body"
+    if not isinstance(data, dict) or not isinstance(data.get("model"), str):
+        return "model is required"
+    messages = _messages(data.get("messages"))
+    if isinstance(messages, str):
+        return messages
+    temperature = data.get("temperature")
+    if temperature is not None and not (isinstance(temperature, int | float) and not isinstance(temperature, bool)
+                                        and math.isfinite(temperature) and 0 <= temperature <= 2):
+        return "temperature must be between 0 and 2"
+    max_tokens = data.get("max_tokens")
+    if max_tokens is not None and not (isinstance(max_tokens, int) and not isinstance(max_tokens, bool)
+                                       and max_tokens >= 1):
+        return "max_tokens must be a positive integer"
+    stream, options = data.get("stream"), data.get("stream_options") or {}
+    if (stream is not None and not isinstance(stream, bool)) or not isinstance(options, dict):
+        return "stream must be a boolean and stream_options an object"
+    return ChatParams(data["model"], messages, 1.0 if temperature is None else float(temperature),
+                      max_tokens, bool(stream), options.get("include_usage") is True)
+
+
+def _error(message: str, code: str = "", kind: str = "new_api_error") -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "code": code}}
+
+
+class RelayApi(Handlers):
+    """Request handlers over a :class:`SandboxState`."""
+
+    api = "relay"
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/v1/models", self.models), web.post("/v1/chat/completions", self.chat),
+                web.get("/v1/dashboard/billing/subscription", self.subscription),
+                web.get("/v1/dashboard/billing/usage", self.usage), web.get("/api/user/self", self.user_self)]
+
+    # -- shared steps -----------------------------------------------------------------------------
+    def _fail(self, rec: dict[str, Any], status: int, body: dict[str, Any], log_code: str | None = None,
+              ) -> web.StreamResponse:
+        """An error body; the log records its ``code``, or ``log_code`` where the body has none."""
+        return self._finish(rec, json_reply(body, status), body["error"]["code"] or log_code)
+
+    def _authorize(self, request: web.Request) -> tuple[dict[str, Any], RelayKey | None]:
+        key = bearer(request)
+        return self._record(request, key), self.state.relay.get(key) if key else None
+
+    def _error_reply(self, rec: dict[str, Any], fault: str) -> web.StreamResponse:
+        if fault == "rate_limit":  # as relays do: no body, no Retry-After
+            return self._finish(rec, web.Response(status=429), "rate_limit")
+        if fault == "hang":
+            return self._fail(rec, 504, _error("upstream timed out", "timeout", "upstream_error"))
+        if fault == "success_false":  # an error body with HTTP 200
+            return self._fail(rec, 200, _error("upstream returned an empty response", "empty_response"))
+        return self._fail(rec, 500, _error("upstream error: do request failed", "do_request_failed", "upstream_error"))
+
+    def _sample_body(self, rec: dict[str, Any]) -> dict[str, Any]:
+        return _completion(request_id("chatcmpl-"), str(rec["target"]), "Answer to: …", 10, 10)
+
+    # -- endpoints --------------------------------------------------------------------------------
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        rec, key = self._authorize(request)
+        if key is None:
+            return self._fail(rec, 401, _error("无效的令牌"), "invalid_token")
+        if (reply := await self._other_fault(request, rec)) is not None:
+            return reply
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": price.owned_by}
+                for name, price in RELAY_PRICES.items()]
+        return self._finish(rec, json_reply({"object": "list", "data": data}))
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        rec, key = self._authorize(request)
+        if key is None:
+            return self._fail(rec, 401, _error("无效的令牌"), "invalid_token")
+        params = parse_chat(await request.read())
+        if isinstance(params, str):
+            return self._fail(rec, 400, _error(params, "invalid_request", "invalid_request_error"))
+        rec["target"], rec["stream"] = params.model, params.stream
+        price = RELAY_PRICES.get(params.model)
+        if price is None:
+            return self._fail(rec, 503, _error(f"当前分组 default 下对于模型 {params.model} 无可用渠道",
+                                               "model_not_found"))
+        transcript = params.transcript
+        rec["prompt_sha"] = sha = hashlib.sha256(transcript.encode()).hexdigest()
+        rec["n"] = n = self.state.seen(rec["key"], sha)
+        if key.limiter is not None and not key.limiter.acquire(self.state.clock()).allowed:
+            return self._error_reply(rec, "rate_limit")
+        rec["fault"] = fault = self.state.faults.choose(rec["key"], sha, n, call=True, stream=params.stream)
+        if fault is not None and (reply := await self._fault_reply(request, rec, fault, params.stream)):
+            return reply
+        if self.cfg.latency_ms:
+            await asyncio.sleep(self.cfg.latency_ms / 1000)
+        return await self._answer(request, rec, key.user, params, price, transcript)
+
+    async def _answer(self, request: web.Request, rec: dict[str, Any], user: RelayUser, params: ChatParams,
+                      price: Price, transcript: str) -> web.StreamResponse:
+        prompt_tokens = sum(count_tokens(text) for _, text in params.messages)
+        prompt_tokens += _PER_MESSAGE * len(params.messages) + _PER_REPLY
+        completion = completion_tokens(params.model, transcript, params.max_tokens)
+        quota = quota_units(price, prompt_tokens, completion)
+        if user.quota < quota:
+            return self._fail(rec, 403, _error(f"用户额度不足, 剩余额度: {user.quota}", "insufficient_user_quota"))
+        user.used_quota += quota
+        user.request_count += 1
+        rid = request_id("chatcmpl-")
+        rec.update(charged=True, cost=quota / QUOTA_PER_USD, tokens_used=prompt_tokens + completion, quota=quota,
+                   request_id=rid)
+        content = answer(params.model, params.messages[-1][1], params.temperature, rec["n"], labelling=True)
+        if not params.stream:
+            return self._finish(rec, json_reply(_completion(rid, params.model, content, prompt_tokens, completion)))
+        return await self._stream(request, rec, rid, params, content, _usage(prompt_tokens, completion))
+
+    async def _stream(self, request: web.Request, rec: dict[str, Any], rid: str, params: ChatParams, content: str,
+                      usage: dict[str, Any]) -> web.StreamResponse:
+        fault, created = rec["fault"], int(time.time())
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": params.model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+        deltas = [chunk({"role": "assistant", "content": ""})] + [chunk({"content": p}) for p in pieces(content)]
+        tail: list[Any] = [chunk({}, "stop")]
+        if params.include_usage and fault != "stream_no_summary":
+            tail.append({**chunk({}), "choices": [], "usage": usage})
+        tail.append("[DONE]")
+        stream = EventStream.framed_for(request, fault)
+        self._finish(rec, stream.response)  # charged now, whatever happens to the stream
+        error = _error("upstream stream broken", "bad_response_body", "upstream_error")
+        return await stream_reply(stream, deltas, tail, fault, error)
+
+    async def subscription(self, request: web.Request) -> web.StreamResponse:
+        rec, key = self._authorize(request)
+        if key is None:
+            # new-api answers billing errors with HTTP 200
+            return self._fail(rec, 200, _error("无效的令牌"), "invalid_token")
+        if (reply := await self._other_fault(request, rec)) is not None:
+            return reply
+        limit = key.user.hard_limit_usd
+        return self._finish(rec, json_reply({
+            "object": "billing_subscription", "has_payment_method": True, "soft_limit_usd": limit,
+            "hard_limit_usd": limit, "system_hard_limit_usd": limit, "access_until": 0}))
+
+    async def usage(self, request: web.Request) -> web.StreamResponse:
+        rec, key = self._authorize(request)
+        if key is None:
+            return self._fail(rec, 200, _error("无效的令牌"), "invalid_token")
+        if (reply := await self._other_fault(request, rec)) is not None:
+            return reply
+        cents = key.user.used_quota / QUOTA_PER_USD * 100
+        return self._finish(rec, json_reply({"object": "list", "total_usage": cents}))
+
+    async def user_self(self, request: web.Request) -> web.StreamResponse:
+        token = bearer(request)
+        rec = self._record(request, token)
+        user = self._logged_in(token, request.headers.get("New-Api-User"))
+        if isinstance(user, str):
+            return self._finish(rec, json_reply({"success": False, "message": user}), "unauthorized")
+        if (reply := await self._other_fault(request, rec)) is not None:
+            return reply
+        data = {"id": int(user.user_id) if user.user_id.isdigit() else user.user_id, "username": "sandbox",
+                "display_name": "Sandbox", "role": 1, "status": 1, "group": "default", "quota": user.quota,
+                "used_quota": user.used_quota, "request_count": user.request_count}
+        return self._finish(rec, json_reply({"success": True, "message": "", "data": data}))
+
+    def _logged_in(self, token: str | None, claimed: str | None) -> RelayUser | str:
+        """The user a system access token and ``New-Api-User`` header name, or why not."""
+        user_id = self.state.cfg.access_tokens.get(token) if token else None
+        if user_id is None:
+            return "无权进行此操作，access token 无效"
+        if not claimed:
+            return "无权进行此操作，未提供 New-Api-User"
+        if claimed != user_id:
+            return "无权进行此操作，New-Api-User 与登录用户不匹配"
+        return self.state.users.get(user_id) or "用户不存在"
+
+
+def _usage(prompt_tokens: int, completion: int) -> dict[str, Any]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion, "prompt_tokens_details": {"cached_tokens": 0}}
+
+
+def _completion(rid: str, model: str, content: str, prompt_tokens: int, completion: int) -> dict[str, Any]:
+    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": _usage(prompt_tokens, completion)}
