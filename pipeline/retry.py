@@ -47,7 +47,7 @@ def retry_policy(
     return AsyncRetrying(
         stop=stop_after_attempt(max_attempts),
         wait=wait_retry_after(
-            wait_exponential_jitter(initial=initial_wait, max=max_wait, jitter=initial_wait)
+            wait_exponential_jitter(multiplier=initial_wait, max=max_wait, jitter=initial_wait)
         ),
         retry=retry_if_exception_type(TransientError),
         sleep=anyio.sleep,

@@ -86,15 +86,26 @@ async def test_rate_limited_slows_down_pauses_and_recovers_gradually() -> None:
     assert rates == sorted(rates) and rates[0] < 60 and rates[-1] == 60  # additive recovery
 
 
-async def test_headers_lower_the_target_and_pause_until_reset() -> None:
+async def test_headers_lower_the_target_and_pause_when_nothing_remains() -> None:
     clock = VirtualClock()
     lim = RateLimiter(300, 60.0, clock=clock)
     lim.on_success(limit=60, remaining=10, reset=1.0)
     assert lim.target == 60
-    lim.on_success(limit=60, remaining=0, reset=7.5)
+    await lim.acquire()
+    lim.on_success(limit=60, remaining=0, reset=0.4)  # a slot frees in 0.4 s: wait that, not an interval
     before = clock.now()
     await lim.acquire()
-    assert clock.now() - before >= 7.5
+    assert clock.now() - before == pytest.approx(max(0.4, 60 / 60 * 1.015 - 0.45), abs=0.02)
+
+
+async def test_a_full_window_reset_is_not_waited_for_whole() -> None:
+    clock = VirtualClock()
+    lim = RateLimiter(60, 60.0, clock=clock)
+    await lim.acquire()
+    lim.on_success(remaining=0, reset=59.0)  # sliding log: the whole window refills in 59 s
+    before = clock.now()
+    await lim.acquire()
+    assert clock.now() - before <= 60 / 60 * 1.015 + 1e-9  # one interval, not 59 s
 
 
 async def test_unlimited_never_waits() -> None:

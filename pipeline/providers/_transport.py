@@ -66,7 +66,11 @@ def translated(*secrets: str | None) -> Iterator[None]:
     except APIError:
         raise
     except httpx.TimeoutException as exc:
-        raise Timeout(f"no answer in time ({type(exc).__name__})") from None
+        # httpx-aiohttp reports every aiohttp connection error as ConnectTimeout; only a cause that
+        # is a real timeout (or none: httpx's own pool) is one. A reset is a lost connection.
+        if exc.__cause__ is None or isinstance(exc.__cause__, TimeoutError):
+            raise Timeout(f"no answer in time ({type(exc).__name__})") from None
+        raise ConnectionLost(redact(f"{type(exc.__cause__).__name__}: {exc}", *secrets)) from None
     except (httpx.TransportError, OSError) as exc:
         # aiohttp's disconnects arrive as httpx.ConnectTimeout/ReadError via httpx-aiohttp's map;
         # their text can carry the URL, never a header, but we scrub it anyway.
