@@ -133,13 +133,12 @@ class RateLimiter:
     def _observe(self, limit: int | None, remaining: int | None, reset: float | None) -> None:
         if limit is not None and self._target is not None and 0 < limit < self._target:
             self._set_target(limit)
-        if remaining is not None and remaining <= 0 and reset is not None:
-            # servers mean different things by "reset": when a slot frees (fixed window) or when
-            # the whole window has refilled (sliding log, token bucket). A reset longer than our
-            # interval is the second kind: pacing already waits for the next slot, and a 429's
-            # Retry-After corrects us if not. A shorter one is a boundary worth waiting for.
-            if reset <= self._interval():
-                self._pause(reset)
+        # Servers mean different things by "reset": when a slot frees (fixed window) or when the
+        # whole window has refilled (sliding log, token bucket). A reset longer than our interval
+        # is the second kind: pacing already waits for the next slot, and a 429's Retry-After
+        # corrects us if not. A shorter one is a boundary worth waiting for.
+        if remaining is not None and remaining <= 0 and reset is not None and reset <= self._interval():
+            self._pause(reset)
 
     def _pause(self, seconds: float | None) -> None:
         if seconds and seconds > 0:

@@ -116,7 +116,8 @@ async def test_output_schema_and_provenance_without_the_key(tmp_path: Path, sand
     for col in ("id", "question", "response", "tokens_used", "cost", "request_id", "status", "error_code",
                 "error_message", "attempts", "latency_ms", "finished_at"):
         assert col in names
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    kv = pq.read_metadata(tmp_path / "out.parquet").metadata  # the file's key-value metadata
+    meta = {k.decode(): v.decode() for k, v in kv.items()}
     assert meta["momo_batch.target"] == "159" and "momo_batch.job_sha256" in meta
     raw = (tmp_path / "out.parquet").read_bytes()
     assert b"momo-sandbox-pro" not in raw
