@@ -36,7 +36,7 @@ EXIT_UNREACHABLE = 6
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[red]error:[/red] {redact(message)}", highlight=False, markup=True)
+    err.print(f"[red]error:[/red] {redact(message)}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 

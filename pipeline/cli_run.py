@@ -16,7 +16,7 @@ from .connect import open_provider
 from .errors import MomoError
 from .estimate import Estimate, worst_cost_fn
 from .estimate import estimate as estimate_job
-from .job import RunReport, run_job
+from .job import RunReport, prepare, run_job
 from .progress import Reporter
 from .providers.base import Account
 from .runner import RunStats
@@ -30,6 +30,7 @@ async def _run(job: Job, provider: Any, *, quiet: bool, errors: Console, yes: bo
                **kw: Any) -> RunReport:
     stats = RunStats()
     try:
+        prepare(job, limit=kw.get("limit"))  # bad input fails here, before any request
         price = await provider.price()  # preflight: key valid, agent or model exists
         cap = kw.get("max_cost") if kw.get("max_cost") is not None else job.limits.max_cost
         est = await estimate_job(job, provider, limit=kw.get("limit"), max_cost=cap,

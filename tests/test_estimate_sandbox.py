@@ -20,7 +20,9 @@ KEY = "momo-no-package"
 @pytest.mark.parametrize(("job_file", "pilot"), [("jobs/example.toml", 20), ("jobs/label-sentiment.toml", 30)])
 async def test_pilot_estimate_matches_the_real_run(tmp_path: Path, job_file: str, pilot: int) -> None:
     cfg = SandboxConfig(keys={KEY: KeyConfig(tier="enterprise", balance=1000.0, packages={})})
-    job = Job.load(ROOT / job_file).with_overrides(output=OutputConfig(path=tmp_path / "out.parquet"))
+    job = Job.load(ROOT / job_file)
+    job = job.with_overrides(output=OutputConfig(path=tmp_path / "out.parquet"),
+                             limits=job.limits.model_copy(update={"tier": "enterprise"}))  # no waiting
     with Sandbox(cfg).running() as sb:
         provider = provider_for(job, KEY, sb.momo_url)
 

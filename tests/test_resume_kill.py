@@ -54,9 +54,10 @@ def journaled_rows(out: Path) -> set[int]:
     return rows
 
 
-def start(job: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(job), "--yes", "--quiet"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def start(job: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as stderr:
+        return subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(job), "--yes", "--quiet"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
 def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
@@ -69,11 +70,11 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
         target = 0
         for _ in range(3):
             target += rng.randint(40, 110)
-            proc = start(job, env)
+            proc = start(job, env, tmp_path / "stderr.log")
             reached = sb.wait_for_requests(target, timeout=30)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            assert reached, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            assert reached, (tmp_path / "stderr.log").read_text()[-2000:]
             finished_at_kill.append((len(sb.records()), journaled_rows(tmp_path / "out.parquet")))
         final = subprocess.run([sys.executable, "-m", "pipeline", "run", str(job), "--yes", "--json"],
                                env=env, capture_output=True, text=True, timeout=60)
