@@ -49,15 +49,31 @@ def test_token_bucket_allows_a_burst_then_the_refill_rate(times: list[float], li
 @pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_log", "token_bucket"])
 @settings(max_examples=50)
 @given(times=arrivals, limit=limits)
-def test_retry_after_is_exactly_when_room_comes(algorithm: str, times: list[float], limit: int) -> None:
+def test_reset_is_exactly_when_room_comes(algorithm: str, times: list[float], limit: int) -> None:
     limiter = make_limiter(algorithm, limit, WINDOW)  # type: ignore[arg-type]
     assert limiter is not None
     for t in times:
         decision = limiter.acquire(t)
-        if not decision.allowed:
-            assert decision.remaining == 0 and decision.retry_after > 0
-            assert limiter.acquire(t + decision.retry_after + 1e-9).allowed
+        assert decision.reset > 0
+        if decision.remaining == 0:  # accepted or not: after the reset there is room, and not before
+            if decision.reset > 2e-3:
+                assert not limiter.acquire(t + decision.reset - 1e-3).allowed
+            assert limiter.acquire(t + decision.reset + 1e-9).allowed
             return
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_log", "token_bucket"])
+@given(gaps=st.lists(st.floats(0, 0.3, allow_nan=False), min_size=1, max_size=80), limit=limits)
+def test_a_client_that_waits_for_the_reset_is_never_rejected(algorithm: str, gaps: list[float], limit: int) -> None:
+    limiter = make_limiter(algorithm, limit, WINDOW)  # type: ignore[arg-type]
+    assert limiter is not None
+    now = paused_until = 0.0
+    for gap in gaps:
+        now = max(now + gap, paused_until)
+        decision = limiter.acquire(now)
+        assert decision.allowed
+        if decision.remaining == 0:
+            paused_until = now + decision.reset + 1e-9
 
 
 def test_unlimited_tier_has_no_limiter() -> None:

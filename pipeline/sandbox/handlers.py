@@ -56,7 +56,7 @@ class Handlers:
             return self._finish(rec, web.Response(status=502, text=BAD_GATEWAY_HTML, content_type="text/html"))
         if fault == "reset":
             self.state.log.append(rec)
-            return abort(request)
+            return abort(request, reset=True)
         if fault == "malformed":
             return self._finish(rec, await truncated(request, self._sample_body(rec), stream))
         reply = self._error_reply(rec, fault)

@@ -71,6 +71,11 @@ def _whole(text: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and int(text) > 0 else None
 
 
+def _seconds(value: float) -> str:
+    """Seconds for a header, rounded up to the millisecond: a client that waits this long is not early."""
+    return f"{max(math.ceil(value * 1000), 1) / 1000:.3f}"
+
+
 def _error(code: str, message: str, details: str) -> dict[str, Any]:
     return {"success": False, "error": {"code": code, "message": message, "details": details}}
 
@@ -99,15 +104,16 @@ class MomoApi(Handlers):
     def _rate_headers(self, decision: Decision | None) -> dict[str, str]:
         if decision is None or not self.cfg.rate_headers:
             return {}
+        reset = _seconds(decision.reset)
         headers = {"X-RateLimit-Limit": str(decision.limit), "X-RateLimit-Remaining": str(decision.remaining),
-                   "X-RateLimit-Reset": f"{decision.reset:.3f}"}
+                   "X-RateLimit-Reset": reset}
         if not decision.allowed:
-            headers["Retry-After"] = f"{decision.retry_after:.3f}"
+            headers["Retry-After"] = reset
         return headers
 
     def _error_reply(self, rec: dict[str, Any], fault: str) -> web.StreamResponse:
         if fault == "rate_limit":  # an injected 429 says "wait one (scaled) second"
-            headers = {"Retry-After": f"{max(self.cfg.window / 60, 0.001):.3f}"} if self.cfg.rate_headers else {}
+            headers = {"Retry-After": _seconds(self.cfg.window / 60)} if self.cfg.rate_headers else {}
             return self._fail(rec, 429, "RATE_LIMIT", "请求过于频繁", "稍后重试,遵守限流规则", headers)
         if fault == "hang":
             return self._fail(rec, 504, "INTERNAL_ERROR", "网关超时", "upstream model did not answer in time")

@@ -1,10 +1,12 @@
 """The three window algorithms real APIs use, so a client is tested against each.
 
 Each limiter admits ``limit`` requests per ``window`` seconds and is asked once per request with
-the current time. A rejected request does not count. Times in a :class:`Decision`:
-
-- ``retry_after``: seconds until the next request would be admitted (only when rejected);
-- ``reset``: seconds until ``remaining`` is back to ``limit`` (what ``X-RateLimit-Reset`` says).
+the current time. A rejected request does not count. A :class:`Decision` says how many requests
+are left (``remaining``) and ``reset``: the seconds until ``remaining`` next goes up. That is
+what ``X-RateLimit-Reset`` sends, and ``Retry-After`` too when the request was rejected, so a
+client that pauses until the reset whenever ``remaining`` is 0 never hits a 429, whichever the
+algorithm. (For a fixed window it is the window's end; for a sliding log, when the oldest
+request leaves the window; for a token bucket, when the next whole token has dripped in.)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .config import Algorithm
 
 __all__ = ["Decision", "FixedWindow", "Limiter", "SlidingLog", "TokenBucket", "make_limiter"]
 
-MIN_RETRY_AFTER = 0.001
+MIN_WAIT = 0.001  # a reset of "0.000" would tell a client to retry at once, into another 429
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +29,6 @@ class Decision:
     limit: int
     remaining: int
     reset: float
-    retry_after: float = 0.0
 
 
 class Limiter(Protocol):
@@ -52,11 +53,10 @@ class FixedWindow:
         index = math.floor((now - self._origin) / self.window)
         if index != self._index:
             self._index, self._count = index, 0
-        reset = max(self._origin + (index + 1) * self.window - now, MIN_RETRY_AFTER)
-        if self._count >= self.limit:
-            return Decision(False, self.limit, 0, reset, reset)
-        self._count += 1
-        return Decision(True, self.limit, self.limit - self._count, reset)
+        reset = max(self._origin + (index + 1) * self.window - now, MIN_WAIT)
+        allowed = self._count < self.limit
+        self._count += allowed
+        return Decision(allowed, self.limit, self.limit - self._count, reset)
 
 
 class SlidingLog:
@@ -70,11 +70,10 @@ class SlidingLog:
         log, horizon = self._log, now - self.window
         while log and log[0] <= horizon:
             log.popleft()
-        if len(log) >= self.limit:
-            retry = max(log[0] - horizon, MIN_RETRY_AFTER)
-            return Decision(False, self.limit, 0, max(log[-1] - horizon, MIN_RETRY_AFTER), retry)
-        log.append(now)
-        return Decision(True, self.limit, self.limit - len(log), max(log[-1] - horizon, MIN_RETRY_AFTER))
+        allowed = len(log) < self.limit
+        if allowed:
+            log.append(now)
+        return Decision(allowed, self.limit, self.limit - len(log), max(log[0] - horizon, MIN_WAIT))
 
 
 class TokenBucket:
@@ -89,14 +88,11 @@ class TokenBucket:
         if self._stamp is not None:
             self._tokens = min(self.limit, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
-        if self._tokens < 1.0:
-            retry = max((1.0 - self._tokens) / self.rate, MIN_RETRY_AFTER)
-            return Decision(False, self.limit, 0, self._full_in(), retry)
-        self._tokens -= 1.0
-        return Decision(True, self.limit, int(self._tokens), self._full_in())
-
-    def _full_in(self) -> float:
-        return max((self.limit - self._tokens) / self.rate, MIN_RETRY_AFTER)
+        allowed = self._tokens >= 1.0
+        self._tokens -= allowed
+        whole = math.floor(self._tokens)
+        reset = 0.0 if whole >= self.limit else (whole + 1 - self._tokens) / self.rate
+        return Decision(allowed, self.limit, whole, max(reset, MIN_WAIT))
 
 
 _ALGORITHMS: dict[str, type[FixedWindow] | type[SlidingLog] | type[TokenBucket]] = {

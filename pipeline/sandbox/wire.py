@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+import struct
 from typing import Any
 
 from aiohttp import web
@@ -48,10 +50,17 @@ def new_record(api: str, request: web.Request, ts: float, key_fp: str | None) ->
     }
 
 
-def abort(request: web.Request) -> web.Response:
-    """Drop the TCP connection without a reply (the client sees a reset / disconnect)."""
-    if request.transport is not None:
-        request.transport.abort()
+def abort(request: web.Request, *, reset: bool = False) -> web.Response:
+    """Close the TCP connection at once, whatever the reply had sent so far.
+
+    With ``reset`` the close sends RST instead of FIN (linger 0): a real "connection reset by peer".
+    """
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if reset and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
     return web.Response(status=500)  # never sent: the transport is gone
 
 
