@@ -23,6 +23,9 @@ from .errors import ConfigError
 from .result import FINAL_ERROR_CODES, RESULT_SCHEMA, TOKEN_SPLIT_SCHEMA, RowResult
 
 META = "meta.json"
+# results per journal segment: polars reads a JSON-lines file whole, so bounded segments keep
+# reading the journal (resume state, totals, finalise) from growing with the job
+SEGMENT_RECORDS = 65_536
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Journal:
         self.schema = schema  # full record schema, ROW included
         self._results: TextIO | None = None
         self._starts: TextIO | None = None
+        self._in_segment = 0
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -87,10 +91,11 @@ class Journal:
         cost, seen = 0.0, pl.Series(ROW, [], pl.UInt32())
         if frame is not None:
             done = (pl.col("status") != "error") | pl.col("error_code").is_in(FINAL_ERROR_CODES)
-            last = frame.unique(ROW, keep="last").select(ROW, done.alias("done")).collect()
+            last = (frame.select(ROW, done.alias("done")).unique(ROW, keep="last")
+                    .collect(engine="streaming"))
             for row in last.filter(pl.col("done") & (pl.col(ROW) < n_rows))[ROW]:
                 finished[row] = 1
-            cost = float(frame.select(pl.col("cost").sum()).collect().item() or 0.0)
+            cost = float(frame.select(pl.col("cost").sum()).collect(engine="streaming").item() or 0.0)
             seen = last[ROW]
         started: set[int] = set()
         for path in self._segments("starts"):
@@ -104,9 +109,9 @@ class Journal:
         frame = self.results_frame()
         if frame is None:
             return {"ok": 0, "error": 0, "skipped": 0, "tokens": 0, "cost": 0.0}
-        last = frame.unique(ROW, keep="last")
-        counts = dict(last.group_by("status").len().collect().iter_rows())
-        spent = frame.select(pl.col("tokens_used").sum(), pl.col("cost").sum()).collect().row(0)
+        last = frame.select(ROW, "status").unique(ROW, keep="last")
+        counts = dict(last.group_by("status").len().collect(engine="streaming").iter_rows())
+        spent = frame.select(pl.col("tokens_used").sum(), pl.col("cost").sum()).collect(engine="streaming").row(0)
         return {
             **({"unparsed": counts["unparsed"]} if "unparsed" in counts else {}),
             "ok": counts.get("ok", 0),
@@ -128,8 +133,15 @@ class Journal:
     # -- writing ---------------------------------------------------------------------------
     def begin_segment(self) -> None:
         n = len(self._segments("results"))
-        self._results = (self.root / f"results-{n:05d}.jsonl").open("a", encoding="utf-8")
+        self._open_results()
         self._starts = (self.root / f"starts-{n:05d}.jsonl").open("a", encoding="utf-8")
+
+    def _open_results(self) -> None:
+        if self._results is not None:
+            self._results.close()
+        n = len(self._segments("results"))
+        self._results = (self.root / f"results-{n:05d}.jsonl").open("a", encoding="utf-8")
+        self._in_segment = 0
 
     def mark_started(self, rows: Iterable[int]) -> None:
         assert self._starts is not None, "begin_segment first"
@@ -138,9 +150,16 @@ class Journal:
 
     def append(self, results: Iterable[RowResult]) -> None:
         assert self._results is not None, "begin_segment first"
-        text = "".join(json.dumps(r.to_record(), ensure_ascii=False) + "\n" for r in results)
-        self._results.write(text)
+        if self._in_segment >= SEGMENT_RECORDS:
+            self._open_results()
+        # nulls are left out (the reader's schema restores them): skipped rows stay ~100 bytes
+        lines = [json.dumps({k: v for k, v in r.to_record().items() if v is not None}, ensure_ascii=False)
+                 for r in results]
+        if not lines:
+            return
+        self._results.write("\n".join(lines) + "\n")
         self._results.flush()  # in the OS now: survives kill -9 of this process
+        self._in_segment += len(lines)
 
     def close(self) -> None:
         for f in (self._results, self._starts):

@@ -74,3 +74,26 @@ def test_all_error_output_still_has_typed_columns(tmp_path: Path) -> None:
     df = pl.read_parquet(out)
     assert df.schema["tokens_used"] == pl.Int64 and df.schema["cost"] == pl.Float64
     assert df["status"].to_list() == ["error"]
+
+
+def test_segments_rotate_and_read_back_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.sink as sink
+
+    monkeypatch.setattr(sink, "SEGMENT_RECORDS", 3)
+    out = tmp_path / "out.parquet"
+    j = _journal(out)
+    j.begin_segment()
+    for row in range(10):
+        j.append([RowResult(row=row, status="ok", response=f"r{row}", cost=0.25, tokens_used=row)])
+    j.append([])
+    j.close()
+    assert len(list(journal_dir(out).glob("results-*.jsonl"))) == 4
+    reopened = _journal(out)
+    state = reopened.state(10)
+    assert state.finished_count == 10 and state.previous_cost == 2.5
+    assert reopened.totals() == {"ok": 10, "error": 0, "skipped": 0, "tokens": 45, "cost": 2.5}
+    frame = reopened.results_frame()
+    assert frame is not None
+    got = frame.collect().sort(sink.ROW)
+    assert got["response"].to_list() == [f"r{i}" for i in range(10)]
+    assert got["error_code"].null_count() == 10  # nulls left out of the lines come back as nulls

@@ -102,12 +102,12 @@ class LabelTask:
     @staticmethod
     def summarise(frame: pl.LazyFrame) -> dict[str, Any]:
         """Label distribution, unparsed rate, cost per labelled row (last result of each row)."""
-        last = frame.unique("__row", keep="last").collect()
+        last = frame.select("__row", "status", "label").unique("__row", keep="last").collect(engine="streaming")
         labelled = last.filter(pl.col("status").is_in(["ok", "unparsed"]))
         dist = labelled.group_by("label").len().sort("len", descending=True)
         n = len(labelled)
         ok = int((labelled["status"] == "ok").sum()) if n else 0
-        cost = float(frame.select(pl.col("cost").sum()).collect().item() or 0.0)
+        cost = float(frame.select(pl.col("cost").sum()).collect(engine="streaming").item() or 0.0)
         return {
             "label_distribution": {str(k) if k is not None else "unparsed": v for k, v in dist.iter_rows()},
             "unparsed_rate": round((n - ok) / n, 4) if n else 0.0,
