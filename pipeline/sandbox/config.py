@@ -124,12 +124,9 @@ class SandboxConfig(_Strict):
     """Everything a sandbox run simulates. All fields have defaults: ``SandboxConfig()`` just works."""
 
     seed: int = 0
+    # Real seconds in a rate-limit "minute": tests scale time down with e.g. 2.0.
     window_seconds: float = Field(default=60.0, gt=0)
-    # The CLI's ``--time-scale X``: a window lasts window_seconds / X.
-    time_scale: float = Field(default=1.0, gt=0)
     algorithm: Algorithm = "fixed_window"
-    # The CLI's ``--algorithm``; overrides ``algorithm`` when set.
-    rate_algorithm: Algorithm | None = None
     rate_headers: bool = True
     latency_ms: float = Field(default=0.0, ge=0)
     keys: dict[str, KeyConfig] = Field(default_factory=_default_keys)
@@ -145,12 +142,3 @@ class SandboxConfig(_Strict):
         """Read a TOML file (see the module docstring); unknown keys are errors."""
         with open(path, "rb") as fh:
             return cls.model_validate(tomllib.load(fh))
-
-    @property
-    def window(self) -> float:
-        """Real seconds in one rate-limit window, after ``time_scale``."""
-        return self.window_seconds / self.time_scale
-
-    @property
-    def limiter_algorithm(self) -> Algorithm:
-        return self.rate_algorithm or self.algorithm

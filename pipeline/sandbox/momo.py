@@ -113,7 +113,7 @@ class MomoApi(Handlers):
 
     def _error_reply(self, rec: dict[str, Any], fault: str) -> web.StreamResponse:
         if fault == "rate_limit":  # an injected 429 says "wait one (scaled) second"
-            headers = {"Retry-After": _seconds(self.cfg.window / 60)} if self.cfg.rate_headers else {}
+            headers = {"Retry-After": _seconds(self.cfg.window_seconds / 60)} if self.cfg.rate_headers else {}
             return self._fail(rec, 429, "RATE_LIMIT", "请求过于频繁", "稍后重试,遵守限流规则", headers)
         if fault == "hang":
             return self._fail(rec, 504, "INTERNAL_ERROR", "网关超时", "upstream model did not answer in time")

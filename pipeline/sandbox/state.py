@@ -66,7 +66,7 @@ class SandboxState:
     log: RequestLog = field(init=False)
 
     def __post_init__(self) -> None:
-        cfg, window, algorithm = self.cfg, self.cfg.window, self.cfg.limiter_algorithm
+        cfg, window, algorithm = self.cfg, self.cfg.window_seconds, self.cfg.algorithm
         self.momo = {key: MomoAccount(k.tier, k.balance, dict(k.packages),
                                       make_limiter(algorithm, TIER_LIMITS[k.tier], window))
                      for key, k in cfg.keys.items()}
