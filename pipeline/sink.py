@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
 
 from .dataset import ROW, Dataset
 from .errors import ConfigError
@@ -189,27 +193,121 @@ def finalise(
     unfinished: Unfinished,
     metadata: dict[str, str],
 ) -> None:
-    """Write every input row once, in input order, with its last result; atomically."""
+    """Write every input row once, in input order, with its last result; atomically.
+
+    Memory stays bounded by ``FINAL_CHUNK_ROWS``, not the job: polars' ``unique``/``join`` over a
+    1 M-row journal peaked near 1 GB, so the journal is first bucketed by row range into
+    Arrow IPC files (one pass), then the input is read in order and each batch is joined with
+    its bucket only, and appended to the Parquet file as row groups.
+    """
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    with tempfile.TemporaryDirectory(prefix="finalise-", dir=journal.root) as work:
+        buckets = _bucket_results(journal, Path(work))
+        columns = [c for c in dataset.schema().names() if c != ROW] + result_columns
+        writer: pq.ParquetWriter | None = None
+        try:
+            for batch in _input_batches(dataset):
+                part = _with_results(batch, buckets, journal.schema, unfinished).select(columns)
+                table = part.to_arrow()
+                if writer is None:
+                    schema = table.schema.with_metadata(metadata)
+                    writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+                writer.write_table(table.cast(writer.schema))
+            if writer is None:  # no input rows at all: still a typed, empty file
+                empty = _with_results(dataset.scan().head(0).collect(), buckets, journal.schema, unfinished)
+                table = empty.select(columns).to_arrow()
+                writer = pq.ParquetWriter(tmp, table.schema.with_metadata(metadata), compression="zstd")
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
+    os.replace(tmp, output)
+
+
+FINAL_CHUNK_ROWS = 65_536
+
+
+def _bucket_results(journal: Journal, work: Path) -> _Buckets:
+    """Spread the journal's records over IPC files by ``row // FINAL_CHUNK_ROWS``, in journal order."""
+    buckets = _Buckets(work, journal.schema)
     results = journal.results_frame()
     if results is None:
-        results = pl.LazyFrame(schema=journal.schema)
-    results = results.unique(ROW, keep="last", maintain_order=True)
-    joined = dataset.scan().join(results, on=ROW, how="left", maintain_order="left")
+        return buckets
+    for batch in results.collect_batches(chunk_size=FINAL_CHUNK_ROWS, maintain_order=True):
+        keyed = batch.with_columns((pl.col(ROW) // FINAL_CHUNK_ROWS).alias("__bucket"))
+        for (key,), part in keyed.partition_by("__bucket", as_dict=True, maintain_order=True).items():
+            buckets.append(int(key), part.drop("__bucket"))  # type: ignore[arg-type]
+    buckets.close()
+    return buckets
+
+
+class _Buckets:
+    """Append-only IPC files of journal records, one per row range; read back one at a time."""
+
+    def __init__(self, root: Path, schema: dict[str, pl.DataType]) -> None:
+        self.root = root
+        self.schema = schema
+        self._writers: dict[int, ipc.RecordBatchStreamWriter] = {}
+        self._files: dict[int, BinaryIO] = {}
+        self._schemas: dict[int, pa.Schema] = {}
+        self._cached: tuple[int, pl.DataFrame] | None = None
+
+    def append(self, key: int, frame: pl.DataFrame) -> None:
+        table = frame.to_arrow()
+        if key not in self._writers:
+            self._files[key] = (self.root / f"bucket-{key}.arrow").open("wb")
+            self._writers[key] = ipc.new_stream(self._files[key], table.schema)
+            self._schemas[key] = table.schema
+        self._writers[key].write_table(table.cast(self._schemas[key]))
+
+    def close(self) -> None:
+        for key, writer in self._writers.items():
+            writer.close()
+            self._files[key].close()
+
+    def last_results(self, key: int) -> pl.DataFrame:
+        """The last record of each row in bucket ``key`` (a later line wins: a resumed row)."""
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        path = self.root / f"bucket-{key}.arrow"
+        if path.exists():
+            with ipc.open_stream(path) as reader:
+                frame = pl.from_arrow(reader.read_all())
+            assert isinstance(frame, pl.DataFrame)
+            frame = frame.unique(ROW, keep="last", maintain_order=True)
+        else:
+            frame = pl.DataFrame(schema=self.schema).with_columns(
+                pl.col("finished_at").cast(pl.Datetime("us", "UTC")))
+        self._cached = (key, frame)
+        return frame
+
+
+def _input_batches(dataset: Dataset) -> Iterator[pl.DataFrame]:
+    try:
+        yield from dataset.scan().collect_batches(chunk_size=FINAL_CHUNK_ROWS, maintain_order=True)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise ConfigError(f"{dataset.path}: cannot read input ({exc})") from None
+
+
+def _with_results(batch: pl.DataFrame, buckets: _Buckets, schema: dict[str, pl.DataType],
+                  unfinished: Unfinished) -> pl.DataFrame:
+    """``batch`` with the last result of each of its rows; rows without one say why."""
+    if batch.height:
+        lo, hi = batch[ROW].min(), batch[ROW].max()
+        keys = range(int(lo) // FINAL_CHUNK_ROWS, int(hi) // FINAL_CHUNK_ROWS + 1)  # type: ignore[arg-type]
+        results = pl.concat([buckets.last_results(k) for k in keys], how="vertical_relaxed")
+    else:
+        results = buckets.last_results(-1)
+    joined = batch.join(results, on=ROW, how="left", maintain_order="left")
     missing = pl.col("status").is_null()
-    frame = joined.with_columns(
+    return joined.with_columns(
         pl.when(missing).then(pl.lit("error")).otherwise(pl.col("status")).alias("status"),
-        pl.when(missing).then(pl.lit(unfinished.code)).otherwise(pl.col("error_code"))
-        .alias("error_code"),
+        pl.when(missing).then(pl.lit(unfinished.code)).otherwise(pl.col("error_code")).alias("error_code"),
         pl.when(missing).then(pl.lit(unfinished.message)).otherwise(pl.col("error_message"))
         .alias("error_message"),
         pl.col("attempts").fill_null(0),
-    ).select(pl.exclude(ROW)).select(
-        [c for c in dataset.schema().names() if c != ROW] + result_columns
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    frame.sink_parquet(tmp, metadata=metadata)
-    os.replace(tmp, output)
 
 
 def check_collisions(dataset_columns: Iterable[str], result_columns: Iterable[str],
