@@ -28,8 +28,10 @@ lint: $(STAMP) ## ruff, and mypy on pipeline/
 	$(VENV)/bin/ruff check pipeline tests bench
 	$(VENV)/bin/mypy pipeline
 
-bench: $(STAMP) ## throughput, CPU per row, peak RSS, estimate speed (prints figures)
+bench: $(STAMP) ## throughput, CPU per row, peak RSS, estimate speed, sandbox and transport req/s
 	$(PY) bench/run.py
+	$(PY) bench/sandbox_rps.py
+	$(PY) bench/transport.py
 
 clean: ## remove the environment and outputs
 	rm -rf $(VENV) data/out build *.egg-info
