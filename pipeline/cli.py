@@ -21,7 +21,7 @@ from rich.table import Table
 from . import __version__
 from .config import Job, OutputConfig, ProviderConfig
 from .connect import Credentials
-from .errors import ConfigError, MomoError, TerminalError, TransientError, redact
+from .errors import ConfigError, MomoError, PreflightRefused, TerminalError, TransientError, redact
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Bulk prompt jobs against LLM agent APIs: rate-limited, resumable, costed.")
@@ -33,6 +33,7 @@ BaseUrl = Annotated[str | None, typer.Option("--base-url", help="API base URL (e
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 EXIT_UNREACHABLE = 6
+EXIT_REFUSED = 7
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -46,6 +47,8 @@ def guarded(fn: Callable[[], T]) -> T:
         return fn()
     except ConfigError as exc:
         raise _fail(str(exc), 2) from None
+    except PreflightRefused as exc:
+        raise _fail(str(exc), EXIT_REFUSED) from None
     except TransientError as exc:
         raise _fail(f"server unreachable or failing: {exc}", EXIT_UNREACHABLE) from None
     except TerminalError as exc:

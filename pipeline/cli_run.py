@@ -13,17 +13,13 @@ from rich.table import Table
 
 from .config import Job, OutputConfig
 from .connect import open_provider
-from .errors import MomoError
+from .errors import PreflightRefused
 from .estimate import Estimate, worst_cost_fn
 from .estimate import estimate as estimate_job
 from .job import RunReport, prepare, run_job
 from .progress import Reporter
 from .providers.base import Account
 from .runner import RunStats
-
-
-class Refused(MomoError):
-    """Preflight says the job may not fit; ``--yes`` runs it anyway."""
 
 
 async def _run(job: Job, provider: Any, *, quiet: bool, errors: Console, yes: bool,
@@ -60,7 +56,7 @@ def _preflight(est: Estimate, yes: bool, errors: Console) -> None:
         return
     text = "preflight: " + "; ".join(problems)
     if not yes:
-        raise Refused(text + ". Use --yes to run anyway: the job stops cleanly, resumable, "
+        raise PreflightRefused(text + ". Use --yes to run anyway: the job stops cleanly, resumable, "
                       "when the money or the cap runs out.")
     errors.print(f"[yellow]warning:[/yellow] {text} (--yes given: running anyway)")
 

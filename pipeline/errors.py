@@ -2,6 +2,8 @@
 
     MomoError
     ├── ConfigError                 bad job file, bad argument, bad input data (names file/column/row)
+    ├── PreflightRefused            the worst case may not fit the balance or max_cost
+    ├── BudgetExceeded              the next call's worst case does not fit what is left of max_cost
     └── APIError                    the service said no, or could not be understood
         ├── InvalidApiKey           401 INVALID_API_KEY          terminal: stop the job
         ├── AgentNotFound           404 AGENT_NOT_FOUND          terminal: stop the job (also model_not_found)
@@ -39,6 +41,7 @@ __all__ = [
     "ConnectionLost",
     "MalformedResponse",
     "BudgetExceeded",
+    "PreflightRefused",
     "redact",
 ]
 
@@ -60,6 +63,10 @@ class MomoError(Exception):
 
 class ConfigError(MomoError):
     """A job file, argument or input dataset is wrong; the message says where."""
+
+
+class PreflightRefused(MomoError):
+    """``run``'s preflight: the worst case may not fit the balance or the cap (``--yes`` overrides)."""
 
 
 class BudgetExceeded(MomoError):

@@ -59,3 +59,8 @@ def max_in_any_window(times: list[float], window: float) -> int:
             lo += 1
         best = max(best, hi - lo + 1)
     return best
+
+
+def posts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every call request, whatever its answer (refused ones have no prompt hash)."""
+    return [r for r in records if r.get("method") == "POST"]
