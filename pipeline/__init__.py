@@ -49,7 +49,7 @@ from .providers import (
 __all__ = [
     "Account", "AgentNotFound", "APIError", "BudgetExceeded", "CallResult", "ConfigError", "ConnectionLost",
     "Credentials", "Estimate", "InsufficientBalance", "InvalidApiKey", "InvalidParameters", "Job",
-    "MalformedResponse", "MomoClient", "MomoError", "MomoProvider", "OpenAIClient", "OpenAIProvider", "PreflightRefused", "Price",
-    "PromptRequest", "Provider", "RateLimited", "RunReport", "ServerError", "TerminalError", "Timeout",
+    "MalformedResponse", "MomoClient", "MomoError", "MomoProvider", "OpenAIClient", "OpenAIProvider",
+    "PreflightRefused", "Price", "PromptRequest", "Provider", "RateLimited", "RunReport", "ServerError", "TerminalError", "Timeout",
     "TransientError", "estimate", "open_provider", "run_frame", "run_job",
 ]
