@@ -50,6 +50,6 @@ __all__ = [
     "Account", "AgentNotFound", "APIError", "BudgetExceeded", "CallResult", "ConfigError", "ConnectionLost",
     "Credentials", "Estimate", "InsufficientBalance", "InvalidApiKey", "InvalidParameters", "Job",
     "MalformedResponse", "MomoClient", "MomoError", "MomoProvider", "OpenAIClient", "OpenAIProvider",
-    "PreflightRefused", "Price", "PromptRequest", "Provider", "RateLimited", "RunReport", "ServerError", "TerminalError", "Timeout",
-    "TransientError", "estimate", "open_provider", "run_frame", "run_job",
+    "PreflightRefused", "Price", "PromptRequest", "Provider", "RateLimited", "RunReport", "ServerError",
+    "TerminalError", "Timeout", "TransientError", "estimate", "open_provider", "run_frame", "run_job",
 ]
