@@ -99,7 +99,8 @@ class RateLimiter:
         async with self._lock:
             while True:
                 now = self._clock.now()
-                tat = self._tat if self._tat is not None else now
+                # the first grant has no lateness to make up: the second comes one interval later
+                tat = self._tat if self._tat is not None else now + self._tau()
                 earliest = max(tat - self._tau(), self._paused_until)
                 if now >= earliest:
                     break
