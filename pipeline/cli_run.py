@@ -188,7 +188,7 @@ def render_estimate(est: Estimate, console: Console) -> None:
         ("rows (to run / skipped empty)", f"{est.rows:,} ({est.remaining_rows:,} / {est.skipped_rows:,})"),
         ("calls per row", str(est.calls_per_row)),
         ("prompt tokens (exact, local)", f"{est.prompt_tokens:,}  [{est.tokenizer}]"),
-        ("completion length", est.completion_basis),
+        ("expected completion tokens", f"{est.completion_tokens:,}  [{est.completion_basis}]"),
         ("server/local token ratio", "-" if est.token_ratio is None else f"{est.token_ratio:.3f}"),
         ("price per million (prompt / completion)",
          f"{est.price['prompt_per_million']:g} / {est.price['completion_per_million']:g} {c}"),

@@ -54,6 +54,7 @@ class Estimate:
     skipped_rows: int
     calls_per_row: int
     prompt_tokens: int
+    completion_tokens: int  # expected, over the remaining rows (see completion_basis)
     tokenizer: str
     currency: str
     price: dict[str, float]
@@ -149,20 +150,28 @@ class Fit:
         return cls(a, b, sigma, n)
 
 
-def pilot_fit(
-    journal: Journal, job: Job, price: Price, sample_tokens: dict[int, int]
-) -> tuple[Fit, float | None] | None:
+@dataclass(frozen=True)
+class Pilot:
+    """What the pilot rows taught: cost per row against prompt length, and token counts."""
+
+    fit: Fit
+    token_ratio: float | None  # server tokens / local count of prompt and answer
+    completion_per_row: float  # relay: completion_tokens; MOMO: server tokens beyond the local prompt count
+
+
+def pilot_fit(journal: Journal, job: Job, price: Price, sample_tokens: dict[int, int]) -> Pilot | None:
     """Fit list-price cost per row on local prompt tokens, from the journaled pilot rows."""
     frame = journal.results_frame()
     if frame is None or not sample_tokens:
         return None
     done = (
-        frame.unique(ROW, keep="last")
-        .filter(pl.col(ROW).is_in(list(sample_tokens)) & (pl.col("status") == "ok"))
+        frame.filter(pl.col(ROW).is_in(list(sample_tokens)))
+        .unique(ROW, keep="last")
+        .filter(pl.col("status") == "ok")
         .select(ROW, "tokens_used", "prompt_tokens", "completion_tokens", "cost", "response")
         .collect()
     )
-    xs, ys, server, local = [], [], 0, 0
+    xs, ys, server, local, beyond = [], [], 0, 0, 0
     pp, cp = price.prompt_per_million / 1e6, price.completion_per_million / 1e6
     for rec in done.iter_rows(named=True):
         if rec["tokens_used"] is None:
@@ -170,15 +179,17 @@ def pilot_fit(
         p = sample_tokens[rec[ROW]]
         if rec["prompt_tokens"] is not None and rec["completion_tokens"] is not None:
             list_cost = rec["prompt_tokens"] * pp + rec["completion_tokens"] * cp
+            beyond += rec["completion_tokens"]
         else:  # MOMO reports one total, priced the same for prompt and completion
             list_cost = rec["tokens_used"] * pp
+            beyond += max(0, rec["tokens_used"] - p)
         xs.append(float(p))
         ys.append(list_cost)
         server += rec["tokens_used"]
         local += p + count_one(rec["response"] or "")
     if len(xs) < 2:
         return None
-    return Fit.of(xs, ys), (server / local if local else None)
+    return Pilot(Fit.of(xs, ys), server / local if local else None, beyond / len(xs))
 
 
 async def estimate(job: Job, provider: Provider, *, pilot: int = 0, limit: int | None = None,
@@ -201,7 +212,7 @@ async def estimate(job: Job, provider: Provider, *, pilot: int = 0, limit: int |
 
 
 def _assemble(job: Job, price: Price, account: Account, t: PromptTotals, spent: float,
-              fitted: tuple[Fit, float | None] | None, cap: float | None) -> Estimate:
+              fitted: Pilot | None, cap: float | None) -> Estimate:
     usual, most = calls_per_row(job)
     pp, cp = price.prompt_per_million / 1e6, price.completion_per_million / 1e6
     max_tokens = job.provider.max_tokens
@@ -211,13 +222,15 @@ def _assemble(job: Job, price: Price, account: Account, t: PromptTotals, spent: 
     notes = []
     ratio = None
     if fitted is not None:
-        fit, ratio = fitted
+        fit, ratio = fitted.fit, fitted.token_ratio
+        completion_tokens = fitted.completion_per_row * n
         expected = fit.a * n + fit.b * t.prompt_tokens
         se = fit.sigma * math.sqrt(n + n * n / fit.n)
         low, high = max(0.0, expected - 1.96 * se), expected + 1.96 * se
         basis = f"pilot ({fit.n} rows)"
     else:
         completion = (max_tokens / 2) if max_tokens else DEFAULT_COMPLETION
+        completion_tokens = usual * n * completion
         expected = usual * (t.prompt_tokens * pp + n * completion * cp)
         low = usual * t.prompt_tokens * pp
         high = worst
@@ -244,7 +257,8 @@ def _assemble(job: Job, price: Price, account: Account, t: PromptTotals, spent: 
         spent_so_far=round(spent, 6), expected_cost=round(money(expected), 6),
         interval=(round(money(low), 6), round(money(high), 6)), worst_case=round(money(worst), 6),
         list_price=round(expected, 6), package_tokens=package, completion_basis=basis,
-        pilot_rows=fitted[0].n if fitted else 0, token_ratio=None if ratio is None else round(ratio, 4),
+        pilot_rows=fitted.fit.n if fitted else 0, completion_tokens=round(completion_tokens),
+        token_ratio=None if ratio is None else round(ratio, 4),
         minutes=None if minutes is None else round(minutes, 2), notes=notes,
     )
     if account.remaining is not None:

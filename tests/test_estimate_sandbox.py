@@ -10,6 +10,7 @@ import pytest
 from pipeline import Job, estimate, run_job
 from pipeline.config import OutputConfig
 from pipeline.sandbox import KeyConfig, Sandbox, SandboxConfig
+from pipeline.tokens import count_one
 
 from .helpers import calls, provider_for
 
@@ -44,6 +45,11 @@ async def test_pilot_estimate_matches_the_real_run(tmp_path: Path, job_file: str
     assert est.interval[0] <= real <= est.interval[1]
     assert est.worst_case >= real
     assert est.pilot_rows == pilot and pilot_calls >= pilot
+    if job.label is None:  # one call per row: compare tokens beyond the prompt, per row
+        ok = pl.read_parquet(tmp_path / "out.parquet").filter(pl.col("status") == "ok")
+        beyond = [t - count_one(q) for t, q in zip(ok["tokens_used"], ok["question"], strict=True)]
+        per_row = est.completion_tokens / est.remaining_rows
+        assert per_row == pytest.approx(sum(beyond) / len(beyond), rel=0.15)
     assert report.stats.already_done == pilot  # the pilot's rows were reused, not paid twice
 
 
