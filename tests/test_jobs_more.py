@@ -86,6 +86,14 @@ async def test_invalid_key_stops_before_paying_for_more(tmp_path: Path, sandbox:
     assert 1 <= len(posts(sandbox.records())) <= 4  # type: ignore[attr-defined]
     out = pl.read_parquet(tmp_path / "out.parquet")
     assert out.height == 200 and (out["status"] == "error").all()  # every row says why
+    good_job = momo_job(tmp_path / "q.csv", tmp_path / "good.parquet", sandbox.momo_url)  # type: ignore[attr-defined]
+    good = provider_for(good_job, "momo-sandbox-enterprise", sandbox.momo_url)  # type: ignore[attr-defined]
+    try:
+        await run_job(good_job, good, limit=3)
+    finally:
+        await good.aclose()
+    # an all-error file has the same typed columns as a good one
+    assert pl.read_parquet_schema(tmp_path / "out.parquet") == pl.read_parquet_schema(tmp_path / "good.parquet")
 
 
 async def test_unknown_agent_stops_the_job(tmp_path: Path, sandbox: object) -> None:

@@ -93,3 +93,24 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
         assert not again, f"{len(again)} finished rows called again after a kill"
     sent = {r["prompt_sha"] for r in calls(records)}
     assert sent == {sha(p) for p in prompts}
+
+
+def test_ctrl_c_stops_cleanly_with_every_row_accounted_for(tmp_path: Path) -> None:
+    with Sandbox(SandboxConfig(latency_ms=15)).running() as sb:
+        job = write_job(tmp_path, sb.momo_url)
+        env = {**os.environ, "MOMO_API_KEY": "momo-sandbox-enterprise"}
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(job), "--yes", "--json"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert sb.wait_for_requests(60, timeout=30)
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 130
+        summary = json.loads(stdout.strip().splitlines()[-1])
+        out = pl.read_parquet(tmp_path / "out.parquet")
+        assert out.height == ROWS and summary["stop_code"] == "INTERRUPTED"
+        unfinished = out.filter(pl.col("status") == "error")
+        assert unfinished.height > 0 and unfinished["error_code"].unique().to_list() == ["INTERRUPTED"]
+        again = subprocess.run([sys.executable, "-m", "pipeline", "run", str(job), "--yes", "--quiet"], env=env,
+                               capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (pl.read_parquet(tmp_path / "out.parquet")["status"] == "ok").all()
