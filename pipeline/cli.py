@@ -219,10 +219,19 @@ def sandbox_cmd(
     from .sandbox import SandboxConfig, serve_forever
 
     def build() -> Any:
-        cfg = SandboxConfig.from_toml(config) if config else SandboxConfig()
+        from pydantic import ValidationError
+
         changes = {k: v for k, v in {"seed": seed, "window_seconds": window_seconds, "latency_ms": latency_ms,
                                       "algorithm": algorithm}.items() if v is not None}
-        return SandboxConfig.model_validate({**cfg.model_dump(), **changes}) if changes else cfg
+        try:
+            cfg = SandboxConfig.from_toml(config) if config else SandboxConfig()
+            return SandboxConfig.model_validate({**cfg.model_dump(), **changes}) if changes else cfg
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"sandbox config: {where}: {first['msg']}") from None
+        except (OSError, ValueError) as exc:  # an unreadable or malformed TOML file
+            raise ConfigError(f"sandbox config {config}: {exc}") from None
 
     cfg = guarded(build)
     with contextlib.suppress(KeyboardInterrupt):

@@ -107,3 +107,22 @@ def test_estimate_json_with_pilot(tmp_path: Path) -> None:
     est = json.loads(proc.stdout.strip().splitlines()[-1])
     assert est["pilot_rows"] == 5 and est["worst_case"] >= est["expected_cost"]
     assert "toktok" in est["tokenizer"]
+
+
+def test_sandbox_command_serves_until_stopped() -> None:
+    command = [sys.executable, "-m", "pipeline", "sandbox", "--port", "0", "--window-seconds", "2",
+               "--algorithm", "sliding_log"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]  # "sandbox listening on http://127.0.0.1:PORT"
+        try:
+            listed = cli("agents", "--json", "--base-url", url + "/v1")
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=10)
+    assert listed.returncode == 0 and len(json.loads(listed.stdout)) > 20
+
+
+def test_sandbox_command_rejects_a_bad_option() -> None:
+    proc = cli("sandbox", "--port", "0", "--algorithm", "leaky")
+    assert "algorithm" in one_line_error(proc) and proc.returncode == 2
