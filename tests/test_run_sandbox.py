@@ -119,7 +119,8 @@ async def test_output_schema_and_provenance_without_the_key(tmp_path: Path, sand
     kv = pq.read_metadata(tmp_path / "out.parquet").metadata  # the file's key-value metadata
     meta = {k.decode(): v.decode() for k, v in kv.items()}
     assert meta["momo_batch.target"] == "159" and "momo_batch.job_sha256" in meta
-    raw = (tmp_path / "out.parquet").read_bytes()
-    assert b"momo-sandbox-pro" not in raw
+    written = [(tmp_path / "out.parquet").read_bytes()]
+    written += [p.read_bytes() for p in (tmp_path / "out.parquet.journal").iterdir()]
+    assert written[1:] and not any(b"momo-sandbox-pro" in raw for raw in written)  # output, journal, metadata
     out = pl.from_arrow(table)
     assert out.filter(pl.col("status") == "ok")["tokens_used"].min() > 0  # streamed summaries were read
