@@ -124,3 +124,39 @@ async def test_output_schema_and_provenance_without_the_key(tmp_path: Path, sand
     assert written[1:] and not any(b"momo-sandbox-pro" in raw for raw in written)  # output, journal, metadata
     out = pl.from_arrow(table)
     assert out.filter(pl.col("status") == "ok")["tokens_used"].min() > 0  # streamed summaries were read
+
+
+async def test_limiter_learns_a_lower_limit_from_headers(tmp_path: Path) -> None:
+    """The job claims 600/window but the key is pro (300): X-RateLimit-Limit and 429s teach it."""
+    cfg = SandboxConfig(window_seconds=1.0, algorithm="sliding_log")
+    data = questions(tmp_path / "q.csv", 450)
+    with Sandbox(cfg).running() as sb:
+        job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, requests_per_minute=600, window_seconds=1.0,
+                       concurrency=32)
+        report = await run(job, "momo-sandbox-pro", sb.momo_url, backoff=(0.01, 0.2))
+        limited = [r for r in calls(sb.records()) if r["status"] == 429]
+    assert report.exit_code == 0
+    assert len(limited) < 20  # one window's overshoot at most, then it keeps to the learned limit
+
+
+async def test_relay_empty_429s_without_retry_after_slow_the_job_down(tmp_path: Path) -> None:
+    """The relay says 429 with an empty body and no Retry-After: AIMD finds the rate."""
+    from pipeline.sandbox import RELAY_PRICES, RelayKeyConfig
+
+    key = "sk-limited"
+    cfg = SandboxConfig(window_seconds=1.0, relay_keys={key: RelayKeyConfig(user_id="9", rpm=40)})
+    data = questions(tmp_path / "q.csv", 100)
+    price = RELAY_PRICES["gpt-4o-mini"]
+    with Sandbox(cfg).running() as sb:
+        job = Job.from_dict({
+            "input": {"path": str(data), "id_column": "id"}, "prompt": {"template": "{question}"},
+            "provider": {"kind": "openai", "model": "gpt-4o-mini", "max_tokens": 100,
+                         "prompt_price_per_million": price.prompt, "completion_price_per_million": price.completion},
+            "limits": {"requests_per_minute": 80, "window_seconds": 1.0, "concurrency": 8, "max_attempts": 8},
+            "output": {"path": str(tmp_path / "out.parquet")},
+        })
+        report = await run(job, key, sb.relay_url, backoff=(0.01, 0.3))
+        records = [r for r in sb.records() if r["path"] == "/v1/chat/completions"]
+    assert report.exit_code == 0 and report.stats.rate_limited > 0
+    assert sum(r["status"] == 429 for r in records) == report.stats.rate_limited
+    assert sum(r["status"] == 429 for r in records) < len(records) / 2
