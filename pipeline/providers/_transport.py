@@ -18,7 +18,18 @@ from typing import Literal
 
 import httpx
 
-from ..errors import APIError, ConnectionLost, MalformedResponse, Timeout, redact
+from ..errors import (
+    AgentNotFound,
+    APIError,
+    ConnectionLost,
+    InsufficientBalance,
+    InvalidApiKey,
+    InvalidParameters,
+    MalformedResponse,
+    RateLimited,
+    Timeout,
+    redact,
+)
 from .base import RateLimitInfo
 
 TransportName = Literal["aiohttp", "httpx"]
@@ -123,3 +134,26 @@ def describe_body(response: httpx.Response) -> str:
     """A short, key-free description of a body that is not the contract's JSON."""
     kind = response.headers.get("content-type", "").split(";")[0] or "no content type"
     return f"HTTP {response.status_code}, {len(response.content)} bytes of {kind}"
+
+
+# What an HTTP status means when the body names no code we know (both services).
+STATUS_ERRORS: dict[int, type[APIError]] = {
+    400: InvalidParameters,
+    401: InvalidApiKey,
+    402: InsufficientBalance,
+    403: InvalidApiKey,
+    404: AgentNotFound,
+    408: Timeout,
+    422: InvalidParameters,
+    429: RateLimited,
+}
+
+
+def api_error(cls: type[APIError], message: str, *, status: int, code: str | None, headers: httpx.Headers,
+              details: str | None = None) -> APIError:
+    """An error of class ``cls``; a :class:`RateLimited` also carries the rate headers."""
+    if cls is RateLimited:
+        info = rate_limit_info(headers)
+        return RateLimited(message, status=status, code=code, details=details, retry_after=retry_after(headers),
+                           remaining=info.remaining if info else None, reset=info.reset if info else None)
+    return cls(message, status=status, code=code, details=details)

@@ -22,16 +22,16 @@ from ..errors import (
     MalformedResponse,
     RateLimited,
     ServerError,
-    Timeout,
     redact,
 )
 from ._transport import (
+    STATUS_ERRORS,
     TransportName,
+    api_error,
     build_http_client,
     describe_body,
     json_body,
     rate_limit_info,
-    retry_after,
     translated,
 )
 from .base import Account, CallResult, Price, PromptRequest
@@ -47,16 +47,6 @@ _BY_CODE: dict[str, type[APIError]] = {
     "RATE_LIMIT": RateLimited,
     "AGENT_NOT_FOUND": AgentNotFound,
     "INVALID_PARAMETERS": InvalidParameters,
-}
-_BY_STATUS: dict[int, type[APIError]] = {
-    400: InvalidParameters,
-    401: InvalidApiKey,
-    402: InsufficientBalance,
-    403: InvalidApiKey,
-    404: AgentNotFound,
-    408: Timeout,
-    422: InvalidParameters,
-    429: RateLimited,
 }
 
 
@@ -92,13 +82,8 @@ def error_from(status: int, body: object, headers: httpx.Headers, *secrets: str 
     code = str(err.get("code") or "") or None
     message = redact(str(err.get("message") or f"HTTP {status}"), *secrets)
     details = redact(str(err["details"]), *secrets) if err.get("details") else None
-    cls = _BY_CODE.get(code or "") or _BY_STATUS.get(status) or ServerError
-    kw: dict[str, Any] = {"status": status, "code": code or cls.code, "details": details}
-    if cls is RateLimited:
-        info = rate_limit_info(headers)
-        return RateLimited(message, retry_after=retry_after(headers),
-                           remaining=info.remaining if info else None, reset=info.reset if info else None, **kw)
-    return cls(message, **kw)
+    cls = _BY_CODE.get(code or "") or STATUS_ERRORS.get(status) or ServerError
+    return api_error(cls, message, status=status, code=code or cls.code, headers=headers, details=details)
 
 
 class MomoClient:

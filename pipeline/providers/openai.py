@@ -19,21 +19,20 @@ from ..errors import (
     APIError,
     InsufficientBalance,
     InvalidApiKey,
-    InvalidParameters,
     MalformedResponse,
     RateLimited,
     ServerError,
     TerminalError,
-    Timeout,
     redact,
 )
 from ._transport import (
+    STATUS_ERRORS,
     TransportName,
+    api_error,
     build_http_client,
     describe_body,
     json_body,
     rate_limit_info,
-    retry_after,
     translated,
 )
 from .base import Account, CallResult, Price, PromptRequest
@@ -50,16 +49,6 @@ _BY_CODE: dict[str, type[APIError]] = {
     "model_not_found": AgentNotFound,
     "invalid_api_key": InvalidApiKey,
     "rate_limit_exceeded": RateLimited,
-}
-_BY_STATUS: dict[int, type[APIError]] = {
-    400: InvalidParameters,
-    401: InvalidApiKey,
-    402: InsufficientBalance,
-    403: InvalidApiKey,
-    404: AgentNotFound,
-    408: Timeout,
-    422: InvalidParameters,
-    429: RateLimited,
 }
 
 
@@ -117,15 +106,10 @@ def error_from(status: int, body: object, headers: httpx.Headers, *secrets: str 
         err = inner if isinstance(inner, Mapping) else body  # {"success": false, "message": ...}
     code = str(err.get("code") or "") or None
     message = redact(str(err.get("message") or f"HTTP {status}"), *secrets)
-    cls = _BY_CODE.get(code or "") or _BY_STATUS.get(status)
+    cls = _BY_CODE.get(code or "") or STATUS_ERRORS.get(status)
     if cls is None:
         cls = ServerError if status >= 500 or status == 200 and not err else TerminalError
-    kw: dict[str, Any] = {"status": status, "code": code or cls.code}
-    if cls is RateLimited:
-        info = rate_limit_info(headers)
-        return RateLimited(message, retry_after=retry_after(headers),
-                           remaining=info.remaining if info else None, reset=info.reset if info else None, **kw)
-    return cls(message, **kw)
+    return api_error(cls, message, status=status, code=code or cls.code, headers=headers)
 
 
 class OpenAIClient:
