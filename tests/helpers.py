@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -10,8 +14,10 @@ from typing import Any
 
 import polars as pl
 
-from pipeline import Credentials, Job, open_provider
+from pipeline import Credentials, Job, RunReport, open_provider, run_job
 from pipeline.providers.base import Provider
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def questions(path: Path, n: int, *, blank: Iterable[int] = ()) -> Path:
@@ -35,6 +41,34 @@ def momo_job(data: Path, out: Path, url: str, **limits: Any) -> Job:
 
 def provider_for(job: Job, key: str, url: str) -> Provider:
     return open_provider(job.provider, Credentials(key), base_url=url, max_connections=job.limits.concurrency)
+
+
+async def run(job: Job, key: str, url: str, **kw: Any) -> RunReport:
+    """``run_job`` with a provider for ``key`` at ``url``, closed afterwards."""
+    provider = provider_for(job, key, url)
+    try:
+        return await run_job(job, provider, **kw)
+    finally:
+        await provider.aclose()
+
+
+def write_job_toml(path: Path, tables: dict[str, dict[str, Any]]) -> Path:
+    """A job file from plain values (JSON scalars are valid TOML scalars)."""
+    lines = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(str(v) if isinstance(v, Path) else v)}" for k, v in table.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def cli(*args: str, key: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m pipeline ARGS`` from the project root, with no key from outside but ``key`` / ``env``."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MOMO_", "OPENAI_", "RELAY_"))}
+    if key:
+        environ["MOMO_API_KEY"] = key
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
+                          env={**environ, **env}, cwd=ROOT, timeout=60)
 
 
 def sha(text: str) -> str:

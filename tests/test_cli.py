@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -12,17 +12,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from . import helpers
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "momo-sandbox-pro"
 
 
-def cli(*args: str, key: str | None = KEY, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if k not in ("MOMO_API_KEY", "MOMO_BASE_URL")}
-    if key:
-        environ["MOMO_API_KEY"] = key
-    environ.update(env)
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
-                          env=environ, cwd=cwd, timeout=60)
+cli = functools.partial(helpers.cli, key=KEY)  # the demo key, unless a test says key=None
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:

@@ -4,55 +4,29 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from pipeline import Job, run_frame, run_job
+from pipeline import Job, run_frame
 from pipeline.progress import Reporter
 from pipeline.runner import RunStats
 from pipeline.sandbox import RELAY_PRICES
 
-from .helpers import momo_job, posts, provider_for, questions
-
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT, cli, momo_job, posts, provider_for, questions, run, write_job_toml
 
 
 def relay_job_file(tmp: Path, url: str, rows: int = 30) -> Path:
-    data = questions(tmp / "q.csv", rows, blank=[2])
     price = RELAY_PRICES["gpt-4o-mini"]
-    job = tmp / "relay.toml"
-    job.write_text(f"""
-[input]
-path = "{data}"
-id_column = "id"
-[prompt]
-template = "{{question}}"
-[provider]
-kind = "openai"
-base_url = "{url}"
-model = "gpt-4o-mini"
-max_tokens = 200
-stream = true
-prompt_price_per_million = {price.prompt}
-completion_price_per_million = {price.completion}
-[limits]
-tier = "enterprise"
-concurrency = 8
-[output]
-path = "{tmp / 'relay.parquet'}"
-""")
-    return job
-
-
-def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MOMO_", "OPENAI_", "RELAY_"))}
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
-                          env={**environ, **env}, cwd=ROOT, timeout=60)
+    return write_job_toml(tmp / "relay.toml", {
+        "input": {"path": questions(tmp / "q.csv", rows, blank=[2]), "id_column": "id"},
+        "prompt": {"template": "{question}"},
+        "provider": {"kind": "openai", "base_url": url, "model": "gpt-4o-mini", "max_tokens": 200, "stream": True,
+                     "prompt_price_per_million": price.prompt, "completion_price_per_million": price.completion},
+        "limits": {"tier": "enterprise", "concurrency": 8},
+        "output": {"path": tmp / "relay.parquet"},
+    })
 
 
 def test_relay_job_has_token_split_and_reconciles_with_quota(tmp_path: Path, sandbox: object) -> None:
@@ -77,21 +51,13 @@ def test_relay_job_has_token_split_and_reconciles_with_quota(tmp_path: Path, san
 async def test_invalid_key_stops_before_paying_for_more(tmp_path: Path, sandbox: object) -> None:
     data = questions(tmp_path / "q.csv", 200)
     job = momo_job(data, tmp_path / "out.parquet", sandbox.momo_url, concurrency=4)  # type: ignore[attr-defined]
-    provider = provider_for(job, "momo-not-a-key", sandbox.momo_url)  # type: ignore[attr-defined]
-    try:
-        report = await run_job(job, provider)
-    finally:
-        await provider.aclose()
+    report = await run(job, "momo-not-a-key", sandbox.momo_url)  # type: ignore[attr-defined]
     assert report.stop_code == "INVALID_API_KEY" and report.exit_code == 5
     assert 1 <= len(posts(sandbox.records())) <= 4  # type: ignore[attr-defined]
     out = pl.read_parquet(tmp_path / "out.parquet")
     assert out.height == 200 and (out["status"] == "error").all()  # every row says why
     good_job = momo_job(tmp_path / "q.csv", tmp_path / "good.parquet", sandbox.momo_url)  # type: ignore[attr-defined]
-    good = provider_for(good_job, "momo-sandbox-enterprise", sandbox.momo_url)  # type: ignore[attr-defined]
-    try:
-        await run_job(good_job, good, limit=3)
-    finally:
-        await good.aclose()
+    await run(good_job, "momo-sandbox-enterprise", sandbox.momo_url, limit=3)  # type: ignore[attr-defined]
     # an all-error file has the same typed columns as a good one
     assert pl.read_parquet_schema(tmp_path / "out.parquet") == pl.read_parquet_schema(tmp_path / "good.parquet")
 
@@ -99,11 +65,7 @@ async def test_invalid_key_stops_before_paying_for_more(tmp_path: Path, sandbox:
 async def test_unknown_agent_stops_the_job(tmp_path: Path, sandbox: object) -> None:
     data = questions(tmp_path / "q.csv", 50)
     job = momo_job(data, tmp_path / "out.parquet", sandbox.momo_url, provider={"agent_id": 424242})  # type: ignore[attr-defined]
-    provider = provider_for(job, "momo-sandbox-enterprise", sandbox.momo_url)  # type: ignore[attr-defined]
-    try:
-        report = await run_job(job, provider)
-    finally:
-        await provider.aclose()
+    report = await run(job, "momo-sandbox-enterprise", sandbox.momo_url)  # type: ignore[attr-defined]
     assert report.stop_code == "AGENT_NOT_FOUND" and report.exit_code == 5
     assert report.stats.calls <= job.limits.concurrency
 
@@ -112,11 +74,7 @@ async def test_invalid_parameters_fail_the_row_without_retry(tmp_path: Path, san
     data = questions(tmp_path / "q.csv", 5)
     job = momo_job(data, tmp_path / "out.parquet", sandbox.momo_url,  # type: ignore[attr-defined]
                    provider={"max_tokens": 100_000})
-    provider = provider_for(job, "momo-sandbox-enterprise", sandbox.momo_url)  # type: ignore[attr-defined]
-    try:
-        report = await run_job(job, provider)
-    finally:
-        await provider.aclose()
+    report = await run(job, "momo-sandbox-enterprise", sandbox.momo_url)  # type: ignore[attr-defined]
     out = pl.read_parquet(tmp_path / "out.parquet")
     assert report.exit_code == 1 and report.stop_code is None
     assert out["error_code"].unique().to_list() == ["INVALID_PARAMETERS"]

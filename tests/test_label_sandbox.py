@@ -6,10 +6,10 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import Job, run_job
+from pipeline import Job
 from pipeline.config import OutputConfig
 
-from .helpers import provider_for
+from .helpers import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,11 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 async def test_label_job_yields_only_labels_from_the_set(tmp_path: Path, sandbox: object) -> None:
     job = Job.load(ROOT / "jobs/label-sentiment.toml").with_overrides(
         output=OutputConfig(path=tmp_path / "labelled.parquet"))
-    provider = provider_for(job, "momo-sandbox-enterprise", sandbox.momo_url)  # type: ignore[attr-defined]
-    try:
-        report = await run_job(job, provider, limit=120)
-    finally:
-        await provider.aclose()
+    report = await run(job, "momo-sandbox-enterprise", sandbox.momo_url, limit=120)  # type: ignore[attr-defined]
     out = pl.read_parquet(tmp_path / "labelled.parquet")
     assert out.height == 120
     labels = set(out["label"].drop_nulls().to_list())

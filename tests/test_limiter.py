@@ -7,6 +7,8 @@ import pytest
 
 from pipeline.limiter import RateLimiter
 
+from .helpers import max_in_any_window
+
 
 class VirtualClock:
     """Time that advances only when someone sleeps (single waiter at a time, as the limiter does)."""
@@ -20,15 +22,6 @@ class VirtualClock:
     async def sleep(self, seconds: float) -> None:
         self.t += max(0.0, seconds)
         await anyio.lowlevel.checkpoint()
-
-
-def max_in_any_window(times: list[float], window: float) -> int:
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while t - times[lo] >= window:  # half-open windows [t - window, t) ... closed at t
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 async def grant_times(lim: RateLimiter, clock: VirtualClock, n: int) -> list[float]:

@@ -14,32 +14,19 @@ import polars as pl
 
 from pipeline.sandbox import Sandbox, SandboxConfig
 
-from .helpers import calls, questions, sha
+from .helpers import calls, questions, sha, write_job_toml
 
 ROWS = 400
 
 
 def write_job(tmp: Path, url: str) -> Path:
-    data = questions(tmp / "q.csv", ROWS)
-    job = tmp / "job.toml"
-    job.write_text(f"""
-[input]
-path = "{data}"
-id_column = "id"
-[prompt]
-template = "{{question}}"
-[provider]
-kind = "momo"
-base_url = "{url}"
-agent_id = 159
-max_tokens = 300
-[limits]
-tier = "enterprise"
-concurrency = 8
-[output]
-path = "{tmp / 'out.parquet'}"
-""")
-    return job
+    return write_job_toml(tmp / "job.toml", {
+        "input": {"path": questions(tmp / "q.csv", ROWS), "id_column": "id"},
+        "prompt": {"template": "{question}"},
+        "provider": {"kind": "momo", "base_url": url, "agent_id": 159, "max_tokens": 300},
+        "limits": {"tier": "enterprise", "concurrency": 8},
+        "output": {"path": tmp / "out.parquet"},
+    })
 
 
 def journaled_rows(out: Path) -> set[int]:

@@ -8,22 +8,14 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import Job, run_job
+from pipeline import Job
 from pipeline.estimate import worst_cost_fn
 from pipeline.sandbox import FaultConfig, KeyConfig, Sandbox, SandboxConfig
 
-from .helpers import calls, charged_per_prompt, max_in_any_window, momo_job, provider_for, questions
+from .helpers import calls, charged_per_prompt, max_in_any_window, momo_job, provider_for, questions, run
 
 TIERS = {"free": 10, "basic": 60, "pro": 300}
 ROWS_PER_TIER = {"free": 25, "basic": 130, "pro": 620}  # about two windows of one second each
-
-
-async def run(job: Job, key: str, url: str, **kw: object) -> object:
-    provider = provider_for(job, key, url)
-    try:
-        return await run_job(job, provider, **kw)  # type: ignore[arg-type]
-    finally:
-        await provider.aclose()
 
 
 @pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_log", "token_bucket"])
