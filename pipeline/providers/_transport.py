@@ -14,7 +14,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, Self
 
 import httpx
 
@@ -40,6 +40,24 @@ def transport_name() -> TransportName:
     """The transport to use: ``MOMO_BATCH_TRANSPORT`` or the measured default."""
     name = os.environ.get("MOMO_BATCH_TRANSPORT", DEFAULT_TRANSPORT)
     return "httpx" if name == "httpx" else "aiohttp"
+
+
+class ClientBase:
+    """What both clients share: ``async with``, ``aclose``, and a repr that never shows the key."""
+
+    _http: httpx.AsyncClient
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={str(self._http.base_url)!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
 
 def build_http_client(

@@ -26,6 +26,7 @@ from ..errors import (
 )
 from ._transport import (
     STATUS_ERRORS,
+    ClientBase,
     TransportName,
     api_error,
     build_http_client,
@@ -86,7 +87,7 @@ def error_from(status: int, body: object, headers: httpx.Headers, *secrets: str 
     return api_error(cls, message, status=status, code=code or cls.code, headers=headers, details=details)
 
 
-class MomoClient:
+class MomoClient(ClientBase):
     """Async client for one MOMO API key. Use as ``async with MomoClient(key) as client``."""
 
     def __init__(
@@ -101,18 +102,6 @@ class MomoClient:
         self._key = api_key
         self._http = build_http_client(base_url, headers={"Authorization": f"Bearer {api_key}"},
                                        timeout=timeout, max_connections=max_connections, transport=transport)
-
-    def __repr__(self) -> str:
-        return f"MomoClient(base_url={str(self._http.base_url)!r})"
-
-    async def __aenter__(self) -> MomoClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     # -- endpoints ---------------------------------------------------------------------------
     async def agents_page(self, page: int = 1, page_size: int = 20) -> tuple[list[Agent], int]:

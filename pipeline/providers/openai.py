@@ -27,6 +27,7 @@ from ..errors import (
 )
 from ._transport import (
     STATUS_ERRORS,
+    ClientBase,
     TransportName,
     api_error,
     build_http_client,
@@ -112,7 +113,7 @@ def error_from(status: int, body: object, headers: httpx.Headers, *secrets: str 
     return api_error(cls, message, status=status, code=code or cls.code, headers=headers)
 
 
-class OpenAIClient:
+class OpenAIClient(ClientBase):
     """Async client for one relay key (and, optionally, its system access token for ``/api/user/self``)."""
 
     def __init__(
@@ -131,18 +132,6 @@ class OpenAIClient:
         root = root[: -len("/v1")] if root.endswith("/v1") else root  # accept either form of base URL
         self._http = build_http_client(root, headers={"Authorization": f"Bearer {api_key}"},
                                        timeout=timeout, max_connections=max_connections, transport=transport)
-
-    def __repr__(self) -> str:
-        return f"OpenAIClient(base_url={str(self._http.base_url)!r})"
-
-    async def __aenter__(self) -> OpenAIClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     @property
     def has_user_self(self) -> bool:
