@@ -16,7 +16,7 @@ from .connect import open_provider
 from .errors import PreflightRefused
 from .estimate import Estimate, worst_cost_fn
 from .estimate import estimate as estimate_job
-from .job import RunReport, prepare, run_job
+from .job import RunReport, run_job
 from .progress import Reporter
 from .providers.base import Account
 from .runner import RunStats
@@ -26,11 +26,12 @@ async def _run(job: Job, provider: Any, *, quiet: bool, errors: Console, yes: bo
                **kw: Any) -> RunReport:
     stats = RunStats()
     try:
-        prepare(job, limit=kw.get("limit"))  # bad input fails here, before any request
-        price = await provider.price()  # preflight: key valid, agent or model exists
         cap = kw.get("max_cost") if kw.get("max_cost") is not None else job.limits.max_cost
+        # preflight: the input is checked first (no request for bad input), then the key and the
+        # agent or model (``price``), then the worst case against balance and cap
         est = await estimate_job(job, provider, limit=kw.get("limit"), max_cost=cap,
                                  restart=kw.get("restart", False))
+        price = await provider.price()  # cached by the provider: no second request
         _preflight(est, yes, errors)
         before = await provider.account()
         worst = worst_cost_fn(job, price) if cap is not None else None
