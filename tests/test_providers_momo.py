@@ -262,3 +262,17 @@ async def test_provider_prices_from_agent_list_and_rejects_unknown_agent() -> No
     await provider.aclose()
     with pytest.raises(AgentNotFound):
         await MomoProvider(client(handler), 7).price()
+
+
+async def test_cookies_are_neither_kept_nor_sent() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        return httpx.Response(200, json={"success": True, "data": {"balance": 1.0, "currency": "CNY"}},
+                              headers={"Set-Cookie": "session=abc; Path=/"})
+
+    async with client(handler) as c:
+        await c.balance()
+        await c.balance()
+    assert "cookie" not in seen[1].headers  # bearer auth only: the jar is never filled

@@ -60,6 +60,29 @@ class ClientBase:
         await self._http.aclose()
 
 
+class _NoCookies(httpx.Cookies):
+    """A jar that keeps nothing."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class _CookielessClient(httpx.AsyncClient):
+    """httpx builds a urllib ``Request`` per response to look for cookies: ~75 µs of CPU per call
+    here (16 % of a call). Both APIs authenticate by header, so there is nothing to keep, and
+    httpx has no switch for it."""
+
+    _jar = _NoCookies()
+
+    @property  # type: ignore[override]
+    def cookies(self) -> httpx.Cookies:
+        return self._jar
+
+    @cookies.setter
+    def cookies(self, value: object) -> None:
+        pass
+
+
 def build_http_client(
     base_url: str,
     *,
@@ -78,7 +101,7 @@ def build_http_client(
         transport = AiohttpTransport(limits=limits)
     elif transport == "httpx":
         transport = httpx.AsyncHTTPTransport(limits=limits)
-    return httpx.AsyncClient(
+    return _CookielessClient(
         base_url=base_url.rstrip("/") + "/",
         headers=headers,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
