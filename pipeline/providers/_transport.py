@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
-from typing import Literal, Self
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any, Literal, Self
 
 import httpx
+from httpx_sse import EventSource, SSEError
 
 from ..errors import (
     AgentNotFound,
@@ -198,3 +199,30 @@ def api_error(cls: type[APIError], message: str, *, status: int, code: str | Non
         return RateLimited(message, status=status, code=code, details=details, retry_after=retry_after(headers),
                            remaining=info.remaining if info else None, reset=info.reset if info else None)
     return cls(message, status=status, code=code, details=details)
+
+
+def is_event_stream(response: httpx.Response) -> bool:
+    return response.is_success and "text/event-stream" in response.headers.get("content-type", "")
+
+
+async def json_events(response: httpx.Response) -> AsyncIterator[Mapping[str, Any]]:
+    """The JSON objects of an event stream, until ``[DONE]`` or its end.
+
+    Framing (split reads, CRLF, comments) is httpx-sse's; what is not a JSON object is malformed.
+    """
+    try:
+        async for event in EventSource(response).aiter_sse():
+            data = event.data.strip()
+            if data == "[DONE]":
+                return
+            if not data:
+                continue
+            try:
+                payload = event.json()
+            except ValueError:
+                raise MalformedResponse("stream event is not JSON") from None
+            if not isinstance(payload, Mapping):
+                raise MalformedResponse("stream event is not a JSON object")
+            yield payload
+    except SSEError as exc:
+        raise MalformedResponse(str(exc)) from None

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from httpx_sse import EventSource, SSEError
 
 from ..errors import (
     AgentNotFound,
@@ -31,7 +30,9 @@ from ._transport import (
     api_error,
     build_http_client,
     describe_body,
+    is_event_stream,
     json_body,
+    json_events,
     rate_limit_info,
     translated,
 )
@@ -140,7 +141,7 @@ class MomoClient(ClientBase):
         with translated(self._key):
             async with self._http.stream("POST", f"agents/{agent_id}", json=body,
                                          headers={"Accept": "text/event-stream"}) as response:
-                if not _is_event_stream(response):
+                if not is_event_stream(response):
                     await response.aread()
                     self._unwrap(response)  # raises for an error answer
                     raise MalformedResponse(f"stream requested, got {describe_body(response)}")
@@ -192,32 +193,15 @@ class MomoClient(ClientBase):
 
 
 async def _momo_events(response: httpx.Response, key: str) -> AsyncIterator[Delta | StreamSummary]:
-    """Interpret MOMO's SSE events; parsing of the byte stream itself is httpx-sse's."""
-    try:
-        async for event in EventSource(response).aiter_sse():
-            if not event.data or event.data.strip() == "[DONE]":
-                if event.data.strip() == "[DONE]":
-                    return
-                continue
-            try:
-                payload = event.json()
-            except ValueError:
-                raise MalformedResponse("stream event is not JSON") from None
-            if not isinstance(payload, Mapping):
-                raise MalformedResponse("stream event is not a JSON object")
-            if "error" in payload:
-                raise error_from(500, payload, response.headers, key)
-            if payload.get("done"):
-                yield StreamSummary(_opt(payload.get("id"), str), _opt(payload.get("tokens_used"), int),
-                                    _opt(payload.get("cost"), float))
-            elif "delta" in payload:
-                yield Delta(str(payload["delta"] or ""))
-    except SSEError as exc:
-        raise MalformedResponse(str(exc)) from None
-
-
-def _is_event_stream(response: httpx.Response) -> bool:
-    return response.is_success and "text/event-stream" in response.headers.get("content-type", "")
+    """Interpret MOMO's events: deltas, a summary, or an error."""
+    async for payload in json_events(response):
+        if "error" in payload:
+            raise error_from(500, payload, response.headers, key)
+        if payload.get("done"):
+            yield StreamSummary(_opt(payload.get("id"), str), _opt(payload.get("tokens_used"), int),
+                                _opt(payload.get("cost"), float))
+        elif "delta" in payload:
+            yield Delta(str(payload["delta"] or ""))
 
 
 def _body(prompt: str, temperature: float | None, max_tokens: int | None, *, stream: bool) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from httpx_sse import EventSource, SSEError
 
 from ..errors import (
     AgentNotFound,
@@ -32,7 +31,9 @@ from ._transport import (
     api_error,
     build_http_client,
     describe_body,
+    is_event_stream,
     json_body,
+    json_events,
     rate_limit_info,
     translated,
 )
@@ -165,7 +166,7 @@ class OpenAIClient(ClientBase):
         with translated(self._key, self._token):
             async with self._http.stream("POST", "v1/chat/completions", json=body,
                                          headers={"Accept": "text/event-stream"}) as response:
-                if not (response.is_success and "text/event-stream" in response.headers.get("content-type", "")):
+                if not is_event_stream(response):
                     await response.aread()
                     self._check(response, json_body(response))
                     raise MalformedResponse(f"stream requested, got {describe_body(response)}")
@@ -226,35 +227,22 @@ class OpenAIClient(ClientBase):
 
 
 async def _chunks(response: httpx.Response, key: str) -> AsyncIterator[ChatDelta | Usage | str]:
+    """Interpret chat chunks: the completion id once, content deltas, and the usage chunk."""
     seen_id = False
-    try:
-        async for event in EventSource(response).aiter_sse():
-            data = event.data.strip()
-            if data == "[DONE]":
-                return
-            if not data:
-                continue
-            try:
-                chunk = event.json()
-            except ValueError:
-                raise MalformedResponse("stream chunk is not JSON") from None
-            if not isinstance(chunk, Mapping):
-                raise MalformedResponse("stream chunk is not a JSON object")
-            if isinstance(chunk.get("error"), Mapping):
-                raise error_from(500, chunk, response.headers, key)
-            if not seen_id and chunk.get("id"):
-                seen_id = True
-                yield str(chunk["id"])
-            for choice in chunk.get("choices") or []:
-                text = (choice.get("delta") or {}).get("content") if isinstance(choice, Mapping) else None
-                if text:
-                    yield ChatDelta(str(text))
-            if chunk.get("usage"):
-                usage = _usage(chunk["usage"])
-                if usage is not None:
-                    yield usage
-    except SSEError as exc:
-        raise MalformedResponse(str(exc)) from None
+    async for chunk in json_events(response):
+        if isinstance(chunk.get("error"), Mapping):
+            raise error_from(500, chunk, response.headers, key)
+        if not seen_id and chunk.get("id"):
+            seen_id = True
+            yield str(chunk["id"])
+        for choice in chunk.get("choices") or []:
+            text = (choice.get("delta") or {}).get("content") if isinstance(choice, Mapping) else None
+            if text:
+                yield ChatDelta(str(text))
+        if chunk.get("usage"):
+            usage = _usage(chunk["usage"])
+            if usage is not None:
+                yield usage
 
 
 def _chat_body(model: str, messages: list[dict[str, str]], temperature: float | None, max_tokens: int | None,
