@@ -21,7 +21,17 @@ from rich.table import Table
 from . import __version__
 from .config import Job, OutputConfig, ProviderConfig
 from .connect import Credentials
-from .errors import ConfigError, MomoError, PreflightRefused, TerminalError, TransientError, redact
+from .errors import (
+    ConfigError,
+    JobBusy,
+    MomoError,
+    PreflightRefused,
+    TerminalError,
+    TransientError,
+    WriteError,
+    redact,
+)
+from .outcome import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_REFUSED, EXIT_TERMINAL, EXIT_UNREACHABLE, EXIT_WRITE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Bulk prompt jobs against LLM agent APIs: rate-limited, resumable, costed.")
@@ -31,9 +41,6 @@ T = TypeVar("T")
 
 BaseUrl = Annotated[str | None, typer.Option("--base-url", help="API base URL (env MOMO_BASE_URL).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-EXIT_UNREACHABLE = 6
-EXIT_REFUSED = 7
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -46,13 +53,17 @@ def guarded(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
+        raise _fail(str(exc), EXIT_BAD_INPUT) from None
     except PreflightRefused as exc:
         raise _fail(str(exc), EXIT_REFUSED) from None
+    except JobBusy as exc:
+        raise _fail(str(exc), EXIT_BUSY) from None
+    except WriteError as exc:
+        raise _fail(str(exc), EXIT_WRITE) from None
     except TransientError as exc:
         raise _fail(f"server unreachable or failing: {exc}", EXIT_UNREACHABLE) from None
     except TerminalError as exc:
-        raise _fail(str(exc), 5) from None
+        raise _fail(str(exc), EXIT_TERMINAL) from None
     except MomoError as exc:
         raise _fail(str(exc), 1) from None
     except KeyboardInterrupt:
@@ -106,8 +117,10 @@ def run(
     fmt: Annotated[str, typer.Option("--format", help="Also export: parquet (default), jsonl or csv.")] = "parquet",
     as_json: AsJson = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    cache: Annotated[Path | None, typer.Option(
+        help="Reuse answers any job recorded in this directory, at no charge (and add this job's).")] = None,
 ) -> None:
-    """Run a job: every unfinished row is called once; safe to run again after any stop."""
+    """Run a job: every request not yet answered is sent once; safe to run again after any stop."""
     if fmt not in ("parquet", "jsonl", "csv"):
         raise _fail(f"--format must be parquet, jsonl or csv, not {fmt!r}", 2)
     job = guarded(lambda: Job.load(job_file))
@@ -117,6 +130,7 @@ def run(
         job, output=output, base_url=base_url or _env_base_url(job.provider.kind), limit=limit,
         max_cost=max_cost, restart=restart, yes=yes, sandbox=sandbox, fmt=fmt, as_json=as_json,
         quiet=quiet, credentials=_credentials, sandbox_for=_sandbox_for, console=out, errors=err,
+        cache=cache,
     ))
     raise typer.Exit(code)
 

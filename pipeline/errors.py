@@ -4,6 +4,8 @@
     ├── ConfigError                 bad job file, bad argument, bad input data (names file/column/row)
     ├── PreflightRefused            the worst case may not fit the balance or max_cost
     ├── BudgetExceeded              the next call's worst case does not fit what is left of max_cost
+    ├── JobBusy                     another process holds the job's ledger (one writer per job)
+    ├── WriteError                  the ledger or the output cannot be written (disk full, I/O error)
     └── APIError                    the service said no, or could not be understood
         ├── InvalidApiKey           401 INVALID_API_KEY          terminal: stop the job
         ├── AgentNotFound           404 AGENT_NOT_FOUND          terminal: stop the job (also model_not_found)
@@ -42,6 +44,8 @@ __all__ = [
     "MalformedResponse",
     "BudgetExceeded",
     "PreflightRefused",
+    "JobBusy",
+    "WriteError",
     "redact",
 ]
 
@@ -71,6 +75,14 @@ class PreflightRefused(MomoError):
 
 class BudgetExceeded(MomoError):
     """The next call's worst case does not fit in what is left of ``max_cost``."""
+
+
+class JobBusy(MomoError):
+    """Another process is running this job (it holds the ledger's lock)."""
+
+
+class WriteError(MomoError):
+    """The ledger or the output could not be written: stop sending, keep what is recorded."""
 
 
 class APIError(MomoError):

@@ -6,7 +6,7 @@ logic of its own; the decision reads the error's class (``TransientError``), nev
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 from tenacity import (
@@ -42,6 +42,7 @@ def retry_policy(
     initial_wait: float = 0.5,
     max_wait: float = 30.0,
     before_sleep: Callable[[RetryCallState], None] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
 ) -> AsyncRetrying:
     """Transient errors are retried with exponential backoff and jitter, honouring Retry-After."""
     return AsyncRetrying(
@@ -50,7 +51,7 @@ def retry_policy(
             wait_exponential_jitter(multiplier=initial_wait, max=max_wait, jitter=initial_wait)
         ),
         retry=retry_if_exception_type(TransientError),
-        sleep=anyio.sleep,
+        sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,
     )

@@ -287,6 +287,7 @@ class OpenAIProvider:
                  completion_price_per_million: float, currency: str = "USD") -> None:
         self.client = client
         self.model = self.target = model
+        self.endpoint = client.base_url  # part of every request key (see pipeline.keys)
         self._price = Price(prompt_price_per_million, completion_price_per_million, currency)
         self._checked = False
 
