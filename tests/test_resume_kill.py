@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
