@@ -174,6 +174,7 @@ def render_summary(report: RunReport, console: Console) -> None:
         ("rows", f"{d['rows']:,}"),
         ("ok / error / skipped", f"{totals.get('ok', 0):,} / {totals.get('error', 0):,} / "
                                  f"{totals.get('skipped', 0):,}"),
+        ("distinct requests (dedup saved)", _dedup(d.get("requests") or {})),
         ("finished in earlier runs", f"{d['already_done']:,}"),
         ("re-sent after a crash", f"{d['resent_after_crash']:,}"),
         ("calls this run (retries, 429s)", f"{d['calls']:,} ({d['retries']:,}, {d['rate_limited']:,})"),
@@ -183,6 +184,12 @@ def render_summary(report: RunReport, console: Console) -> None:
         ("rate: achieved / allowed per minute",
          f"{_num(d['achieved_per_minute'])} / {_num(d['rate_limit_per_minute'], 'unlimited')}"),
     ]
+    reuse = d.get("requests") or {}
+    if reuse.get("cache_answers"):
+        rows.append(("answers from the cache (saved)",
+                     f"{reuse['cache_answers']:,} ({reuse['cache_saved_cost']:.6f})"))
+    if d.get("unknown_outcomes"):
+        rows.append(("calls sent without an answer (may be charged)", f"{d['unknown_outcomes']:,}"))
     rec = d.get("reconciliation") or {}
     if rec:
         lo, hi = rec["interval"]
@@ -199,6 +206,13 @@ def render_summary(report: RunReport, console: Console) -> None:
         table.add_row(what, str(value))
     console.print(table)
     console.print(f"exit code {report.exit_code}; output: [bold]{report.output}[/bold]")
+
+
+def _dedup(reuse: dict[str, Any]) -> str:
+    if not reuse:
+        return "-"
+    return (f"{reuse['distinct_requests']:,} of {reuse['rows_with_prompt']:,} rows "
+            f"({reuse['dedup_saved_requests']:,} not sent)")
 
 
 def _num(x: float | None, none: str = "-") -> str:
@@ -239,7 +253,8 @@ def render_estimate(est: Estimate, console: Console) -> None:
     table.add_column("value", justify="right")
     lo, hi = est.interval
     rows = [
-        ("rows (to run / skipped empty)", f"{est.rows:,} ({est.remaining_rows:,} / {est.skipped_rows:,})"),
+        ("rows (skipped empty)", f"{est.rows:,} ({est.skipped_rows:,})"),
+        ("distinct requests (still to send)", f"{est.distinct_requests:,} ({est.remaining_rows:,})"),
         ("calls per row", str(est.calls_per_row)),
         ("prompt tokens (exact, local)", f"{est.prompt_tokens:,}  [{est.tokenizer}]"),
         ("expected completion tokens", f"{est.completion_tokens:,}  [{est.completion_basis}]"),
