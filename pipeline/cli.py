@@ -106,6 +106,8 @@ def run(
     fmt: Annotated[str, typer.Option("--format", help="Also export: parquet (default), jsonl or csv.")] = "parquet",
     as_json: AsJson = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    with_report: Annotated[bool, typer.Option("--report", help="Also write the HTML report beside the output "
+                                                               "and print its path.")] = False,
 ) -> None:
     """Run a job: every unfinished row is called once; safe to run again after any stop."""
     if fmt not in ("parquet", "jsonl", "csv"):
@@ -117,6 +119,7 @@ def run(
         job, output=output, base_url=base_url or _env_base_url(job.provider.kind), limit=limit,
         max_cost=max_cost, restart=restart, yes=yes, sandbox=sandbox, fmt=fmt, as_json=as_json,
         quiet=quiet, credentials=_credentials, sandbox_for=_sandbox_for, console=out, errors=err,
+        with_report=with_report,
     ))
     raise typer.Exit(code)
 
@@ -143,6 +146,19 @@ def estimate(
         max_cost=max_cost, sandbox=sandbox, as_json=as_json, credentials=_credentials,
         sandbox_for=_sandbox_for, console=out))
     raise typer.Exit(code)
+
+
+# -- report ------------------------------------------------------------------------------------
+@app.command()
+def report(
+    output_file: Annotated[Path, typer.Argument(help="An output Parquet written by `momo-batch run`.")],
+    page: Annotated[Path | None, typer.Option("--output", "-o", help="The HTML file to write "
+                                              "(default: beside the Parquet, NAME.report.html).")] = None,
+) -> None:
+    """Write one self-contained HTML page about a run (charts, summary, provenance); print its path."""
+    from .report import write_report
+
+    print(guarded(lambda: write_report(output_file, page)))
 
 
 # -- agents / balance --------------------------------------------------------------------------

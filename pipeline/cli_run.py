@@ -79,7 +79,7 @@ def reconcile(est: Estimate, before: Account, after: Account, report: RunReport)
 def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: int | None,
                 max_cost: float | None, restart: bool, yes: bool, sandbox: bool, fmt: str,
                 as_json: bool, quiet: bool, credentials: Any, sandbox_for: Any,
-                console: Console, errors: Console) -> int:
+                console: Console, errors: Console, with_report: bool = False) -> int:
     cfg = job.provider
     if output is not None:
         job = job.with_overrides(output=OutputConfig(path=output))
@@ -91,11 +91,20 @@ def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: i
                                         limit=limit, restart=restart, max_cost=max_cost))
     if fmt != "parquet":
         export(report.output, fmt)
+    page = _write_report(report.output) if with_report and report.output.exists() else None
     if as_json:
-        print(json.dumps(report.as_dict(), ensure_ascii=False))
+        print(json.dumps({**report.as_dict(), **({"report": str(page)} if page else {})}, ensure_ascii=False))
     else:
         render_summary(report, console)
+        if page:
+            console.print(f"report: {page}", highlight=False, soft_wrap=True)
     return report.exit_code
+
+
+def _write_report(parquet: Path) -> Path:
+    from .report import write_report  # matplotlib: loaded only when a report is asked for
+
+    return write_report(parquet)
 
 
 def export(parquet: Path, fmt: str) -> Path:
