@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -21,6 +22,7 @@ from pipeline import ConfigError, Job, RunReport
 from pipeline.config import OutputConfig
 from pipeline.report import _charts, default_report_path, load_run, write_report
 from pipeline.report import _data as d
+from pipeline.result import RESULT_SCHEMA
 from pipeline.sandbox import FaultConfig, Sandbox, SandboxConfig
 
 from .browser import Chromium, find_chromium
@@ -257,8 +259,27 @@ def synthetic_output(path: Path, n: int) -> Path:
 
 def test_page_size_does_not_grow_with_rows(tmp_path: Path) -> None:
     small = write_report(synthetic_output(tmp_path / "small.parquet", 2_000)).stat().st_size
-    large = write_report(synthetic_output(tmp_path / "large.parquet", 200_000)).stat().st_size
+    large = write_report(synthetic_output(tmp_path / "large.parquet", 100_000)).stat().st_size
     assert large < 1.2 * small and large < 400_000, (small, large)
+
+
+@pytest.mark.parametrize("rows", [0, 3])
+def test_report_of_an_output_without_calls_says_so(tmp_path: Path, rows: int) -> None:
+    """An empty output, or one of blank prompts only (skipped): every chart is there, saying so."""
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    frame = pl.DataFrame({"id": list(range(rows)), "status": ["skipped"] * rows,
+                          "error_code": ["EMPTY_PROMPT"] * rows, "attempts": [0] * rows,
+                          "finished_at": [when] * rows},
+                         schema_overrides={"id": pl.Int64, "attempts": pl.Int32(),
+                                           "finished_at": pl.Datetime("us", "UTC")})
+    missing = [pl.lit(None, dtype=t).alias(c) for c, t in RESULT_SCHEMA.items() if c not in frame.columns]
+    frame = frame.with_columns(missing)
+    frame.write_parquet(tmp_path / "empty.parquet")
+    charts = figures(write_report(tmp_path / "empty.parquet").read_text(encoding="utf-8"))
+    assert list(charts) == PLAIN_CHARTS
+    for key in ("rate", "cost-time", "retries"):
+        assert "no calls" in svg_text(charts[key])
+    assert ("skipped: EMPTY_PROMPT" in svg_text(charts["outcomes"])) == (rows > 0)
 
 
 @given(st.floats(min_value=1e-3, max_value=30 * 86400), st.integers(min_value=1, max_value=60))

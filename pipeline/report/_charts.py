@@ -17,7 +17,7 @@ import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 
 from . import _data as d
 
@@ -119,18 +119,25 @@ def _empty(ax: Axes, text: str) -> None:
     ax.grid(False)
 
 
-def _histogram(ax: Axes, values: np.ndarray, colour: str, *, bins: int = 40) -> bool:
-    """A histogram of ``values``; log-spaced when they span decades. False when it used a log axis."""
+def _histogram(ax: Axes, values: np.ndarray, colour: str, *, bins: int = 40) -> None:
+    """A histogram of ``values``; log-spaced bins when a long tail would squash the rest."""
     lo, hi = float(values.min()), float(values.max())
     if lo == hi:
         ax.bar([f"{lo:g}"], [len(values)], color=colour, width=0.4)
-        return True
-    if lo > 0 and hi / lo > 50:
+    elif lo > 0 and np.percentile(values, 99) > 10 * np.percentile(values, 50):
         ax.hist(values, bins=np.geomspace(lo, hi, bins + 1).tolist(), color=colour)
         ax.set_xscale("log")
-        return False
-    ax.hist(values, bins=bins, color=colour)
-    return True
+    else:
+        ax.hist(values, bins=bins, color=colour)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 5), useMathText=True)  # 2.5×10⁻⁴
+    _counts(ax.yaxis)
+
+
+def _counts(axis: Any) -> None:
+    """An axis of counts: whole numbers, a few ticks, thousands separated."""
+    axis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+    axis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
 
 
 def _fmt(x: float) -> str:
@@ -140,7 +147,8 @@ def _fmt(x: float) -> str:
 def _annotate_bars(ax: Axes, bars: Any, total: int) -> None:
     labels = [f"{int(b.get_width()):,} ({b.get_width() / total:.0%})" for b in bars]
     ax.bar_label(bars, labels=labels, padding=3, fontsize=8)
-    ax.margins(x=0.18)
+    ax.margins(x=0.22)
+    _counts(ax.xaxis)
 
 
 # -- the charts --------------------------------------------------------------------------------
@@ -161,6 +169,7 @@ def _rate_chart(run: d.RunData, axis: TimeAxis) -> Chart:
                        label=f"achieved, last run {achieved:,.0f}/min")
         ax.set_xlabel(axis.label())
         ax.set_ylabel("requests / minute")
+        ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
         ax.set_xlim(0, bins.edges[-1] / axis.seconds)
         ax.legend(loc="lower right")
     tier = "no limit (enterprise or none set)" if limit is None else f"the tier's limit is {limit:,.0f} per minute"
@@ -203,6 +212,8 @@ def _cost_time_chart(run: d.RunData, axis: TimeAxis) -> Chart:
         ax.plot(t / axis.seconds, values, color=colour, linewidth=1.8)
         ax.fill_between(t / axis.seconds, values, color=colour, alpha=0.12, linewidth=0)
         ax.set_ylabel(f"cumulative {what}")
+        if column == "tokens_used":
+            ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
         ax.set_xlabel(axis.label())
         ax.set_xlim(0, t[-1] / axis.seconds or 1)
         ax.set_ylim(bottom=0)
@@ -226,7 +237,6 @@ def _per_row_chart(run: d.RunData) -> Chart:
             _empty(ax, "every row cost 0")
             continue
         _histogram(ax, values, colour, bins=30)
-        ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.set_xlabel(what)
         ax.set_ylabel("rows")
     costs = d.paid(run, "cost")
@@ -267,6 +277,7 @@ def _retry_chart(run: d.RunData, axis: TimeAxis) -> Chart:
         left.bar([str(a) for a, _ in attempts], [n for _, n in attempts], color=BLUE)
         left.set_xlabel("attempts per row")
         left.set_ylabel("rows")
+        _counts(left.yaxis)
         _retries_over_time(right, run, retries.to_numpy().astype(float), axis)
     t = run.totals
     last = (f" The run that wrote this file counted {t.get('retries', 0):,} retries and "
@@ -286,7 +297,7 @@ def _retries_over_time(ax: Axes, run: d.RunData, retries: np.ndarray, axis: Time
     ax.set_xlabel(axis.label())
     ax.set_ylabel("retries")
     ax.set_xlim(0, bins.edges[-1] / axis.seconds)
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    _counts(ax.yaxis)
 
 
 def _label_chart(run: d.RunData) -> Chart:
@@ -317,6 +328,7 @@ def _agreement_chart(run: d.RunData) -> Chart:
         ax.margins(y=0.15)
         ax.set_xlabel("share of the row's votes for its label")
         ax.set_ylabel("rows")
+        _counts(ax.yaxis)
         shares = agreement.to_numpy()
         caption = (f"How far the votes of each row agreed: {(shares >= 0.999).mean():.0%} of rows unanimous, "
                    f"mean agreement {shares.mean():.0%}.")
