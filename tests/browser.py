@@ -4,7 +4,7 @@
 file descriptor 3 and write answers and events on 4. Reads block until Chromium answers; a
 Chromium that dies closes its end, which ends any read with an error instead of a hang.
 
-    python -m tests.browser PAGE.html SHOT.png    # a screenshot of the top of a page
+    python -m tests.browser PAGE.html SHOT.png    # the top of a report, down to its cost chart
 """
 
 from __future__ import annotations
@@ -175,13 +175,15 @@ def _summarise(events: list[dict[str, Any]]) -> PageLoad:
     return load
 
 
-def screenshot(page: Path, target: Path, *, width: int = 1240, height: int = 1160, scale: float = 0.75) -> Path:
-    """A small PNG of the top of ``page`` (palette colours: a chart needs no more than 256)."""
+def screenshot(page: Path, target: Path, *, until: str = "#cost-time", width: int = 1240,
+               scale: float = 0.75) -> Path:
+    """A small PNG of ``page`` from its top to the bottom of the element ``until`` (palette colours)."""
     from PIL import Image
 
     with Chromium(width=width) as browser:
         browser.open(page)
-        png = browser.screenshot(height, scale)
+        bottom = browser.evaluate(f"document.querySelector({json.dumps(until)}).getBoundingClientRect().bottom")
+        png = browser.screenshot(int(bottom) + 14, scale)
     image = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
     target.parent.mkdir(parents=True, exist_ok=True)
     image.save(target, optimize=True)
