@@ -219,6 +219,12 @@ def test_report_of_a_file_that_is_not_an_output_is_one_line_exit_2(tmp_path: Pat
     assert not default_report_path(path).exists()
 
 
+def test_report_into_a_folder_or_an_unwritable_place(faulty: Done, tmp_path: Path) -> None:
+    assert write_report(faulty.output, tmp_path) == tmp_path / "out.report.html"
+    with pytest.raises(ConfigError, match="cannot write the report"):
+        write_report(faulty.output, Path("/proc/no-such-dir/r.html"))
+
+
 def test_run_with_report_writes_it_beside_the_output(tmp_path: Path) -> None:
     data = questions(tmp_path / "q.csv", 12)
     out = tmp_path / "out" / "answers.parquet"

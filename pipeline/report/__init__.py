@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ConfigError
 from ._data import RunData, load_run
 
 __all__ = ["RunData", "default_report_path", "load_run", "render_report", "write_report"]
@@ -45,14 +46,20 @@ def render_report(run: RunData) -> str:
 
 
 def write_report(output: Path, target: Path | None = None) -> Path:
-    """Write the report of ``output`` (an output Parquet) to ``target``; return where it went.
+    """Write the report of ``output`` (an output Parquet) to ``target`` (a file or a folder); return its path.
 
-    Raises :class:`~pipeline.errors.ConfigError` for a file that is not a momo-batch output.
+    Raises :class:`~pipeline.errors.ConfigError` for a file that is not a momo-batch output, or
+    a page that cannot be written.
     """
     page = render_report(load_run(output))
     target = target or default_report_path(output)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir():  # -o some/folder: the usual name, in that folder
+        target = target / default_report_path(output).name
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(target)  # a reader never sees half a page
+    except OSError as exc:
+        raise ConfigError(f"cannot write the report {target}: {exc.strerror or exc}") from None
     return target

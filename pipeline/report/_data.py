@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +46,18 @@ class RunData:
     metadata: dict[str, str]  # the momo_batch.* key-value metadata but the totals
     totals: dict[str, Any]  # momo_batch.totals: the summary of the run that wrote the file
     file_bytes: int
-    t0: Any  # datetime of the first call's estimated start (None: no call at all)
+    t0: datetime | None  # the first call's estimated start (else the first row's end; None: no rows)
 
     @property
     def is_label_job(self) -> bool:
         return "label" in self.rows.columns
 
-    @property
+    @cached_property
     def called(self) -> pl.DataFrame:
         """Rows that made at least one request."""
         return self.rows.filter(pl.col("attempts") > 0)
 
-    @property
+    @cached_property
     def span(self) -> float:
         """Seconds from the first call's start to the last row's end."""
         return float(self.called.select(pl.col("end").max()).item() or 0.0)
@@ -80,8 +82,8 @@ def load_run(path: Path) -> RunData:
     missing = [c for c in REQUIRED if c not in schema.names]
     if missing:
         raise ConfigError(f"{path}: not a momo-batch output (no column {', '.join(missing)})")
-    metadata = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()
-                if k.decode(errors="replace").startswith(META_PREFIX)}
+    pairs = ((k.decode(errors="replace"), v.decode(errors="replace")) for k, v in (schema.metadata or {}).items())
+    metadata = {k: v for k, v in pairs if k.startswith(META_PREFIX)}
     totals = _parse_totals(metadata.pop(META_PREFIX + "totals", None))
     columns = list(REQUIRED) + [c for c in LABEL_COLUMNS if c in schema.names]
     raw = pl.scan_parquet(path).select(columns).collect()
@@ -99,12 +101,12 @@ def _parse_totals(text: str | None) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"value": parsed}
 
 
-def _with_times(raw: pl.DataFrame) -> tuple[pl.DataFrame, Any]:
+def _with_times(raw: pl.DataFrame) -> tuple[pl.DataFrame, datetime | None]:
     """Add ``start`` and ``end`` in seconds since the first call's estimated start."""
     latency = pl.duration(microseconds=(pl.col("latency_ms").fill_null(0.0) * 1000).cast(pl.Int64))
     frame = raw.with_columns(pl.col("attempts").fill_null(0), started_at=pl.col("finished_at") - latency)
     called = frame.filter(pl.col("attempts") > 0)
-    t0 = called["started_at"].min() if called.height else frame["finished_at"].min()
+    t0: Any = called["started_at"].min() if called.height else frame["finished_at"].min()
     if t0 is None:
         return frame.with_columns(start=pl.lit(0.0), end=pl.lit(0.0)).drop("started_at"), None
 
