@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -27,6 +28,10 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage
          "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--disable-extensions", "--hide-scrollbars", "--mute-audio",
          "--remote-debugging-pipe")
+
+
+TRAMPOLINE = ("import os, sys; r, w = map(int, sys.argv[1:3]); os.dup2(r, 3); os.dup2(w, 4); "
+              "os.close(r); os.close(w); os.execv(sys.argv[3], sys.argv[3:])")
 
 
 def find_chromium() -> str | None:
@@ -67,18 +72,19 @@ class Chromium:
         self._stderr = tempfile.TemporaryFile()
         to_child, self._to_browser = os.pipe()
         self._from_browser, from_child = os.pipe()
-
-        def fds_3_and_4() -> None:  # in the child, before exec: the pipe ends Chromium expects
-            os.dup2(to_child, 3)
-            os.dup2(from_child, 4)
-
+        # Chromium's ends become its fds 3 and 4 in a fresh interpreter that then execs it: no
+        # Python code runs between fork and exec (unsafe beside polars' threads). Moved above 9
+        # first, so that neither dup2 overwrites the other end.
+        ends = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_child, from_child)]
+        for fd in (to_child, from_child):
+            os.close(fd)
         self._proc = subprocess.Popen(
-            [self.binary, *FLAGS, f"--user-data-dir={self._profile.name}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
-            pass_fds=(3, 4), preexec_fn=fds_3_and_4,  # noqa: PLW1509 (single-threaded here)
+            [sys.executable, "-c", TRAMPOLINE, *map(str, ends),
+             self.binary, *FLAGS, f"--user-data-dir={self._profile.name}", "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr, pass_fds=ends,
         )
-        os.close(to_child)
-        os.close(from_child)
+        for fd in ends:
+            os.close(fd)
         return self
 
     def __exit__(self, *exc: object) -> None:
