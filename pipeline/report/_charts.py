@@ -163,15 +163,15 @@ def _rate_chart(run: d.RunData, axis: TimeAxis) -> Chart:
                color=BLUE, alpha=0.85, label=f"requests per minute ({bins.width:g} s bins)")
         if limit is not None:
             ax.axhline(limit, color=RED, linestyle="--", linewidth=1.2, label=f"tier limit {limit:,.0f}/min")
-        achieved = run.totals.get("achieved_per_minute")
-        if achieved is not None and run.totals.get("window_seconds", 60) == 60:
+        achieved = run.achieved_per_minute
+        if achieved is not None:
             ax.axhline(achieved, color=GREY, linestyle=":", linewidth=1.2,
                        label=f"achieved, last run {achieved:,.0f}/min")
         ax.set_xlabel(axis.label())
         ax.set_ylabel("requests / minute")
         ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
         ax.set_xlim(0, bins.edges[-1] / axis.seconds)
-        ax.legend(loc="lower right")
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=3, borderaxespad=0.2)  # above the bars
     tier = "no limit (enterprise or none set)" if limit is None else f"the tier's limit is {limit:,.0f} per minute"
     caption = (f"Every attempt (retries, votes and re-asks included) by when it started, as a rate per "
                f"minute in {bins.width:g}-second bins; {tier}. A call's start is estimated as "

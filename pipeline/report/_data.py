@@ -64,11 +64,18 @@ class RunData:
 
     @property
     def rate_limit_per_minute(self) -> float | None:
-        """The tier's limit as requests per minute (totals may record a scaled window)."""
-        limit = self.totals.get("rate_limit_per_minute")
-        if limit is None:
-            return None
-        return float(limit) * 60.0 / float(self.totals.get("window_seconds") or 60.0)
+        """The tier's limit as requests per minute."""
+        return self._per_minute("rate_limit_per_minute")
+
+    @property
+    def achieved_per_minute(self) -> float | None:
+        """The rate the last run reached, as requests per minute."""
+        return self._per_minute("achieved_per_minute")
+
+    def _per_minute(self, key: str) -> float | None:
+        # totals count per rate window; a run in scaled time would record its window_seconds
+        value = self.totals.get(key)
+        return None if value is None else float(value) * 60.0 / float(self.totals.get("window_seconds") or 60.0)
 
 
 def load_run(path: Path) -> RunData:
