@@ -108,12 +108,13 @@ def _headline(run: d.RunData) -> Iterator[tuple[str, str, str, bool]]:
     if "rate_limited" in t:
         yield "429 answers", f"{t['rate_limited']:,}", "rate limited (last run)", bool(t["rate_limited"])
     yield "tokens", f"{int(rows['tokens_used'].sum() or 0):,}", "all calls", False
-    yield "cost", f"{float(rows['cost'].sum() or 0.0):.6g}", run.metadata.get("momo_batch.cost_source", "") + \
-        (" reported" if "momo_batch.cost_source" in run.metadata else ""), False
+    source = {"server": "as the server reported it", "price_table": "from the job's prices"}
+    yield "cost", f"{float(rows['cost'].sum() or 0.0):.6g}", \
+        source.get(run.metadata.get("momo_batch.cost_source", ""), ""), False
     pct = d.percentiles(d.latency_per_call(run))
     if pct:
         yield "latency p50", f"{pct[50]:,.0f} ms", f"p90 {pct[90]:,.0f} ms · p99 {pct[99]:,.0f} ms", False
-    achieved, limit = t.get("achieved_per_minute"), t.get("rate_limit_per_minute")
+    achieved, limit = run.achieved_per_minute, run.rate_limit_per_minute
     if achieved is not None:
         yield "rate (last run)", f"{achieved:,.0f}/min", \
             "no limit" if limit is None else f"of {limit:,.0f}/min allowed", False
