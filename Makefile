@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint bench clean
+.PHONY: help venv run report test browser lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -21,8 +21,25 @@ venv: $(STAMP) ## create .venv with the locked dependencies
 run: $(STAMP) ## run jobs/example.toml against a sandbox server started for the run
 	$(VENV)/bin/momo-batch run jobs/example.toml --sandbox
 
-test: $(STAMP) ## run the whole test suite
+report: $(STAMP) browser ## run the example job, write its HTML report and the README's screenshot
+	$(VENV)/bin/momo-batch run jobs/example.toml --sandbox --restart --quiet --report
+	$(PY) -m tests.browser data/out/questions.report.html docs/report.png
+
+test: $(STAMP) browser ## run the whole test suite
 	$(PY) -m pytest
+
+# The report's test opens the page in a real browser: Debian's chromium, installed when missing.
+# Where it cannot be installed (no apt-get, not root) the test is skipped, loudly; under CI=true
+# it fails instead, since CI's machines can install it.
+browser: ## install Debian's chromium (for the report's browser test) when it is missing
+	@if command -v $${CHROMIUM:-chromium} >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium for the report's browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "WARNING: no chromium, and apt-get as root is not available to install it:" \
+		     "the report's browser test will be SKIPPED (or fail under CI=true)" >&2; \
+	fi
 
 lint: $(STAMP) ## ruff, and mypy on pipeline/
 	$(VENV)/bin/ruff check pipeline tests bench

@@ -119,6 +119,8 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     cache: Annotated[Path | None, typer.Option(
         help="Reuse answers any job recorded in this directory, at no charge (and add this job's).")] = None,
+    with_report: Annotated[bool, typer.Option("--report", help="Also write the HTML report beside the output "
+                                                               "and print its path.")] = False,
 ) -> None:
     """Run a job: every request not yet answered is sent once; safe to run again after any stop."""
     if fmt not in ("parquet", "jsonl", "csv"):
@@ -131,6 +133,7 @@ def run(
         max_cost=max_cost, restart=restart, yes=yes, sandbox=sandbox, fmt=fmt, as_json=as_json,
         quiet=quiet, credentials=_credentials, sandbox_for=_sandbox_for, console=out, errors=err,
         cache=cache,
+        with_report=with_report,
     ))
     raise typer.Exit(code)
 
@@ -157,6 +160,19 @@ def estimate(
         max_cost=max_cost, sandbox=sandbox, as_json=as_json, credentials=_credentials,
         sandbox_for=_sandbox_for, console=out))
     raise typer.Exit(code)
+
+
+# -- report ------------------------------------------------------------------------------------
+@app.command()
+def report(
+    output_file: Annotated[Path, typer.Argument(help="An output Parquet written by `momo-batch run`.")],
+    page: Annotated[Path | None, typer.Option("--output", "-o", help="The HTML file to write "
+                                              "(default: beside the Parquet, NAME.report.html).")] = None,
+) -> None:
+    """Write one self-contained HTML page about a run (charts, summary, provenance); print its path."""
+    from .report import write_report
+
+    print(guarded(lambda: write_report(output_file, page)))
 
 
 # -- agents / balance --------------------------------------------------------------------------

@@ -123,7 +123,8 @@ def reconcile(est: Estimate, before: Account, after: Account, report: RunReport)
 def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: int | None,
                 max_cost: float | None, restart: bool, yes: bool, sandbox: bool, fmt: str,
                 as_json: bool, quiet: bool, credentials: Any, sandbox_for: Any,
-                console: Console, errors: Console, cache: Path | None = None) -> int:
+                console: Console, errors: Console, cache: Path | None = None,
+                with_report: bool = False) -> int:
     cfg = job.provider
     if output is not None:
         job = job.with_overrides(output=OutputConfig(path=output))
@@ -135,10 +136,13 @@ def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: i
                                         limit=limit, restart=restart, max_cost=max_cost))
     if fmt != "parquet":
         export(report.output, fmt)
+    page = _write_report(report.output) if with_report and report.output.exists() else None
     if as_json:
-        print(json.dumps(report.as_dict(), ensure_ascii=False))
+        print(json.dumps({**report.as_dict(), **({"report": str(page)} if page else {})}, ensure_ascii=False))
     else:
         render_summary(report, console)
+        if page:
+            console.print(f"report: {page}", highlight=False, soft_wrap=True)
     return report.exit_code
 
 
@@ -148,6 +152,12 @@ def _provider(job: Job, sb_url: str | None, sb_creds: Any, base_url: str | None,
     if sb_url:  # each --sandbox run has a new port; its answers are the same, so are its keys
         provider.endpoint = "sandbox"  # type: ignore[attr-defined]
     return provider
+
+
+def _write_report(parquet: Path) -> Path:
+    from .report import write_report  # matplotlib: loaded only when a report is asked for
+
+    return write_report(parquet)
 
 
 def export(parquet: Path, fmt: str) -> Path:
