@@ -103,7 +103,7 @@ def test_report_of_a_run_with_faults_charts_errors_retries_and_the_limit(faulty:
 
 def test_report_shows_the_provenance_and_the_run_summary(faulty: Done) -> None:
     html = faulty.page.read_text(encoding="utf-8")
-    meta = {k.decode(): v.decode() for k, v in pq.read_schema(faulty.output).metadata.items()}
+    meta = {k.decode(): v.decode() for k, v in pq.read_metadata(faulty.output).metadata.items()}
     provenance = html[html.index('id="provenance"'):]
     for key in ("momo_batch.version", "momo_batch.job_sha256", "momo_batch.provider", "momo_batch.target",
                 "momo_batch.cost_source"):

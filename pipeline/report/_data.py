@@ -83,13 +83,14 @@ def load_run(path: Path) -> RunData:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        schema = pq.read_schema(path)
+        footer = pq.read_metadata(path)  # the file's key-value metadata, where provenance is written
+        schema = footer.schema.to_arrow_schema()
     except (pa.ArrowInvalid, OSError) as exc:
         raise ConfigError(f"{path}: not a Parquet file ({exc})") from None
     missing = [c for c in REQUIRED if c not in schema.names]
     if missing:
         raise ConfigError(f"{path}: not a momo-batch output (no column {', '.join(missing)})")
-    pairs = ((k.decode(errors="replace"), v.decode(errors="replace")) for k, v in (schema.metadata or {}).items())
+    pairs = ((k.decode(errors="replace"), v.decode(errors="replace")) for k, v in (footer.metadata or {}).items())
     metadata = {k: v for k, v in pairs if k.startswith(META_PREFIX)}
     totals = _parse_totals(metadata.pop(META_PREFIX + "totals", None))
     columns = list(REQUIRED) + [c for c in LABEL_COLUMNS if c in schema.names]
