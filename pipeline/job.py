@@ -20,21 +20,16 @@ from . import __version__
 from .budget import Budget
 from .config import Job, OutputConfig
 from .dataset import Dataset, PromptTemplate
-from .errors import ConfigError, MomoError
+from .errors import ConfigError, ExitCode, MomoError, OutputError, exit_code_for
 from .limiter import RateLimiter
 from .providers.base import PromptRequest, Provider
 from .result import RESULT_SCHEMA, TOKEN_SPLIT_SCHEMA
 from .runner import Caller, Fanout, PromptTask, RowTask, RunStats, Stop, WorstCost
 from .sink import Journal, Unfinished, check_collisions, finalise, record_schema
 
-# documented exit codes (README): what a script calling `momo-batch run` can rely on
-EXIT_OK = 0
-EXIT_ROW_ERRORS = 1
-EXIT_BAD_INPUT = 2
-EXIT_INSUFFICIENT_BALANCE = 3
-EXIT_BUDGET = 4
-EXIT_TERMINAL = 5
-EXIT_INTERRUPTED = 130
+# documented exit codes (README): the one table is pipeline.errors.ExitCode
+EXIT_OK = ExitCode.OK
+EXIT_ROW_ERRORS = ExitCode.ROW_ERRORS
 
 
 @dataclass
@@ -52,14 +47,8 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
-        if self.stop_code == "INSUFFICIENT_BALANCE":
-            return EXIT_INSUFFICIENT_BALANCE
-        if self.stop_code == "BUDGET_EXCEEDED":
-            return EXIT_BUDGET
-        if self.stop_code == "INTERRUPTED":
-            return EXIT_INTERRUPTED
         if self.stop_code:
-            return EXIT_TERMINAL
+            return exit_code_for(self.stop_code)
         errors = self.extra.get("job_totals", {}).get("error", self.stats.error)
         return EXIT_ROW_ERRORS if errors else EXIT_OK
 
@@ -235,8 +224,12 @@ async def run_job(
         report.extra["labels"] = summarise(frame)
     if not write_output:
         return report
-    finalise(prep.dataset, journal, out, result_columns=prep.result_columns, unfinished=reason,
-             metadata=_provenance(job, provider, report))
+    try:
+        finalise(prep.dataset, journal, out, result_columns=prep.result_columns, unfinished=reason,
+                 metadata=_provenance(job, provider, report))
+    except OSError as exc:  # disk full, permissions: every result is still in the journal
+        raise OutputError(f"cannot write {out}: {exc.strerror or exc}; every result is kept in "
+                          f"{journal.root}: fix it and run again (nothing is paid twice)") from None
     return report
 
 
