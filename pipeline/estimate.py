@@ -25,8 +25,9 @@ from .config import Job
 from .dataset import PROMPT, ROW
 from .errors import ConfigError
 from .job import Prepared, prepare, result_fingerprint
+from .output_path import check_output
 from .providers.base import Account, Price, Provider
-from .sink import Journal, record_schema
+from .sink import Journal, journal_dir, record_schema
 from .tokens import DEFAULT_ENCODING, TOKENIZER_NAME, count_one, count_tokens
 
 PROMPT_MARGIN = 1.05
@@ -73,6 +74,7 @@ class Estimate:
     max_cost: float | None = None
     fits_cap: bool | None = None
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # also in notes; ``run`` prints them as warnings
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,7 +103,8 @@ def worst_cost_fn(job: Job, price: Price) -> Callable[[str], float]:
 
 def count_prompts(prep: Prepared, finished: bytearray, sample: set[int]) -> PromptTotals:
     totals = PromptTotals(rows=prep.n_rows)
-    for batch in prep.dataset.batches(prep.columns, prep.prompt, batch_rows=65_536):
+    # every column of every batch is parsed: the run's input is known good before its first call
+    for batch in prep.dataset.batches(prep.columns, prep.prompt, batch_rows=65_536, check_all=True):
         rows, prompts = batch[ROW].to_list(), batch[PROMPT].to_list()
         keep = [i for i, p in enumerate(prompts) if p is not None and p.strip()]
         totals.skipped += len(rows) - len(keep)
@@ -122,7 +125,7 @@ def count_prompts(prep: Prepared, finished: bytearray, sample: set[int]) -> Prom
 def pick_sample(prep: Prepared, n: int, seed: int = 0) -> set[int]:
     """``n`` sendable rows, spread over the file, the same every time for the same input."""
     rows: list[int] = []
-    for batch in prep.dataset.batches(prep.columns, prep.prompt, batch_rows=65_536):
+    for batch in prep.dataset.batches(prep.columns, prep.prompt, batch_rows=65_536, check_all=True):
         ok = batch.filter(pl.col(PROMPT).is_not_null() & (pl.col(PROMPT).str.strip_chars() != ""))
         rows.extend(ok[ROW].to_list())
     return set(random.Random(seed).sample(rows, min(n, len(rows))))
@@ -195,20 +198,37 @@ def pilot_fit(journal: Journal, job: Job, price: Price, sample_tokens: dict[int,
 async def estimate(job: Job, provider: Provider, *, pilot: int = 0, limit: int | None = None,
                    max_cost: float | None = None, run_pilot: Callable[..., Any] | None = None,
                    restart: bool = False) -> Estimate:
-    """Estimate ``job``; with ``pilot > 0``, ``run_pilot(rows)`` runs those rows for real first."""
+    """Estimate ``job``; with ``pilot > 0``, ``run_pilot(rows)`` runs those rows for real first.
+
+    This is also ``run``'s preflight: the output path is checked, and every batch of the input is
+    parsed, before any paid call. It creates no journal unless a pilot runs (a refused start
+    leaves nothing behind), and with ``restart`` it ignores the journal rather than wiping it.
+    """
     prep = prepare(job, limit=limit)
+    check_output(job.output.path, job.input.path)
     price = await provider.price()
-    journal = Journal.open(job.output.path, fingerprint=result_fingerprint(job),
-                           schema=record_schema(prep.task.extra_schema), restart=restart)
     sample = pick_sample(prep, pilot) if pilot else set()
+    journal = _journal(job, prep, restart=restart, create=bool(sample))
     if sample and run_pilot is not None:
         await run_pilot(sample)
-    state = journal.state(prep.n_rows)
-    totals = count_prompts(prep, state.finished, sample)
+    state = journal.state(prep.n_rows) if journal else None
+    finished = state.finished if state else bytearray(prep.n_rows)
+    totals = count_prompts(prep, finished, sample)
     account = await provider.account()
-    return _assemble(job, price, account, totals, state.previous_cost,
-                     pilot_fit(journal, job, price, totals.sample_tokens) if sample else None,
-                     max_cost if max_cost is not None else job.limits.max_cost)
+    est = _assemble(job, price, account, totals, state.previous_cost if state else 0.0,
+                    pilot_fit(journal, job, price, totals.sample_tokens) if sample and journal else None,
+                    max_cost if max_cost is not None else job.limits.max_cost)
+    est.warnings = [note for note in (price.note, account.note) if note]
+    est.notes += est.warnings
+    return est
+
+
+def _journal(job: Job, prep: Prepared, *, restart: bool, create: bool) -> Journal | None:
+    """The job's journal when it has one (or a pilot needs one); ``None`` means nothing ran yet."""
+    if not create and (restart or not journal_dir(job.output.path).exists()):
+        return None
+    return Journal.open(job.output.path, fingerprint=result_fingerprint(job),
+                        schema=record_schema(prep.task.extra_schema), restart=restart)
 
 
 def _assemble(job: Job, price: Price, account: Account, t: PromptTotals, spent: float,

@@ -9,6 +9,7 @@ row and writes the Parquet through a temporary file and an atomic rename.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -219,9 +220,13 @@ def finalise(
                 table = empty.select(columns).to_arrow()
                 writer = pq.ParquetWriter(tmp, table.schema.with_metadata(metadata), compression="zstd")
                 writer.write_table(table)
-        finally:
+            writer.close()  # the last buffered bytes are written here: a full disk may say so now
+        except BaseException:
             if writer is not None:
-                writer.close()
+                with contextlib.suppress(OSError):
+                    writer.close()
+            tmp.unlink(missing_ok=True)  # a half-written file helps nobody (disk full)
+            raise
     os.replace(tmp, output)
 
 
