@@ -126,6 +126,13 @@ def test_a_wrong_base_url_is_no_such_api(tmp_path: Path, sandbox: Sandbox, web_s
     assert not posts(sandbox.records()) and not journal_dir(tmp_path / "out.parquet").exists()
 
 
+@pytest.mark.parametrize("command", ["agents", "balance"])
+def test_agents_and_balance_at_a_wrong_url(sandbox: Sandbox, command: str) -> None:
+    proc = cli(command, "--base-url", sandbox.url, MOMO_API_KEY=MOMO_KEY)  # the sandbox without /v1
+    line = one_line_error(proc)
+    assert proc.returncode == 6 and sandbox.url in line and "NO_SUCH_API" in line
+
+
 async def test_no_such_api_names_the_url(sandbox: Sandbox, tmp_path: Path) -> None:
     job, key, _ = job_for("momo", tmp_path, sandbox)
     provider = provider_for(job, key, sandbox.url)  # no /v1: the agents list is 404
