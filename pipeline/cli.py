@@ -21,7 +21,8 @@ from rich.table import Table
 from . import __version__
 from .config import Job, OutputConfig, ProviderConfig
 from .connect import Credentials
-from .errors import EXIT_MEANINGS, ConfigError, ExitCode, MomoError, TransientError, redact
+from .errors import ConfigError, MomoError, TransientError, redact
+from .outcome import EXIT_MEANINGS, ExitCode
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Bulk prompt jobs against LLM agent APIs: rate-limited, resumable, costed.")
@@ -67,9 +68,9 @@ def _one_line(exc: BaseException) -> tuple[str, int]:
         return f"server unreachable or failing: {exc}", exc.exit_code
     if isinstance(exc, MomoError):
         return str(exc), exc.exit_code
-    if isinstance(exc, OSError):  # a write that failed outside the places that say so (journal, export)
+    if isinstance(exc, OSError):  # a write that failed outside the places that say so (ledger, export)
         where = f": {exc.filename}" if exc.filename else ""
-        return f"{exc.strerror or exc}{where} — {EXIT_MEANINGS[ExitCode.OUTPUT]}", ExitCode.OUTPUT
+        return f"{exc.strerror or exc}{where} — {EXIT_MEANINGS[ExitCode.WRITE]}", ExitCode.WRITE
     return "interrupted", ExitCode.INTERRUPTED
 
 
@@ -120,8 +121,10 @@ def run(
     fmt: Annotated[str, typer.Option("--format", help="Also export: parquet (default), jsonl or csv.")] = "parquet",
     as_json: AsJson = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    cache: Annotated[Path | None, typer.Option(
+        help="Reuse answers any job recorded in this directory, at no charge (and add this job's).")] = None,
 ) -> None:
-    """Run a job: every unfinished row is called once; safe to run again after any stop."""
+    """Run a job: every request not yet answered is sent once; safe to run again after any stop."""
     if fmt not in ("parquet", "jsonl", "csv"):
         raise _fail(f"--format must be parquet, jsonl or csv, not {fmt!r}", ExitCode.BAD_INPUT)
     job = guarded(lambda: Job.load(job_file))
@@ -131,6 +134,7 @@ def run(
         job, output=output, base_url=base_url or _env_base_url(job.provider.kind), limit=limit,
         max_cost=max_cost, restart=restart, yes=yes, sandbox=sandbox, fmt=fmt, as_json=as_json,
         quiet=quiet, credentials=_credentials, sandbox_for=_sandbox_for, console=out, errors=err,
+        cache=cache,
     ))
     raise typer.Exit(code)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -13,39 +14,82 @@ from rich.table import Table
 
 from .config import Job, OutputConfig
 from .connect import open_provider
-from .errors import MomoError, OutputError, PreflightRefused
+from .errors import MomoError, PreflightRefused, WriteError
 from .estimate import Estimate, worst_cost_fn
 from .estimate import estimate as estimate_job
 from .job import RunReport, run_job
 from .output_path import check_output, export_path
+from .plan import endpoint_of, prepare
 from .progress import Reporter
 from .providers.base import Account
-from .runner import RunStats
+from .runner import RunStats, Stop
 
 
 async def _run(job: Job, provider: Any, *, quiet: bool, errors: Console, yes: bool,
                **kw: Any) -> RunReport:
-    stats = RunStats()
+    stats, stop = RunStats(), Stop()
     try:
-        cap = kw.get("max_cost") if kw.get("max_cost") is not None else job.limits.max_cost
-        # preflight: the input is checked first (no request for bad input), then the key and the
-        # agent or model (``price``), then the worst case against balance and cap
-        est = await estimate_job(job, provider, limit=kw.get("limit"), max_cost=cap,
-                                 restart=kw.get("restart", False))
-        price = await provider.price()  # cached by the provider: no second request
-        for warning in est.warnings:  # an unlisted model, a balance the relay does not report
-            errors.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-        _preflight(est, yes, errors)
-        before = await provider.account()
-        worst = worst_cost_fn(job, price) if cap is not None else None
-        with Reporter(stats, stream=errors.file, enabled=not quiet) as rep:  # type: ignore[arg-type]
-            report = await run_job(job, provider, stats=stats, on_result=rep.update,
-                                   worst_cost=worst, **kw)
-        after = await _account_after(provider, report, errors)
-        report.extra["reconciliation"] = reconcile(est, before, after, report)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signals, stop, errors)
+            try:
+                report = await _preflight_and_run(job, provider, stats, stop, quiet=quiet,
+                                                  errors=errors, yes=yes, **kw)
+            finally:
+                tg.cancel_scope.cancel()
         return report
+    except BaseExceptionGroup as group:  # the run's own error, not the signal watcher's
+        raise _first(group) from None
     finally:
         await provider.aclose()
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def _preflight_and_run(job: Job, provider: Any, stats: RunStats, stop: Stop, *, quiet: bool,
+                             errors: Console, yes: bool, **kw: Any) -> RunReport:
+    cap = kw.get("max_cost") if kw.get("max_cost") is not None else job.limits.max_cost
+    # preflight: the input is read and keyed first (no request for bad input), then the key and
+    # the agent or model (``price``), then the worst case against balance and cap
+    plan = prepare(job, endpoint=endpoint_of(provider), limit=kw.get("limit"))
+    est = await estimate_job(job, provider, limit=kw.get("limit"), max_cost=cap,
+                             restart=kw.get("restart", False), plan=plan)
+    price = await provider.price()  # cached by the provider: no second request
+    for warning in est.warnings:  # an unlisted model, a balance the relay does not report
+        errors.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    _preflight(est, yes, errors)
+    before = await provider.account()
+    worst = worst_cost_fn(job, price) if cap is not None else None
+    with Reporter(stats, stream=errors.file, enabled=not quiet) as rep:  # type: ignore[arg-type]
+        report = await run_job(job, provider, stats=stats, on_result=rep.update, worst_cost=worst,
+                               stop=stop, plan=plan, **kw)
+    after = await _account_after(provider, report, errors)
+    report.extra["reconciliation"] = reconcile(est, before, after, report)
+    return report
+
+
+# first signal: stop sending, let calls in flight finish and be recorded, write the output;
+# second: cancel the calls in flight too (still recorded as sent); third: the default (die)
+_SIGNALS = {signal.SIGINT: ("INTERRUPTED", "Ctrl-C"), signal.SIGTERM: ("TERMINATED", "SIGTERM")}
+
+
+async def _stop_on_signals(stop: Stop, errors: Console) -> None:
+    with anyio.open_signal_receiver(*_SIGNALS) as signals:
+        async for signum in signals:
+            code, name = _SIGNALS[signal.Signals(signum)]
+            if not stop.stopped:
+                stop.soft(code, MomoError(f"stopped by {name}"))
+                errors.print(f"{name}: no new calls; waiting for the calls in flight to finish and be "
+                             "recorded (again to abort them)", highlight=False)
+            else:
+                stop.now(code, MomoError(f"stopped by {name}"))
+                errors.print(f"{name} again: aborting the calls in flight; writing the output",
+                             highlight=False)
+                return
 
 
 async def _account_after(provider: Any, report: RunReport, errors: Console) -> Account | None:
@@ -96,15 +140,15 @@ def reconcile(est: Estimate, before: Account, after: Account | None, report: Run
 def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: int | None,
                 max_cost: float | None, restart: bool, yes: bool, sandbox: bool, fmt: str,
                 as_json: bool, quiet: bool, credentials: Any, sandbox_for: Any,
-                console: Console, errors: Console) -> int:
+                console: Console, errors: Console, cache: Path | None = None) -> int:
     cfg = job.provider
     if output is not None:
         job = job.with_overrides(output=OutputConfig(path=output))
     check_output(job.output.path, job.input.path, formats=[fmt])  # before anything is paid
+    if cache is not None:
+        job = job.with_overrides(reuse=job.reuse.model_copy(update={"cache": cache}))
     with sandbox_for(cfg, job.limits.tier, sandbox) as (sb_url, sb_creds):
-        creds = sb_creds or credentials(cfg)
-        provider = open_provider(cfg, creds, base_url=sb_url or base_url,
-                                 max_connections=job.limits.concurrency)
+        provider = _provider(job, sb_url, sb_creds, base_url, credentials)
         report = anyio.run(lambda: _run(job, provider, quiet=quiet, errors=errors, yes=yes,
                                         limit=limit, restart=restart, max_cost=max_cost))
     if fmt != "parquet" and report.output.exists():
@@ -114,6 +158,14 @@ def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: i
     else:
         render_summary(report, console)
     return report.exit_code
+
+
+def _provider(job: Job, sb_url: str | None, sb_creds: Any, base_url: str | None, credentials: Any) -> Any:
+    provider = open_provider(job.provider, sb_creds or credentials(job.provider),
+                             base_url=sb_url or base_url, max_connections=job.limits.concurrency)
+    if sb_url:  # each --sandbox run has a new port; its answers are the same, so are its keys
+        provider.endpoint = "sandbox"  # type: ignore[attr-defined]
+    return provider
 
 
 def export(parquet: Path, fmt: str) -> Path:
@@ -130,7 +182,7 @@ def export(parquet: Path, fmt: str) -> Path:
     except (pl.exceptions.PolarsError, OSError) as exc:
         target.unlink(missing_ok=True)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
-        raise OutputError(f"--format {fmt}: cannot write {target} ({reason}); the Parquet output "
+        raise WriteError(f"--format {fmt}: cannot write {target} ({reason}); the Parquet output "
                           f"{parquet} is complete") from None
     return target
 
@@ -196,18 +248,19 @@ def estimate_cli_job(job: Job, *, pilot: int, base_url: str | None, limit: int |
     cfg = job.provider
 
     async def go(provider: Any) -> Estimate:
+        plan = prepare(job, endpoint=endpoint_of(provider), limit=limit)
+
         async def run_pilot(rows: set[int]) -> None:
-            await run_job(job, provider, limit=limit, only_rows=rows, write_output=False)
+            await run_job(job, provider, only_rows=rows, write_output=False, plan=plan)
 
         try:
-            return await estimate_job(job, provider, pilot=pilot, limit=limit,
-                                      max_cost=max_cost, run_pilot=run_pilot)
+            return await estimate_job(job, provider, pilot=pilot, max_cost=max_cost,
+                                      run_pilot=run_pilot, plan=plan)
         finally:
             await provider.aclose()
 
     with sandbox_for(cfg, job.limits.tier, sandbox) as (sb_url, sb_creds):
-        provider = open_provider(cfg, sb_creds or credentials(cfg), base_url=sb_url or base_url,
-                                 max_connections=job.limits.concurrency)
+        provider = _provider(job, sb_url, sb_creds, base_url, credentials)
         est = anyio.run(go, provider)
     if as_json:
         print(json.dumps(est.as_dict(), ensure_ascii=False))

@@ -98,6 +98,15 @@ class OutputConfig(_Table):
     path: FilePath
 
 
+class ReuseConfig(_Table):
+    """What a job may reuse instead of paying again (see :mod:`pipeline.ledger`)."""
+
+    # identical requests in one job are sent once; false: each repeat is an independent sample
+    dedup: bool = True
+    # a directory whose answers any job may reuse at no charge (``run --cache DIR``)
+    cache: FilePath | None = None
+
+
 class Job(_Table):
     """A validated job file. Relative paths are resolved against the project root (cwd)."""
 
@@ -106,6 +115,7 @@ class Job(_Table):
     provider: ProviderConfig
     limits: LimitsConfig = LimitsConfig()
     output: OutputConfig
+    reuse: ReuseConfig = ReuseConfig()
     label: dict[str, Any] | None = None
     source: str = Field("", exclude=True)  # the job file's text, for the provenance hash
 

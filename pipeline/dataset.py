@@ -17,7 +17,7 @@ import polars as pl
 
 from .errors import ConfigError
 
-ROW = "__row"  # position of a row in the input; the key that ties results to rows
+ROW = "__row"  # position of a row in the input, for this run only (rows find results by content key)
 PROMPT = "__prompt"
 
 

@@ -1,10 +1,11 @@
 """One exception tree for everything momo-batch raises, and what each error means for a job.
 
     MomoError                       action       exit
-    ├── ConfigError                 stop now     2   bad job file, argument, input or output path
-    ├── OutputError                 stop now     8   the output could not be written (disk full, ...)
+    ├── ConfigError                 stop now     2   bad job file, argument, key, input or output path
     ├── PreflightRefused            stop now     7   the worst case may not fit the balance or max_cost
     ├── BudgetExceeded              stop softly  4   the next call's worst case does not fit max_cost
+    ├── JobBusy                     stop now     8   another process holds the job's ledger (one writer per job)
+    ├── WriteError                  stop softly  9   the ledger or the output cannot be written (disk full)
     └── APIError                                     the service said no, or could not be understood
         ├── TerminalError                            retrying cannot help
         │   ├── InvalidApiKey       stop now     5   401 INVALID_API_KEY
@@ -25,31 +26,31 @@ Each class carries its :class:`Action` (what the runner does with a row's error)
 (HTTP status, error code) to a class, for both services. Decisions read ``action``, never the
 message text. No exception carries an API key: server text is scrubbed by :func:`redact`.
 
-:class:`ExitCode` is the one table of exit codes; the README quotes :data:`EXIT_MEANINGS` and a
-test keeps the two equal.
+:class:`~pipeline.outcome.ExitCode` is the one table of exit codes; the README quotes
+:data:`~pipeline.outcome.EXIT_MEANINGS` and a test keeps the two equal.
 """
 
 from __future__ import annotations
 
 import re
-from enum import IntEnum, StrEnum
+from enum import StrEnum
+
+from .outcome import ExitCode
 
 __all__ = [
-    "EXIT_MEANINGS",
     "Action",
     "APIError",
     "AgentNotFound",
     "BudgetExceeded",
     "ConfigError",
     "ConnectionLost",
-    "ExitCode",
     "InsufficientBalance",
     "InvalidApiKey",
     "InvalidParameters",
+    "JobBusy",
     "MalformedResponse",
     "MomoError",
     "NoSuchApi",
-    "OutputError",
     "PreflightRefused",
     "RateLimited",
     "RequestRejected",
@@ -57,41 +58,10 @@ __all__ = [
     "TerminalError",
     "Timeout",
     "TransientError",
+    "WriteError",
     "classify",
-    "exit_code_for",
     "redact",
 ]
-
-
-class ExitCode(IntEnum):
-    """What a script calling ``momo-batch`` can rely on (the README's table)."""
-
-    OK = 0
-    ROW_ERRORS = 1
-    BAD_INPUT = 2
-    INSUFFICIENT_BALANCE = 3
-    BUDGET = 4
-    REFUSED_BY_SERVICE = 5
-    NO_API = 6
-    PREFLIGHT_REFUSED = 7
-    OUTPUT = 8
-    INTERRUPTED = 130
-
-
-EXIT_MEANINGS: dict[ExitCode, str] = {
-    ExitCode.OK: "every row finished ok (or skipped: null/empty prompt)",
-    ExitCode.ROW_ERRORS: "the job finished, some rows ended in an error (see `error_code`)",
-    ExitCode.BAD_INPUT: "bad job file, argument, key, input or output path (the message names it); nothing was paid",
-    ExitCode.INSUFFICIENT_BALANCE: "stopped: insufficient balance — top up and run the same command again",
-    ExitCode.BUDGET: "stopped: `max_cost` reached — raise it and run again",
-    ExitCode.REFUSED_BY_SERVICE: "stopped: the service refused the key, agent or model, before paying for more",
-    ExitCode.NO_API: "no usable API at the base URL: unreachable, failing, or not this API (the message names the URL)",
-    ExitCode.PREFLIGHT_REFUSED: "preflight refused: the worst case may not fit the balance or `max_cost` "
-                                "(`--yes` runs anyway)",
-    ExitCode.OUTPUT: "the output could not be written (disk full, ...); results are kept in the journal — "
-                     "fix it and run again, nothing is paid twice",
-    ExitCode.INTERRUPTED: "interrupted (Ctrl-C) — run again to resume",
-}
 
 
 class Action(StrEnum):
@@ -142,7 +112,7 @@ class MomoError(Exception):
 
     code: str = "ERROR"
     action: Action = Action.STOP_NOW
-    exit_code: ExitCode = ExitCode.REFUSED_BY_SERVICE
+    exit_code: ExitCode = ExitCode.TERMINAL
 
 
 class ConfigError(MomoError):
@@ -152,18 +122,11 @@ class ConfigError(MomoError):
     exit_code = ExitCode.BAD_INPUT
 
 
-class OutputError(MomoError):
-    """The output (or an export of it) could not be written; the journal still holds every result."""
-
-    code = "OUTPUT_FAILED"
-    exit_code = ExitCode.OUTPUT
-
-
 class PreflightRefused(MomoError):
     """``run``'s preflight: the worst case may not fit the balance or the cap (``--yes`` overrides)."""
 
     code = "PREFLIGHT_REFUSED"
-    exit_code = ExitCode.PREFLIGHT_REFUSED
+    exit_code = ExitCode.REFUSED
 
 
 class BudgetExceeded(MomoError):
@@ -172,6 +135,21 @@ class BudgetExceeded(MomoError):
     code = "BUDGET_EXCEEDED"
     action = Action.STOP_SOFT
     exit_code = ExitCode.BUDGET
+
+
+class JobBusy(MomoError):
+    """Another process is running this job (it holds the ledger's lock)."""
+
+    code = "JOB_BUSY"
+    exit_code = ExitCode.BUSY
+
+
+class WriteError(MomoError):
+    """The ledger or the output could not be written: stop sending, keep what is recorded."""
+
+    code = "WRITE_FAILED"
+    action = Action.STOP_SOFT
+    exit_code = ExitCode.WRITE
 
 
 class APIError(MomoError):
@@ -229,7 +207,7 @@ class NoSuchApi(TerminalError):
     is wrong, or the server is not this API. The message names the URL."""
 
     code = "NO_SUCH_API"
-    exit_code = ExitCode.NO_API
+    exit_code = ExitCode.UNREACHABLE
 
 
 class InsufficientBalance(TerminalError):
@@ -263,7 +241,7 @@ class TransientError(APIError):
     """Worth retrying with backoff."""
 
     action = Action.RETRY
-    exit_code = ExitCode.NO_API
+    exit_code = ExitCode.UNREACHABLE
 
 
 class RateLimited(TransientError):
@@ -359,15 +337,3 @@ def server_code(raw: object) -> str | None:
         return None
     text = str(raw).strip()
     return text or None
-
-
-_STOP_EXITS: dict[str, ExitCode] = {
-    "INTERRUPTED": ExitCode.INTERRUPTED,
-    **{cls.code: cls.exit_code for cls in (InsufficientBalance, BudgetExceeded, InvalidApiKey, AgentNotFound,
-                                            NoSuchApi, ConfigError, OutputError)},
-}
-
-
-def exit_code_for(stop_code: str) -> ExitCode:
-    """The exit code of a run that stopped early with ``stop_code`` (a class's ``code``)."""
-    return _STOP_EXITS.get(stop_code, ExitCode.REFUSED_BY_SERVICE)

@@ -24,10 +24,11 @@ import polars as pl
 from .config import Job
 from .dataset import PROMPT, ROW
 from .errors import ConfigError
-from .job import Prepared, prepare, result_fingerprint
+from .ledger import FINAL, Ledger
 from .output_path import check_output
+from .plan import FIRST, KEY, Plan, endpoint_of, prepare
 from .providers.base import Account, Price, Provider
-from .sink import Journal, journal_dir, record_schema
+from .sink import decode_outcomes, record_schema
 from .tokens import DEFAULT_ENCODING, TOKENIZER_NAME, count_one, count_tokens
 
 PROMPT_MARGIN = 1.05
@@ -42,8 +43,9 @@ class PromptTotals:
     rows: int = 0
     sendable: int = 0  # not null/empty
     skipped: int = 0
-    finished: int = 0  # already done in the journal (not counted below)
-    remaining: int = 0
+    duplicates: int = 0  # rows asking what an earlier row asks: sent once (dedup)
+    finished: int = 0  # distinct requests already answered in the ledger (not counted below)
+    remaining: int = 0  # distinct requests still to send
     prompt_tokens: int = 0  # over the remaining rows
     sample_tokens: dict[int, int] = field(default_factory=dict)  # pilot rows → local count
 
@@ -51,7 +53,8 @@ class PromptTotals:
 @dataclass
 class Estimate:
     rows: int
-    remaining_rows: int
+    distinct_requests: int  # among the rows with a prompt (dedup sends each once)
+    remaining_rows: int  # distinct requests still to send
     skipped_rows: int
     calls_per_row: int
     prompt_tokens: int
@@ -101,20 +104,23 @@ def worst_cost_fn(job: Job, price: Price) -> Callable[[str], float]:
     return worst
 
 
-def count_prompts(prep: Prepared, finished: bytearray, sample: set[int]) -> PromptTotals:
+def count_prompts(prep: Plan, ledger: Ledger | None, sample: set[int]) -> PromptTotals:
+    """Exact local token counts of the distinct requests that the ledger has no final answer for."""
     totals = PromptTotals(rows=prep.n_rows)
-    # every column of every batch is parsed: the run's input is known good before its first call
-    for batch in prep.dataset.batches(prep.columns, prep.prompt, batch_rows=65_536, check_all=True):
-        rows, prompts = batch[ROW].to_list(), batch[PROMPT].to_list()
-        keep = [i for i, p in enumerate(prompts) if p is not None and p.strip()]
-        totals.skipped += len(rows) - len(keep)
-        counts = count_tokens([prompts[i] for i in keep], DEFAULT_ENCODING)
-        totals.sendable += len(keep)
-        for i, n in zip(keep, counts, strict=True):
-            row = rows[i]
-            if row in sample:
+    for batch in prep.batches(65_536):
+        keyed = batch.filter(pl.col(KEY).is_not_null())
+        totals.skipped += batch.height - keyed.height
+        totals.sendable += keyed.height
+        for row in set(keyed[ROW].to_list()) & sample:
+            totals.sample_tokens[row] = 0
+        distinct = keyed.filter(pl.col(FIRST))
+        totals.duplicates += keyed.height - distinct.height
+        states = ledger.states(distinct[KEY].to_list()) if ledger is not None else {}
+        counts = count_tokens(distinct[PROMPT].to_list(), DEFAULT_ENCODING)
+        for row, key, n in zip(distinct[ROW].to_list(), distinct[KEY].to_list(), counts, strict=True):
+            if row in totals.sample_tokens:
                 totals.sample_tokens[row] = n
-            if finished[row]:
+            if states.get(key, (None,))[0] == FINAL:
                 totals.finished += 1
                 continue
             totals.remaining += 1
@@ -122,12 +128,9 @@ def count_prompts(prep: Prepared, finished: bytearray, sample: set[int]) -> Prom
     return totals
 
 
-def pick_sample(prep: Prepared, n: int, seed: int = 0) -> set[int]:
-    """``n`` sendable rows, spread over the file, the same every time for the same input."""
-    rows: list[int] = []
-    for batch in prep.dataset.batches(prep.columns, prep.prompt, batch_rows=65_536, check_all=True):
-        ok = batch.filter(pl.col(PROMPT).is_not_null() & (pl.col(PROMPT).str.strip_chars() != ""))
-        rows.extend(ok[ROW].to_list())
+def pick_sample(prep: Plan, n: int, seed: int = 0) -> set[int]:
+    """``n`` rows with distinct prompts, spread over the file, the same every time for the same input."""
+    rows = prep.keys.with_row_index(ROW).filter(pl.col(KEY).is_not_null() & pl.col(FIRST))[ROW].to_list()
     return set(random.Random(seed).sample(rows, min(n, len(rows))))
 
 
@@ -162,24 +165,21 @@ class Pilot:
     completion_per_row: float  # relay: completion_tokens; MOMO: server tokens beyond the local prompt count
 
 
-def pilot_fit(journal: Journal, job: Job, price: Price, sample_tokens: dict[int, int]) -> Pilot | None:
-    """Fit list-price cost per row on local prompt tokens, from the journaled pilot rows."""
-    frame = journal.results_frame()
-    if frame is None or not sample_tokens:
+def pilot_fit(ledger: Ledger, prep: Plan, price: Price, sample_tokens: dict[int, int]) -> Pilot | None:
+    """Fit list-price cost per row on local prompt tokens, from the pilot rows' recorded outcomes."""
+    if not sample_tokens:
         return None
-    done = (
-        frame.filter(pl.col(ROW).is_in(list(sample_tokens)))
-        .unique(ROW, keep="last")
-        .filter(pl.col("status") == "ok")
-        .select(ROW, "tokens_used", "prompt_tokens", "completion_tokens", "cost", "response")
-        .collect()
-    )
+    keys = prep.keys[KEY]
+    by_key = {keys[row]: tokens for row, tokens in sample_tokens.items()}
+    found = decode_outcomes(ledger.outcomes(list(by_key)), record_schema(prep.task.extra_schema))
+    done = found.filter(pl.col("status") == "ok").with_columns(
+        pl.col(KEY).replace_strict(by_key, return_dtype=pl.Int64).alias("__tokens"))
     xs, ys, server, local, beyond = [], [], 0, 0, 0
     pp, cp = price.prompt_per_million / 1e6, price.completion_per_million / 1e6
     for rec in done.iter_rows(named=True):
         if rec["tokens_used"] is None:
             continue
-        p = sample_tokens[rec[ROW]]
+        p = rec["__tokens"]
         if rec["prompt_tokens"] is not None and rec["completion_tokens"] is not None:
             list_cost = rec["prompt_tokens"] * pp + rec["completion_tokens"] * cp
             beyond += rec["completion_tokens"]
@@ -197,38 +197,31 @@ def pilot_fit(journal: Journal, job: Job, price: Price, sample_tokens: dict[int,
 
 async def estimate(job: Job, provider: Provider, *, pilot: int = 0, limit: int | None = None,
                    max_cost: float | None = None, run_pilot: Callable[..., Any] | None = None,
-                   restart: bool = False) -> Estimate:
+                   restart: bool = False, plan: Plan | None = None) -> Estimate:
     """Estimate ``job``; with ``pilot > 0``, ``run_pilot(rows)`` runs those rows for real first.
 
-    This is also ``run``'s preflight: the output path is checked, and every batch of the input is
-    parsed, before any paid call. It creates no journal unless a pilot runs (a refused start
-    leaves nothing behind), and with ``restart`` it ignores the journal rather than wiping it.
+    ``restart``: estimate as if nothing had run yet (what ``run --restart`` will pay).
     """
-    prep = prepare(job, limit=limit)
-    check_output(job.output.path, job.input.path)
+    prep = plan or prepare(job, endpoint=endpoint_of(provider), limit=limit)
+    check_output(job.output.path, job.input.path)  # before any paid call (a pilot's, the run's)
     price = await provider.price()
     sample = pick_sample(prep, pilot) if pilot else set()
-    journal = _journal(job, prep, restart=restart, create=bool(sample))
     if sample and run_pilot is not None:
         await run_pilot(sample)
-    state = journal.state(prep.n_rows) if journal else None
-    finished = state.finished if state else bytearray(prep.n_rows)
-    totals = count_prompts(prep, finished, sample)
+    ledger = None if restart else Ledger.peek(job.output.path)
+    try:
+        totals = count_prompts(prep, ledger, sample)
+        spent = ledger.totals().spent if ledger is not None else 0.0
+        fitted = pilot_fit(ledger, prep, price, totals.sample_tokens) if sample and ledger else None
+    finally:
+        if ledger is not None:
+            ledger.close()
     account = await provider.account()
-    est = _assemble(job, price, account, totals, state.previous_cost if state else 0.0,
-                    pilot_fit(journal, job, price, totals.sample_tokens) if sample and journal else None,
+    est = _assemble(job, price, account, totals, spent, fitted,
                     max_cost if max_cost is not None else job.limits.max_cost)
-    est.warnings = [note for note in (price.note, account.note) if note]
+    est.warnings = [note for note in (price.note, account.note) if note]  # an unlisted model, no balance
     est.notes += est.warnings
     return est
-
-
-def _journal(job: Job, prep: Prepared, *, restart: bool, create: bool) -> Journal | None:
-    """The job's journal when it has one (or a pilot needs one); ``None`` means nothing ran yet."""
-    if not create and (restart or not journal_dir(job.output.path).exists()):
-        return None
-    return Journal.open(job.output.path, fingerprint=result_fingerprint(job),
-                        schema=record_schema(prep.task.extra_schema), restart=restart)
 
 
 def _assemble(job: Job, price: Price, account: Account, t: PromptTotals, spent: float,
@@ -269,7 +262,8 @@ def _assemble(job: Job, price: Price, account: Account, t: PromptTotals, spent: 
     calls = n * usual
     minutes = calls / rate * job.limits.window_seconds / 60 if rate else None
     est = Estimate(
-        rows=t.rows, remaining_rows=n, skipped_rows=t.skipped, calls_per_row=usual,
+        rows=t.rows, distinct_requests=t.sendable - t.duplicates, remaining_rows=n,
+        skipped_rows=t.skipped, calls_per_row=usual,
         prompt_tokens=t.prompt_tokens, tokenizer=f"{TOKENIZER_NAME} ({DEFAULT_ENCODING})",
         currency=price.currency,
         price={"prompt_per_million": price.prompt_per_million,

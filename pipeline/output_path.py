@@ -1,4 +1,4 @@
-"""Where a job writes, checked before the first paid call: the output Parquet, its journal, exports.
+"""Where a job writes, checked before the first paid call: the output Parquet, its ledger, exports.
 
 A job that pays for its rows and then cannot write them (the output is a directory, lies under a
 regular file or in ``/proc``, or is the input itself) has wasted the money; these checks run in
@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import ConfigError
-from .sink import journal_dir
+from .ledger import ledger_dir
 
 __all__ = ["EXPORT_FORMATS", "check_output", "export_path"]
 
@@ -38,9 +38,9 @@ def check_output(output: Path, input_path: Path, *, formats: Iterable[str] = ())
             raise ConfigError(f"{what} {path} is a directory: give a file path, e.g. {path / 'results.parquet'}")
         if path.exists() and not path.is_file():
             raise ConfigError(f"{what} {path} exists and is not a regular file")
-    journal = journal_dir(output)
-    if journal.exists() and not journal.is_dir():
-        raise ConfigError(f"{journal} (where the output's results are journaled) exists and is not a directory")
+    ledger = ledger_dir(output)
+    if ledger.exists() and not ledger.is_dir():
+        raise ConfigError(f"{ledger} (where the output's results are recorded) exists and is not a directory")
     _check_creatable(output.parent, f"output {output}")
 
 

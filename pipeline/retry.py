@@ -7,7 +7,7 @@ its text.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 from tenacity import (
@@ -47,6 +47,7 @@ def retry_policy(
     initial_wait: float = 0.5,
     max_wait: float = 30.0,
     before_sleep: Callable[[RetryCallState], None] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
 ) -> AsyncRetrying:
     """Errors whose action is ``Action.RETRY``: exponential backoff and jitter, honouring Retry-After."""
     return AsyncRetrying(
@@ -55,7 +56,7 @@ def retry_policy(
             wait_exponential_jitter(multiplier=initial_wait, max=max_wait, jitter=initial_wait)
         ),
         retry=retry_if_exception(_worth_retrying),
-        sleep=anyio.sleep,
+        sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,
     )

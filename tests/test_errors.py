@@ -10,29 +10,28 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.errors import (
-    EXIT_MEANINGS,
     Action,
     AgentNotFound,
     APIError,
     BudgetExceeded,
     ConfigError,
     ConnectionLost,
-    ExitCode,
     InsufficientBalance,
     InvalidApiKey,
     InvalidParameters,
+    JobBusy,
     MalformedResponse,
     NoSuchApi,
-    OutputError,
     PreflightRefused,
     RateLimited,
     RequestRejected,
     ServerError,
     Timeout,
+    WriteError,
     classify,
-    exit_code_for,
     redact,
 )
+from pipeline.outcome import EXIT_MEANINGS, STOP_EXIT, ExitCode
 from pipeline.result import FINAL_ERROR_CODES
 
 from .helpers import ROOT
@@ -69,30 +68,31 @@ def test_one_table_for_both_services(status: int | None, code: str | None, expec
 
 
 @pytest.mark.parametrize(("cls", "action", "exit_code"), [
-    (InvalidApiKey, Action.STOP_NOW, ExitCode.REFUSED_BY_SERVICE),
-    (AgentNotFound, Action.STOP_NOW, ExitCode.REFUSED_BY_SERVICE),
-    (NoSuchApi, Action.STOP_NOW, ExitCode.NO_API),
+    (InvalidApiKey, Action.STOP_NOW, ExitCode.TERMINAL),
+    (AgentNotFound, Action.STOP_NOW, ExitCode.TERMINAL),
+    (NoSuchApi, Action.STOP_NOW, ExitCode.UNREACHABLE),
     (InsufficientBalance, Action.STOP_SOFT, ExitCode.INSUFFICIENT_BALANCE),
     (BudgetExceeded, Action.STOP_SOFT, ExitCode.BUDGET),
-    (InvalidParameters, Action.FAIL_ROW, ExitCode.REFUSED_BY_SERVICE),
-    (RequestRejected, Action.FAIL_ROW, ExitCode.REFUSED_BY_SERVICE),
-    (RateLimited, Action.RETRY, ExitCode.NO_API),
-    (ServerError, Action.RETRY, ExitCode.NO_API),
-    (Timeout, Action.RETRY, ExitCode.NO_API),
-    (ConnectionLost, Action.RETRY, ExitCode.NO_API),
-    (MalformedResponse, Action.RETRY, ExitCode.NO_API),
+    (InvalidParameters, Action.FAIL_ROW, ExitCode.TERMINAL),
+    (RequestRejected, Action.FAIL_ROW, ExitCode.TERMINAL),
+    (RateLimited, Action.RETRY, ExitCode.UNREACHABLE),
+    (ServerError, Action.RETRY, ExitCode.UNREACHABLE),
+    (Timeout, Action.RETRY, ExitCode.UNREACHABLE),
+    (ConnectionLost, Action.RETRY, ExitCode.UNREACHABLE),
+    (MalformedResponse, Action.RETRY, ExitCode.UNREACHABLE),
     (ConfigError, Action.STOP_NOW, ExitCode.BAD_INPUT),
-    (OutputError, Action.STOP_NOW, ExitCode.OUTPUT),
-    (PreflightRefused, Action.STOP_NOW, ExitCode.PREFLIGHT_REFUSED),
+    (WriteError, Action.STOP_SOFT, ExitCode.WRITE),
+    (JobBusy, Action.STOP_NOW, ExitCode.BUSY),
+    (PreflightRefused, Action.STOP_NOW, ExitCode.REFUSED),
 ])
 def test_each_class_carries_its_action_and_exit_code(cls: type, action: Action, exit_code: ExitCode) -> None:
     assert cls.action is action and cls.exit_code is exit_code
 
 
-def test_stop_codes_map_to_exit_codes() -> None:
-    assert exit_code_for("INSUFFICIENT_BALANCE") == 3 and exit_code_for("BUDGET_EXCEEDED") == 4
-    assert exit_code_for("INVALID_API_KEY") == 5 and exit_code_for("NO_SUCH_API") == 6
-    assert exit_code_for("INTERRUPTED") == 130
+def test_a_stopping_error_exits_with_its_own_code() -> None:
+    """A run stopped by an error exits with that error class's code (``RunReport`` reads STOP_EXIT)."""
+    for cls in (InsufficientBalance, BudgetExceeded, WriteError, NoSuchApi, InvalidApiKey, AgentNotFound):
+        assert STOP_EXIT.get(cls.code, ExitCode.TERMINAL) == cls.exit_code
 
 
 def test_error_codes_are_the_contracts_and_a_bad_request_is_final() -> None:

@@ -21,9 +21,9 @@ from pipeline import Job
 from pipeline.cli_run import _run
 from pipeline.errors import NoSuchApi, ServerError
 from pipeline.estimate import estimate
+from pipeline.ledger import ledger_dir
 from pipeline.providers.base import Account, CallResult, Price, PromptRequest, Provider
 from pipeline.sandbox import FaultConfig, Sandbox, SandboxConfig
-from pipeline.sink import journal_dir
 
 from .helpers import cli, momo_job, posts, provider_for, questions, relay_job, run, write_job_toml
 
@@ -123,7 +123,7 @@ def test_a_wrong_base_url_is_no_such_api(tmp_path: Path, sandbox: Sandbox, web_s
         line = one_line_error(proc)
         assert proc.returncode == 6, line
         assert url in line and "AGENT_NOT_FOUND" not in line
-    assert not posts(sandbox.records()) and not journal_dir(tmp_path / "out.parquet").exists()
+    assert not posts(sandbox.records()) and not ledger_dir(tmp_path / "out.parquet").exists()
 
 
 @pytest.mark.parametrize("command", ["agents", "balance"])
@@ -248,9 +248,10 @@ async def test_a_key_the_server_echoes_is_never_kept(tmp_path: Path, kind: str) 
     echoed = key[3:]  # the key without "sk-" (or its first three characters)
     out = pl.read_parquet(tmp_path / "out.parquet")
     assert set(out["error_code"]) == {"INVALID_PARAMETERS"} and "***" in out["error_message"][0]
-    kept = out.select(pl.col(pl.String)).write_csv()
-    kept += "".join(p.read_text() for p in journal_dir(tmp_path / "out.parquet").glob("*.jsonl"))
-    assert echoed[:8] not in kept and echoed[-8:] not in kept
+    kept = out.select(pl.col(pl.String)).write_csv().encode()
+    kept += b"".join(p.read_bytes() for p in ledger_dir(tmp_path / "out.parquet").iterdir())  # SQLite: plain text
+    assert echoed[:8].encode() not in kept and echoed[-8:].encode() not in kept
+    assert b"***" in kept
 
 
 async def test_estimate_notes_say_why_the_balance_is_unknown(tmp_path: Path) -> None:

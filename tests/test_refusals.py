@@ -13,8 +13,8 @@ from typing import Any
 import polars as pl
 import pytest
 
+from pipeline.ledger import ledger_dir
 from pipeline.sandbox import Sandbox
-from pipeline.sink import journal_dir
 
 from . import helpers
 from .helpers import posts, questions, write_job_toml
@@ -49,7 +49,7 @@ def digest(path: Path) -> str:
 
 def assert_nothing_paid(sandbox: Sandbox, out: Path) -> None:
     assert not posts(sandbox.records())
-    assert not journal_dir(out).exists()  # a refused start leaves nothing behind
+    assert not ledger_dir(out).exists()  # a refused start leaves nothing behind
 
 
 # -- the input ---------------------------------------------------------------------------------------
@@ -110,7 +110,7 @@ def test_an_output_path_that_cannot_work_is_refused_before_any_call(tmp_path: Pa
     assert digest(data) == before  # the input is never overwritten
     assert not posts(sandbox.records())
     if case != "under /proc":
-        assert not journal_dir(out).exists()
+        assert not ledger_dir(out).exists()
 
 
 # -- strict job files --------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def test_a_full_disk_while_writing_the_output_is_one_line_and_resumable(tmp_path
     (tmp_path / ".out.parquet.tmp").symlink_to("/dev/full")
     proc = cli("run", str(job), "--quiet")
     line = one_line_error(proc)
-    assert proc.returncode == 8 and "No space left on device" in line and "journal" in line
+    assert proc.returncode == 9 and "No space left on device" in line and "ledger" in line
     assert not out.exists() and not (tmp_path / ".out.parquet.tmp").exists()
     paid = len(posts(sandbox.records()))
     again = cli("run", str(job), "--quiet")

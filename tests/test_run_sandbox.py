@@ -112,7 +112,7 @@ async def test_output_schema_and_provenance_without_the_key(tmp_path: Path, sand
     meta = {k.decode(): v.decode() for k, v in kv.items()}
     assert meta["momo_batch.target"] == "159" and "momo_batch.job_sha256" in meta
     written = [(tmp_path / "out.parquet").read_bytes()]
-    written += [p.read_bytes() for p in (tmp_path / "out.parquet.journal").iterdir()]
+    written += [p.read_bytes() for p in (tmp_path / "out.parquet.ledger").iterdir()]
     assert written[1:] and not any(b"momo-sandbox-pro" in raw for raw in written)  # output, journal, metadata
     out = pl.from_arrow(table)
     assert out.filter(pl.col("status") == "ok")["tokens_used"].min() > 0  # streamed summaries were read

@@ -73,21 +73,25 @@ class LabelTask:
             return None if obj is None else (json.dumps(obj, sort_keys=True, ensure_ascii=False),)
         return parse_label(response, self.spec)
 
-    async def _vote(self, prompt: str, call: Caller, acc: RowCalls, raw: list[str]) -> tuple[str, ...] | None:
-        res = await call(prompt, acc, temperature=self.temperature)
+    async def _vote(self, prompt: str, call: Caller, acc: RowCalls, raw: list[str],
+                    vote: int) -> tuple[str, ...] | None:
+        # each call has its slot (vote k, re-ask j) in its request key: a resumed row finds the
+        # votes it already paid for, and k votes at one temperature stay k different requests
+        res = await call(prompt, acc, temperature=self.temperature, vote=vote)
         raw.append(res.content)
         parsed = self.parse(res.content)
-        for _ in range(self.cfg.max_reasks):
+        for reask in range(1, self.cfg.max_reasks + 1):
             if parsed is not None:
                 break
-            res = await call(strict_reprompt(prompt, self.spec), acc, temperature=self.temperature)
+            res = await call(strict_reprompt(prompt, self.spec), acc, temperature=self.temperature,
+                             vote=vote, reask=reask)
             raw.append(res.content)
             parsed = self.parse(res.content)
         return parsed
 
     async def run(self, prompt: str, call: Caller, acc: RowCalls, row: int) -> RowResult:
         raw: list[str] = []
-        votes = [await self._vote(prompt, call, acc, raw) for _ in range(self.cfg.votes)]
+        votes = [await self._vote(prompt, call, acc, raw, k) for k in range(self.cfg.votes)]
         decided = majority(votes, self.spec)
         extra: dict[str, Any] = {
             "label": decided.label,
@@ -100,14 +104,14 @@ class LabelTask:
         return acc.result(row, status=status, response=raw[-1] if raw else None, extra=extra)
 
     @staticmethod
-    def summarise(frame: pl.LazyFrame) -> dict[str, Any]:
-        """Label distribution, unparsed rate, cost per labelled row (last result of each row)."""
-        last = frame.select("__row", "status", "label").unique("__row", keep="last").collect(engine="streaming")
-        labelled = last.filter(pl.col("status").is_in(["ok", "unparsed"]))
+    def summarise(output: pl.LazyFrame) -> dict[str, Any]:
+        """Label distribution, unparsed rate, cost per labelled row, over the output's rows."""
+        rows = output.select("status", "label", "cost").collect(engine="streaming")
+        labelled = rows.filter(pl.col("status").is_in(["ok", "unparsed"]))
         dist = labelled.group_by("label").len().sort("len", descending=True)
         n = len(labelled)
         ok = int((labelled["status"] == "ok").sum()) if n else 0
-        cost = float(frame.select(pl.col("cost").sum()).collect(engine="streaming").item() or 0.0)
+        cost = float(rows["cost"].sum() or 0.0)
         return {
             "label_distribution": {str(k) if k is not None else "unparsed": v for k, v in dist.iter_rows()},
             "unparsed_rate": round((n - ok) / n, 4) if n else 0.0,

@@ -50,7 +50,11 @@ class ClientBase:
     _http: httpx.AsyncClient
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={str(self._http.base_url)!r})"
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    @property
+    def base_url(self) -> str:
+        return str(self._http.base_url).rstrip("/")
 
     async def __aenter__(self) -> Self:
         return self

@@ -240,6 +240,7 @@ class MomoProvider:
         self.client = client
         self.agent_id = int(agent_id)
         self.target = str(self.agent_id)
+        self.endpoint = client.base_url  # part of every request key (see pipeline.keys)
         self._agent: Agent | None = None
 
     async def complete(self, request: PromptRequest) -> CallResult:

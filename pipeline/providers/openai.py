@@ -291,6 +291,7 @@ class OpenAIProvider:
                  completion_price_per_million: float, currency: str = "USD") -> None:
         self.client = client
         self.model = self.target = model
+        self.endpoint = client.base_url  # part of every request key (see pipeline.keys)
         self._price = Price(prompt_price_per_million, completion_price_per_million, currency)
         self._listed: bool | None = None
 
