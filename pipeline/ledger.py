@@ -16,7 +16,10 @@ record JSON: a call's answer (state 1) or the row's output columns (states 2, 3)
 Why SQLite (standard library, WAL mode): a per-call lookup by key and a per-batch join at the
 end need an index, which JSON lines do not have; a committed transaction survives ``kill -9``
 at any instant (WAL, ``synchronous=NORMAL``); readers (``estimate``, a user's ``sqlite3``) do
-not block the writer. Measured against the JSON lines it replaces: ``bench/ledger.py``.
+not block the writer. It costs more CPU per result than the JSON lines it replaces (measured by
+``bench/ledger.py``; see the README), which buys the index. A rowid table with a unique key is
+used, not ``WITHOUT ROWID``: answers are large rows, and random keys split pages of a table
+clustered on them (~30 % more CPU per result here).
 
 One writer per job: :class:`Ledger` holds an exclusive ``flock`` on ``lock`` beside the
 database while it is open; the lock dies with its process, so ``kill -9`` needs no clean-up.
@@ -47,13 +50,13 @@ CHUNK = 8_192
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
-    key    TEXT PRIMARY KEY,
+    key    TEXT NOT NULL UNIQUE,
     state  INTEGER NOT NULL,
     run    INTEGER NOT NULL,
     cost   REAL NOT NULL DEFAULT 0,
     held   REAL NOT NULL DEFAULT 0,
     record TEXT
-) WITHOUT ROWID;
+);
 CREATE TABLE IF NOT EXISTS runs (
     run        INTEGER PRIMARY KEY,
     started_at TEXT NOT NULL,

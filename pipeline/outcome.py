@@ -37,11 +37,10 @@ EXIT_MEANINGS: dict[ExitCode, str] = {
     ExitCode.UNREACHABLE: "no usable API at the base URL: unreachable, failing, or not this API "
                           "(the message names the URL)",
     ExitCode.REFUSED: "preflight refused: the worst case may not fit the balance or `max_cost` (`--yes` runs anyway)",
-    ExitCode.BUSY: "another process is running this job (its ledger is locked)",
-    ExitCode.WRITE: "the ledger or the output cannot be written (disk full, I/O error) — what is recorded is "
-                    "kept: fix it and run again, nothing is paid twice",
+    ExitCode.BUSY: "another process is running this job (it holds the ledger's lock)",
+    ExitCode.WRITE: "the ledger or the output cannot be written (disk full, I/O error) — free space, run again",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C) — run again to resume",
-    ExitCode.TERMINATED: "stopped by SIGTERM — run again to resume",
+    ExitCode.TERMINATED: "terminated (SIGTERM) — run again to resume",
 }
 
 # the names the rest of the code has used
