@@ -21,17 +21,8 @@ from rich.table import Table
 from . import __version__
 from .config import Job, OutputConfig, ProviderConfig
 from .connect import Credentials
-from .errors import (
-    ConfigError,
-    JobBusy,
-    MomoError,
-    PreflightRefused,
-    TerminalError,
-    TransientError,
-    WriteError,
-    redact,
-)
-from .outcome import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_REFUSED, EXIT_TERMINAL, EXIT_UNREACHABLE, EXIT_WRITE
+from .errors import ConfigError, MomoError, TransientError, redact
+from .outcome import EXIT_MEANINGS, ExitCode
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Bulk prompt jobs against LLM agent APIs: rate-limited, resumable, costed.")
@@ -44,30 +35,43 @@ AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[red]error:[/red] {redact(message)}", highlight=False, markup=True, soft_wrap=True)
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())  # always one line
+    err.print(f"[red]error:[/red] {redact(line)}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 
 def guarded(fn: Callable[[], T]) -> T:
-    """Run ``fn``; turn the error tree into one line and an exit code, never a traceback."""
+    """Run ``fn``; turn the error tree into one line and its class's exit code, never a traceback."""
     try:
         return fn()
-    except ConfigError as exc:
-        raise _fail(str(exc), EXIT_BAD_INPUT) from None
-    except PreflightRefused as exc:
-        raise _fail(str(exc), EXIT_REFUSED) from None
-    except JobBusy as exc:
-        raise _fail(str(exc), EXIT_BUSY) from None
-    except WriteError as exc:
-        raise _fail(str(exc), EXIT_WRITE) from None
-    except TransientError as exc:
-        raise _fail(f"server unreachable or failing: {exc}", EXIT_UNREACHABLE) from None
-    except TerminalError as exc:
-        raise _fail(str(exc), EXIT_TERMINAL) from None
-    except MomoError as exc:
-        raise _fail(str(exc), 1) from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted", 130) from None
+    except BaseException as exc:
+        expected = _expected(exc)
+        if expected is None:
+            raise
+        message, code = _one_line(expected)
+        raise _fail(message, code) from None
+
+
+def _expected(exc: BaseException) -> BaseException | None:
+    """The error to report: ``exc``, or the first one a task group wrapped; ``None`` for a bug."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _expected(inner)
+            if found is not None:
+                return found
+        return None
+    return exc if isinstance(exc, MomoError | OSError | KeyboardInterrupt) else None
+
+
+def _one_line(exc: BaseException) -> tuple[str, int]:
+    if isinstance(exc, TransientError):
+        return f"server unreachable or failing: {exc}", exc.exit_code
+    if isinstance(exc, MomoError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, OSError):  # a write that failed outside the places that say so (ledger, export)
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where} — {EXIT_MEANINGS[ExitCode.WRITE]}", ExitCode.WRITE
+    return "interrupted", ExitCode.INTERRUPTED
 
 
 def _env_base_url(kind: str) -> str | None:
@@ -124,7 +128,7 @@ def run(
 ) -> None:
     """Run a job: every request not yet answered is sent once; safe to run again after any stop."""
     if fmt not in ("parquet", "jsonl", "csv"):
-        raise _fail(f"--format must be parquet, jsonl or csv, not {fmt!r}", 2)
+        raise _fail(f"--format must be parquet, jsonl or csv, not {fmt!r}", ExitCode.BAD_INPUT)
     job = guarded(lambda: Job.load(job_file))
     from .cli_run import run_cli_job
 

@@ -14,10 +14,11 @@ from rich.table import Table
 
 from .config import Job, OutputConfig
 from .connect import open_provider
-from .errors import MomoError, PreflightRefused
+from .errors import MomoError, PreflightRefused, WriteError
 from .estimate import Estimate, worst_cost_fn
 from .estimate import estimate as estimate_job
 from .job import RunReport, run_job
+from .output_path import check_output, export_path
 from .plan import endpoint_of, prepare
 from .progress import Reporter
 from .providers.base import Account
@@ -58,13 +59,15 @@ async def _preflight_and_run(job: Job, provider: Any, stats: RunStats, stop: Sto
     est = await estimate_job(job, provider, limit=kw.get("limit"), max_cost=cap,
                              restart=kw.get("restart", False), plan=plan)
     price = await provider.price()  # cached by the provider: no second request
+    for warning in est.warnings:  # an unlisted model, a balance the relay does not report
+        errors.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     _preflight(est, yes, errors)
     before = await provider.account()
     worst = worst_cost_fn(job, price) if cap is not None else None
     with Reporter(stats, stream=errors.file, enabled=not quiet) as rep:  # type: ignore[arg-type]
         report = await run_job(job, provider, stats=stats, on_result=rep.update, worst_cost=worst,
                                stop=stop, plan=plan, **kw)
-    after = await provider.account()
+    after = await _account_after(provider, report, errors)
     report.extra["reconciliation"] = reconcile(est, before, after, report)
     return report
 
@@ -89,6 +92,18 @@ async def _stop_on_signals(stop: Stop, errors: Console) -> None:
                 return
 
 
+async def _account_after(provider: Any, report: RunReport, errors: Console) -> Account | None:
+    """The balance after the run; a failed read is a warning (the output is whole, the exit code
+    follows the rows)."""
+    try:
+        return await provider.account()
+    except MomoError as exc:
+        warning = f"balance not read after the run, so it is not reconciled: {exc}"
+        report.extra.setdefault("warnings", []).append(warning)
+        errors.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        return None
+
+
 def _preflight(est: Estimate, yes: bool, errors: Console) -> None:
     problems = []
     if est.fits_balance is False:
@@ -106,12 +121,14 @@ def _preflight(est: Estimate, yes: bool, errors: Console) -> None:
     errors.print(f"[yellow]warning:[/yellow] {text} (--yes given: running anyway)")
 
 
-def reconcile(est: Estimate, before: Account, after: Account, report: RunReport) -> dict[str, Any]:
+def reconcile(est: Estimate, before: Account, after: Account | None, report: RunReport) -> dict[str, Any]:
     """Estimated against real cost; the cost column against what the account says it lost."""
     spent_run = report.stats.cost
     out: dict[str, Any] = {"estimated_cost": est.expected_cost, "interval": list(est.interval),
                            "real_cost_this_run": round(spent_run, 6)}
-    if before.remaining is not None and after.remaining is not None:
+    if before.remaining is None:
+        out["balance_unknown"] = before.note or "the service did not report a balance"
+    if after is not None and before.remaining is not None and after.remaining is not None:
         charged = before.remaining - after.remaining
         out["account_charged"] = round(charged, 6)
         out["gap"] = round(charged - spent_run, 6)
@@ -128,13 +145,14 @@ def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: i
     cfg = job.provider
     if output is not None:
         job = job.with_overrides(output=OutputConfig(path=output))
+    check_output(job.output.path, job.input.path, formats=[fmt])  # before anything is paid
     if cache is not None:
         job = job.with_overrides(reuse=job.reuse.model_copy(update={"cache": cache}))
     with sandbox_for(cfg, job.limits.tier, sandbox) as (sb_url, sb_creds):
         provider = _provider(job, sb_url, sb_creds, base_url, credentials)
         report = anyio.run(lambda: _run(job, provider, quiet=quiet, errors=errors, yes=yes,
                                         limit=limit, restart=restart, max_cost=max_cost))
-    if fmt != "parquet":
+    if fmt != "parquet" and report.output.exists():
         export(report.output, fmt)
     page = _write_report(report.output) if with_report and report.output.exists() else None
     if as_json:
@@ -161,16 +179,31 @@ def _write_report(parquet: Path) -> Path:
 
 
 def export(parquet: Path, fmt: str) -> Path:
-    """Write the output again as JSON lines or CSV beside the Parquet."""
-    target = parquet.with_suffix(".jsonl" if fmt == "jsonl" else ".csv")
-    lf = pl.scan_parquet(parquet)
-    if fmt == "jsonl":
-        lf.sink_ndjson(target)
-    else:
-        # CSV has no nested types: lists (label votes) become "a|b|c"
-        lists = [n for n, t in lf.collect_schema().items() if isinstance(t, pl.List)]
-        lf.with_columns(pl.col(c).list.join("|") for c in lists).sink_csv(target)
+    """Write the output again as JSON lines or CSV beside the Parquet (never over the input: the
+    run checked the path before it started)."""
+    target = export_path(parquet, fmt)
+    try:
+        lf = pl.scan_parquet(parquet)
+        if fmt == "jsonl":
+            lf.sink_ndjson(target)
+        else:
+            lf.with_columns(_flat(name, dtype) for name, dtype in lf.collect_schema().items()
+                            if dtype.is_nested()).sink_csv(target)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        target.unlink(missing_ok=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+        raise WriteError(f"--format {fmt}: cannot write {target} ({reason}); the Parquet output "
+                          f"{parquet} is complete") from None
     return target
+
+
+def _flat(name: str, dtype: pl.DataType) -> pl.Expr:
+    """CSV has no nested types: a list of strings (label votes) becomes ``a|b|c``, anything else
+    nested (lists of numbers, structs, arrays) its JSON text."""
+    col = pl.col(name)
+    if isinstance(dtype, pl.List) and dtype.inner == pl.String:
+        return col.list.join("|")
+    return pl.struct(col.alias("v")).struct.json_encode().str.json_path_match("$.v").alias(name)
 
 
 def render_summary(report: RunReport, console: Console) -> None:
@@ -207,6 +240,8 @@ def render_summary(report: RunReport, console: Console) -> None:
         if "account_charged" in rec:
             rows.append(("account charged / gap to cost column",
                          f"{rec['account_charged']:.6f} / {rec['gap']:+.6f}"))
+        if rec.get("balance_unknown"):
+            rows.append(("account charged", f"not known: {rec['balance_unknown']}"))
         if rec.get("calls_with_unknown_cost"):
             rows.append(("calls whose cost the server did not report",
                          str(rec["calls_with_unknown_cost"])))
@@ -215,6 +250,8 @@ def render_summary(report: RunReport, console: Console) -> None:
     for what, value in rows:
         table.add_row(what, str(value))
     console.print(table)
+    for warning in d.get("warnings", []):
+        console.print(f"warning: {warning}", highlight=False)
     console.print(f"exit code {report.exit_code}; output: [bold]{report.output}[/bold]")
 
 

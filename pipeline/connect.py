@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from .config import ProviderConfig
 from .errors import ConfigError
+from .providers._transport import check_secret
 from .providers.base import Provider
 
 MOMO_DEFAULT_URL = "https://api.momoai.pro/v1"
@@ -34,6 +35,9 @@ def open_provider(
     """A provider for ``cfg``; no I/O until it is used. Close it with ``await p.aclose()``."""
     if not creds.api_key:
         raise ConfigError(f"no API key: set {cfg.key_env}")
+    check_secret(creds.api_key, f"the API key in {cfg.key_env}")
+    if creds.access_token:
+        check_secret(creds.access_token, f"the relay access token ({cfg.access_token_env or 'RELAY_ACCESS_TOKEN'})")
     url = base_url or cfg.base_url
     if cfg.kind == "momo":
         from .providers.momo import MomoClient, MomoProvider

@@ -25,6 +25,7 @@ from .config import Job
 from .dataset import PROMPT, ROW
 from .errors import ConfigError
 from .ledger import FINAL, Ledger
+from .output_path import check_output
 from .plan import FIRST, KEY, Plan, endpoint_of, prepare
 from .providers.base import Account, Price, Provider
 from .sink import decode_outcomes, record_schema
@@ -76,6 +77,7 @@ class Estimate:
     max_cost: float | None = None
     fits_cap: bool | None = None
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # also in notes; ``run`` prints them as warnings
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -201,6 +203,7 @@ async def estimate(job: Job, provider: Provider, *, pilot: int = 0, limit: int |
     ``restart``: estimate as if nothing had run yet (what ``run --restart`` will pay).
     """
     prep = plan or prepare(job, endpoint=endpoint_of(provider), limit=limit)
+    check_output(job.output.path, job.input.path)  # before any paid call (a pilot's, the run's)
     price = await provider.price()
     sample = pick_sample(prep, pilot) if pilot else set()
     if sample and run_pilot is not None:
@@ -214,8 +217,11 @@ async def estimate(job: Job, provider: Provider, *, pilot: int = 0, limit: int |
         if ledger is not None:
             ledger.close()
     account = await provider.account()
-    return _assemble(job, price, account, totals, spent, fitted,
-                     max_cost if max_cost is not None else job.limits.max_cost)
+    est = _assemble(job, price, account, totals, spent, fitted,
+                    max_cost if max_cost is not None else job.limits.max_cost)
+    est.warnings = [note for note in (price.note, account.note) if note]  # an unlisted model, no balance
+    est.notes += est.warnings
+    return est
 
 
 def _assemble(job: Job, price: Price, account: Account, t: PromptTotals, spent: float,

@@ -112,7 +112,8 @@ def prepare(job: Job, *, endpoint: str = "", limit: int | None = None) -> Plan:
 def _key_rows(dataset: Dataset, columns: list[str], expr: pl.Expr, keyer: Keyer, *,
               dedup: bool) -> pl.DataFrame:
     parts = []
-    for batch in dataset.batches(columns, expr, batch_rows=PLAN_ROWS):
+    # every column is parsed (check_all): a ragged CSV line anywhere fails here, before any paid call
+    for batch in dataset.batches(columns, expr, batch_rows=PLAN_ROWS, check_all=True):
         keys = [keyer.row(p) if p is not None and p.strip() else None for p in batch[PROMPT].to_list()]
         parts.append(pl.Series(KEY, keys, pl.String))
     column = pl.concat(parts) if parts else pl.Series(KEY, [], pl.String)

@@ -1,7 +1,8 @@
 """The retry policy, declared once: what is worth retrying, how long to wait, when to give up.
 
 Composed from tenacity's named parts. The runner wraps each call in it and contains no retry
-logic of its own; the decision reads the error's class (``TransientError``), never its text.
+logic of its own; the decision reads the error's ``action`` (:class:`~pipeline.errors.Action`), never
+its text.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import anyio
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_exponential_jitter,
 )
 from tenacity.wait import wait_base
 
-from .errors import RateLimited, TransientError
+from .errors import Action, RateLimited
 
 
 class wait_retry_after(wait_base):  # noqa: N801 - named like tenacity's own policies
@@ -36,6 +37,10 @@ class wait_retry_after(wait_base):  # noqa: N801 - named like tenacity's own pol
         return float(self.fallback(retry_state))
 
 
+def _worth_retrying(exc: BaseException) -> bool:
+    return getattr(exc, "action", None) is Action.RETRY
+
+
 def retry_policy(
     max_attempts: int,
     *,
@@ -44,13 +49,13 @@ def retry_policy(
     before_sleep: Callable[[RetryCallState], None] | None = None,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
 ) -> AsyncRetrying:
-    """Transient errors are retried with exponential backoff and jitter, honouring Retry-After."""
+    """Errors whose action is ``Action.RETRY``: exponential backoff and jitter, honouring Retry-After."""
     return AsyncRetrying(
         stop=stop_after_attempt(max_attempts),
         wait=wait_retry_after(
             wait_exponential_jitter(multiplier=initial_wait, max=max_wait, jitter=initial_wait)
         ),
-        retry=retry_if_exception_type(TransientError),
+        retry=retry_if_exception(_worth_retrying),
         sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,

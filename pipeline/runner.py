@@ -22,17 +22,14 @@ from tenacity import RetryCallState
 from .budget import Budget
 from .dataset import PROMPT, ROW
 from .errors import (
+    Action,
     APIError,
     BudgetExceeded,
     ConnectionLost,
-    InsufficientBalance,
-    InvalidParameters,
     MalformedResponse,
     MomoError,
     RateLimited,
-    TerminalError,
     Timeout,
-    TransientError,
     WriteError,
 )
 from .keys import Keyer
@@ -499,25 +496,16 @@ class Fanout:
             return await self.task.run(prompt, self.caller, acc, row)
         except _NotSent:
             return _spent_or_none(acc, row, stop)
-        except WriteError as exc:
-            stop.soft("WRITE_FAILED", exc)
-            return None
-        except InvalidParameters as exc:
-            return acc.result(row, status="error", error_code=exc.code, error_message=str(exc))
-        except TransientError as exc:
-            return acc.result(row, status="error", error_code=exc.code, error_message=str(exc))
-        except InsufficientBalance as exc:
-            stop.soft("INSUFFICIENT_BALANCE", exc)
-            return _spent_or_none(acc, row, stop)
-        except BudgetExceeded as exc:
-            stop.soft("BUDGET_EXCEEDED", exc)
-            return _spent_or_none(acc, row, stop)
-        except TerminalError as exc:
-            stop.now(exc.code or "STOPPED", exc)
-            return None
-        except APIError as exc:  # an unclassified 4xx: this row fails, the job goes on
-            return acc.result(row, status="error", error_code=exc.code or f"HTTP_{exc.status}",
-                              error_message=str(exc))
+        except (APIError, BudgetExceeded, WriteError) as exc:  # each error class says what to do
+            match exc.action:
+                case Action.RETRY | Action.FAIL_ROW:  # retries spent, or retrying cannot help
+                    return acc.result(row, status="error", error_code=exc.code, error_message=str(exc))
+                case Action.STOP_SOFT:
+                    stop.soft(exc.code, exc)
+                    return None if isinstance(exc, WriteError) else _spent_or_none(acc, row, stop)
+                case Action.STOP_NOW:
+                    stop.now(exc.code, exc)
+                    return None
 
 
 def _spent_or_none(acc: RowCalls, row: int, stop: Stop) -> RowResult | None:

@@ -98,3 +98,20 @@ def max_in_any_window(times: list[float], window: float) -> int:
 def posts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every call request, whatever its answer (refused ones have no prompt hash)."""
     return [r for r in records if r.get("method") == "POST"]
+
+
+def relay_job(data: Path, out: Path, url: str, model: str = "gpt-4o-mini", **limits: Any) -> Job:
+    """A relay (``kind = "openai"``) job priced as the sandbox charges."""
+    from pipeline.sandbox import RELAY_PRICES
+
+    provider = limits.pop("provider", {})
+    price = RELAY_PRICES.get(model, RELAY_PRICES["gpt-4o-mini"])
+    return Job.from_dict({
+        "input": {"path": str(data), "id_column": "id"},
+        "prompt": {"template": "{question}"},
+        "provider": {"kind": "openai", "base_url": url, "model": model, "max_tokens": 200,
+                     "prompt_price_per_million": price.prompt, "completion_price_per_million": price.completion,
+                     **provider},
+        "limits": {"tier": "enterprise", "concurrency": 16, **limits},
+        "output": {"path": str(out)},
+    })

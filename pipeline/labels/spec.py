@@ -24,7 +24,7 @@ __all__ = ["LabelConfig"]
 class LabelConfig(BaseModel):
     """How a job labels rows: the label set, prompt, voting and re-asks."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)  # votes = "3" is an error
 
     set: list[str] = Field(min_length=2)
     instruction: str | None = None

@@ -18,6 +18,9 @@ rpm = 30
 server_error = 0.1
 reset = 0.05
 ```
+
+``relay_numeric_codes``, ``hidden_models`` and ``missing_endpoints`` imitate relays that are not
+quite new-api (LiteLLM's numeric codes, wildcard routes, no billing endpoints).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ TIER_LIMITS: dict[str, int | None] = {"free": 10, "basic": 60, "pro": 300, "ente
 FAULT_NAMES: tuple[str, ...] = (
     "rate_limit", "server_error", "bad_gateway_html", "reset", "hang", "malformed", "success_false",
     "stream_mid_error", "stream_drop", "stream_no_summary", "stream_split", "stream_crlf", "stream_keepalive",
+    "conflict", "context_window", "trickle", "echo_key",
 )
 STREAM_FAULTS = frozenset(name for name in FAULT_NAMES if name.startswith("stream_"))
 
@@ -99,6 +103,11 @@ class FaultConfig(_Strict):
     stream_split: float = _Prob
     stream_crlf: float = _Prob
     stream_keepalive: float = _Prob
+    # What real servers also do, though the contract does not name it:
+    conflict: float = _Prob  # HTTP 409, a 4xx no contract code names
+    context_window: float = _Prob  # HTTP 400: the prompt is over the model's context window
+    trickle: float = _Prob  # HTTP 200 whose body comes a byte at a time for hang_seconds, then drops
+    echo_key: float = _Prob  # HTTP 400 whose message quotes the key without its first 3 characters ("sk-")
     # After this many faults for one (key, prompt) it always succeeds, so a client's retries converge.
     max_faults_per_prompt: int = Field(default=3, ge=0)
     apply_to: Literal["all", "calls"] = "calls"
@@ -136,6 +145,11 @@ class SandboxConfig(_Strict):
     request_log: Path | None = None
     agent_count: int = Field(default=45, ge=2, le=1000)
     hang_seconds: float = Field(default=30.0, ge=0)
+    # Servers that are not quite new-api: LiteLLM sends the HTTP status as the error code ("code": "400");
+    # wildcard routes serve models /v1/models does not list; some relays lack billing or /api/user/self.
+    relay_numeric_codes: bool = False
+    hidden_models: list[str] = Field(default_factory=list)
+    missing_endpoints: list[str] = Field(default_factory=list)  # paths answered 404, e.g. "/api/user/self"
 
     @classmethod
     def from_toml(cls, path: str | Path) -> SandboxConfig:

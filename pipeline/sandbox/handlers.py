@@ -15,7 +15,7 @@ from aiohttp import web
 from .config import STREAM_FAULTS
 from .log import fingerprint
 from .state import SandboxState
-from .wire import BAD_GATEWAY_HTML, abort, new_record, truncated
+from .wire import BAD_GATEWAY_HTML, abort, bearer, new_record, trickle, truncated
 
 __all__ = ["Handlers"]
 
@@ -39,8 +39,9 @@ class Handlers:
         self.state.log.append(rec)
         return response
 
-    def _error_reply(self, rec: dict[str, Any], fault: str) -> web.StreamResponse:
-        """This API's reply (logged) for ``rate_limit``, ``server_error``, ``success_false`` or ``hang``."""
+    def _error_reply(self, rec: dict[str, Any], fault: str, key: str = "") -> web.StreamResponse:
+        """This API's reply (logged) for ``rate_limit``, ``server_error``, ``success_false``, ``hang``,
+        ``conflict``, ``context_window`` or ``echo_key`` (which quotes ``key``)."""
         raise NotImplementedError
 
     def _sample_body(self, rec: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +60,10 @@ class Handlers:
             return abort(request, reset=True)
         if fault == "malformed":
             return self._finish(rec, await truncated(request, self._sample_body(rec), stream))
-        reply = self._error_reply(rec, fault)
+        if fault == "trickle":
+            self._finish(rec, web.Response(status=200))  # logged as answered; the body never completes
+            return await trickle(request, self.cfg.hang_seconds, stream)
+        reply = self._error_reply(rec, fault, bearer(request) or "")
         if fault == "hang":  # logged now; answered (504) when the client has long given up
             await asyncio.sleep(self.cfg.hang_seconds)
         return reply

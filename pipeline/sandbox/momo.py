@@ -111,7 +111,13 @@ class MomoApi(Handlers):
             headers["Retry-After"] = reset
         return headers
 
-    def _error_reply(self, rec: dict[str, Any], fault: str) -> web.StreamResponse:
+    def _error_reply(self, rec: dict[str, Any], fault: str, key: str = "") -> web.StreamResponse:
+        if fault == "conflict":
+            return self._fail(rec, 409, "CONFLICT", "请求冲突", "同一请求正在处理中")
+        if fault == "context_window":
+            return self._fail(rec, 400, "INVALID_PARAMETERS", "参数错误", "prompt 超出模型的上下文窗口")
+        if fault == "echo_key":
+            return self._fail(rec, 400, "INVALID_PARAMETERS", "参数错误", f"密钥 {key[3:]} 无权设置该参数")
         if fault == "rate_limit":  # an injected 429 says "wait one (scaled) second"
             headers = {"Retry-After": _seconds(self.cfg.window_seconds / 60)} if self.cfg.rate_headers else {}
             return self._fail(rec, 429, "RATE_LIMIT", "请求过于频繁", "稍后重试,遵守限流规则", headers)
