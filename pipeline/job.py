@@ -161,7 +161,7 @@ async def run_job(
 
         def footer(totals: dict[str, Any]) -> dict[str, str]:
             report.extra["job_totals"] = totals
-            return _provenance(job, provider, report)
+            return provenance(job, provider, report)
 
         finalise(prep, ledger, out, unfinished=reason, metadata=footer)
     summarise = getattr(prep.task, "summarise", None)
@@ -209,7 +209,7 @@ def _steady_gc() -> Iterator[None]:
         gc.unfreeze()
 
 
-def _provenance(job: Job, provider: Provider, report: RunReport) -> dict[str, str]:
+def provenance(job: Job, provider: Provider, report: RunReport) -> dict[str, str]:
     """Parquet key-value metadata: how this file was made. Never a key or a URL with one."""
     totals = {k: v for k, v in report.as_dict().items() if k not in ("output", "stop_message")}
     return {
