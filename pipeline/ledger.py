@@ -166,8 +166,13 @@ class Ledger(_Store):
         unique to it), so it takes no lock; entries carry the driver's ``run``."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():  # made aside, then renamed: other workers read every *.sqlite here
+                draft = path.with_name(f".{path.name}.new")
+                made = _connect(draft)
+                made.executescript(_SCHEMA)
+                made.close()
+                os.replace(draft, path)
             db = _connect(path)
-            db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise WriteError(f"{path}: cannot open the ledger shard ({exc})") from None
         return cls(path.parent, db, None, run, path=path)

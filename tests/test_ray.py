@@ -1,0 +1,129 @@
+"""Jobs on a local Ray (started once for this module) against the sandbox: one tier, one cap and one
+ledger for every worker, and a worker killed mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import polars as pl
+import pytest
+
+from pipeline import Credentials, Job, Price
+from pipeline.ledger import SHARDS, Ledger
+from pipeline.ray import RayOptions, run_job
+from pipeline.sandbox import KeyConfig, Sandbox, SandboxConfig
+
+from .helpers import calls, charged_per_prompt, max_in_any_window, momo_job, provider_for, questions
+
+ray = pytest.importorskip("ray")
+
+pytestmark = [pytest.mark.timeout(150), pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray() -> Iterator[None]:
+    """One local Ray for the module: starting one takes 3-4 s on this machine, its workers more."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _every_row_once(out: pl.DataFrame, n: int) -> None:
+    assert out.height == n and out["id"].to_list() == [f"q{i:04d}" for i in range(n)]
+
+
+async def _price(job: Job, key: str, url: str) -> Price:
+    provider = provider_for(job, key, url)
+    try:
+        return await provider.price()
+    finally:
+        await provider.aclose()
+
+
+def test_four_workers_share_one_tier(tmp_path: Path) -> None:
+    """4 workers at pro (300 per window, time scaled to 2 s windows): no window of the server's
+    log holds more than the tier, and no call is refused."""
+    window, n = 2.0, 450
+    with Sandbox(SandboxConfig(window_seconds=window, algorithm="sliding_log")).running() as sb:
+        job = momo_job(questions(tmp_path / "q.csv", n, blank=[5]), tmp_path / "out.parquet", sb.momo_url,
+                       tier="pro", window_seconds=window, concurrency=16)
+        report = run_job(job, Credentials("momo-sandbox-pro"), base_url=sb.momo_url,
+                         options=RayOptions(workers=4))
+        records = calls(sb.records())
+    assert report.exit_code == 0, report.as_dict()
+    assert max_in_any_window([r["ts"] for r in records], window) <= 300
+    assert not [r for r in records if r["status"] == 429]
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    _every_row_once(out, n)
+    assert out["status"].value_counts().sort("status").rows() == [("ok", n - 1), ("skipped", 1)]
+    assert max(charged_per_prompt(records).values()) == 1
+    assert report.as_dict()["requests"]["distinct_requests"] == n - 1
+
+
+def test_a_cap_holds_across_workers_and_a_raised_cap_resumes(tmp_path: Path) -> None:
+    key, cap, n = "momo-nopkg", 0.05, 200
+    cfg = SandboxConfig(keys={key: KeyConfig(tier="enterprise", balance=100.0, packages={})}, latency_ms=10)
+    with Sandbox(cfg).running() as sb:
+        job = momo_job(questions(tmp_path / "q.csv", n), tmp_path / "out.parquet", sb.momo_url, concurrency=8)
+        price = anyio.run(_price, job, key, sb.momo_url)
+        opts = RayOptions(workers=4)
+        first = run_job(job, Credentials(key), base_url=sb.momo_url, price=price, max_cost=cap, options=opts)
+        capped = pl.read_parquet(tmp_path / "out.parquet")
+        charged_first = sum(r["cost"] for r in calls(sb.records()) if r["charged"])
+        second = run_job(job, Credentials(key), base_url=sb.momo_url, price=price, max_cost=10.0, options=opts)
+        records = calls(sb.records())
+    assert first.exit_code == 4 and first.stop_code == "BUDGET_EXCEEDED"
+    assert charged_first <= cap and capped["cost"].sum() == pytest.approx(charged_first)
+    _every_row_once(capped, n)
+    assert capped.filter(pl.col("status") == "ok").height > 10
+    assert set(capped.filter(pl.col("status") == "error")["error_code"].unique()) == {"BUDGET_EXCEEDED"}
+    assert second.exit_code == 0 and second.stats.already_done > 10
+    assert max(charged_per_prompt(records).values()) == 1  # nothing recorded was paid again
+    final = pl.read_parquet(tmp_path / "out.parquet")
+    assert final["cost"].sum() == pytest.approx(sum(r["cost"] for r in records if r["charged"]))
+
+
+def test_a_killed_worker_loses_no_row_and_repays_at_most_its_calls_in_flight(tmp_path: Path) -> None:
+    n, concurrency = 600, 4
+    shards = tmp_path / "out.parquet.ledger" / SHARDS
+    killed: list[int] = []
+
+    def kill_one_worker(sb: Sandbox) -> None:
+        if not sb.wait_for_requests(150, timeout=90):
+            return
+        shard = sorted(shards.glob("*.sqlite"))[0]  # <host>-<pid>-<token>.sqlite, one per worker process
+        pid = int(shard.name.rsplit("-", 2)[1])
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    with Sandbox(SandboxConfig(latency_ms=40)).running() as sb:
+        job = momo_job(questions(tmp_path / "q.csv", n), tmp_path / "out.parquet", sb.momo_url,
+                       concurrency=concurrency)
+        killer = threading.Thread(target=kill_one_worker, args=(sb,))
+        killer.start()
+        report = run_job(job, Credentials("momo-sandbox-enterprise"), base_url=sb.momo_url,
+                         options=RayOptions(workers=2))
+        killer.join()
+        again = run_job(job, Credentials("momo-sandbox-enterprise"), base_url=sb.momo_url,
+                        options=RayOptions(workers=2))
+        records = calls(sb.records())
+    assert killed, "no worker was killed"
+    assert report.exit_code == 0, report.as_dict()
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    _every_row_once(out, n)
+    assert (out["status"] == "ok").all()
+    paid = charged_per_prompt(records)
+    assert len(paid) == n
+    assert sum(times - 1 for times in paid.values()) <= concurrency  # the calls the dead worker had in flight
+    assert again.exit_code == 0 and again.stats.calls == 0 and again.stats.already_done == n
+    with Ledger.open(tmp_path / "out.parquet") as ledger:  # the shards were merged into the ledger
+        assert not ledger.shards()
+        unrecorded = sum(r["cost"] for r in records if r["charged"]) - ledger.totals().spent
+    assert -1e-9 <= unrecorded <= concurrency * max(r["cost"] for r in records) + 1e-9  # the calls cut off
