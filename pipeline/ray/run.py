@@ -23,6 +23,7 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from ..config import Job, OutputConfig
@@ -158,10 +159,10 @@ def _dataset(job: Job, limit: int | None, batch_rows: int) -> Any:
     ray.data.DataContext.get_current().enable_progress_bars = False
     path = str(job.input.path)
     reader = ray.data.read_csv if path.lower().endswith(".csv") else ray.data.read_parquet
-    try:
+    try:  # the schema from pyarrow (a file's footer or a CSV's first block), not a Ray job
+        names = pads.dataset(path, format="csv" if reader is ray.data.read_csv else "parquet").schema.names
         ds = reader(path)
-        names = ds.schema().names
-    except Exception as exc:  # Ray wraps the filesystem's and the parser's errors alike
+    except (OSError, pa.ArrowException, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read input ({str(exc).strip().splitlines()[0]})") from None
     _, needed = prompt_expr(job)
     for column in needed + ([job.input.id_column] if job.input.id_column else []):
