@@ -126,6 +126,8 @@ async def run_job(
     stats = stats or RunStats()
     stop = stop or Stop()
     with Ledger.open(out, restart=restart) as ledger, _open_cache(job.reuse.cache) as shared:
+        for shard in ledger.shards():  # left by workers of a distributed run (pipeline.ray) that died
+            ledger.absorb(shard)
         stats.total = prep.n_rows
         limits = job.limits
         caller = Caller(
