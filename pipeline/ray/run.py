@@ -30,7 +30,7 @@ from ..config import Job, OutputConfig
 from ..connect import Credentials
 from ..errors import ConfigError, WriteError
 from ..job import RunReport, provenance
-from ..ledger import Ledger, ledger_dir
+from ..ledger import Ledger
 from ..plan import check_collisions, make_task, output_columns, prompt_expr
 from ..providers.base import Price
 from ..runner import RunStats
@@ -39,7 +39,10 @@ from .coordinator import Coordinator, lateness
 from .worker import Worker, WorkerSpec
 
 WORKER_CPUS = 0.25  # a worker waits on the network: a fraction of a core leaves room for Ray Data's reads
+READ_CPUS = 0.25  # reading a block is short: a full core each would make the workers wait for CPU slots
 BATCH_PER_CONCURRENCY = 4  # rows per batch handed to a worker, per call it keeps in flight
+# batches a worker holds at once: while one drains (its last calls finishing), the next feed the runner
+BATCHES_IN_FLIGHT = 3
 
 
 @dataclass
@@ -105,7 +108,7 @@ def _drive(job: Job, ledger: Ledger, credentials: Credentials, *, base_url: str 
     import ray.data
 
     limits = job.limits
-    coordinator = ray.remote(Coordinator).options(num_cpus=0).remote(
+    coordinator: Any = ray.remote(Coordinator).options(num_cpus=0).remote(
         limits.rate_per_window, limits.window_seconds, cap, ledger.totals().spent)
     concurrency = limits.concurrency
     spec = WorkerSpec(job=job, credentials=credentials, base_url=base_url, endpoint=endpoint,
@@ -115,7 +118,8 @@ def _drive(job: Job, ledger: Ledger, credentials: Credentials, *, base_url: str 
     batch_rows = opts.batch_rows or max(256, concurrency * BATCH_PER_CONCURRENCY)
     ds = _dataset(job, limit, batch_rows).map_batches(
         Worker, fn_constructor_kwargs={"spec": spec}, batch_size=None, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=opts.workers), num_cpus=opts.worker_cpus)
+        compute=ray.data.ActorPoolStrategy(size=opts.workers, max_concurrent_calls_per_actor=BATCHES_IN_FLIGHT),
+        num_cpus=opts.worker_cpus)
     out = job.output.path
     report = RunReport(out, RunStats(), None, None, 0.0, limits.rate_per_window, limits.window_seconds)
     started = time.monotonic()
@@ -139,7 +143,7 @@ def _drive(job: Job, ledger: Ledger, credentials: Credentials, *, base_url: str 
             report.extra["ray"] = {"workers": opts.workers, "granted": got["granted"],
                                    "dropped_grants": int(got["counters"].get("dropped_grants", 0))}
             report.extra["job_totals"] = totals.as_dict()
-            writer.close(provenance(job, _Target(job), report))
+            writer.close(provenance(job, job.provider.target, report))
         finally:
             writer.abort()
             ray.kill(coordinator)
@@ -161,7 +165,7 @@ def _dataset(job: Job, limit: int | None, batch_rows: int) -> Any:
     reader = ray.data.read_csv if path.lower().endswith(".csv") else ray.data.read_parquet
     try:  # the schema from pyarrow (a file's footer or a CSV's first block), not a Ray job
         names = pads.dataset(path, format="csv" if reader is ray.data.read_csv else "parquet").schema.names
-        ds = reader(path)
+        ds = reader(path, num_cpus=READ_CPUS)
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read input ({str(exc).strip().splitlines()[0]})") from None
     _, needed = prompt_expr(job)
@@ -187,13 +191,6 @@ def _first_pays(part: pl.DataFrame, seen: set[str]) -> pl.DataFrame:
     return part.with_columns(
         duplicate.alias("duplicate"),
         pl.when(duplicate & pl.col("cost").is_not_null()).then(pl.lit(0.0)).otherwise(pl.col("cost")).alias("cost"))
-
-
-class _Target:
-    """What the provenance needs of a provider (its target), without opening one."""
-
-    def __init__(self, job: Job) -> None:
-        self.target = job.provider.target
 
 
 def _report(report: RunReport, got: dict[str, Any], rows: int, wall: float) -> RunReport:

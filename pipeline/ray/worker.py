@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import queue
 import secrets
@@ -179,11 +180,12 @@ class LedgerView:
         self.root = root
         self._others: dict[Path, Ledger] = {}
 
-    def _stores(self) -> list[Ledger]:
-        paths = [self.root / DB_NAME, *sorted((self.root / SHARDS).glob("*.sqlite"))]
-        for path in paths:
-            if path != self.own.path and path not in self._others and path.exists():
-                self._others[path] = Ledger(path.parent, _connect(path, readonly=True), None, 0, path=path)
+    def _stores(self, *, look: bool = False) -> list[Ledger]:
+        """The files to read; ``look``: see whether workers started since (once per batch)."""
+        if look:
+            for path in [self.root / DB_NAME, *sorted((self.root / SHARDS).glob("*.sqlite"))]:
+                if path != self.own.path and path not in self._others and path.exists():
+                    self._others[path] = Ledger(path.parent, _connect(path, readonly=True), None, 0, path=path)
         return [self.own, *self._others.values()]
 
     # -- reading across the files ------------------------------------------------------------
@@ -197,7 +199,7 @@ class LedgerView:
 
     def states(self, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
         found: dict[str, tuple[int, int]] = {}
-        for store in self._stores():
+        for store in self._stores(look=True):
             for key, state in store.states(keys).items():
                 if key not in found or _RANK[state[0]] > _RANK[found[key][0]]:
                     found[key] = state
@@ -292,6 +294,13 @@ class Engine:
             for waiter in self.waiters.values():
                 waiter.event.set()
 
+    async def close(self) -> None:
+        """End the runner (its reader takes no more batches), then close the client and the files."""
+        self.inbox.put(None)
+        with contextlib.suppress(Exception):
+            await self.provider.aclose()
+        self.ledger.close()
+
     def _finished(self, result: RowResult) -> None:
         key = self.row_keys.get(result.row)
         waiter = self.waiters.get(key) if key else None
@@ -327,9 +336,9 @@ class Engine:
                         keys: list[str | None]) -> None:
         for key in wanted:  # before the ledger is read: an outcome recorded from now on wakes it
             self.waiters.setdefault(key, _Waiter()).batches += 1
-        for row, key in zip(rows, keys, strict=True):
-            if key is not None:
-                self.row_keys[row] = key
+        for row, row_key in zip(rows, keys, strict=True):
+            if row_key is not None:
+                self.row_keys[row] = row_key
         if not self.stop.stopped:
             self.inbox.put(pl.DataFrame({ROW: rows, PROMPT: prompts, KEY: keys, OCC: [0] * len(rows)},
                                         schema={ROW: pl.UInt32, PROMPT: pl.String, KEY: pl.String,
@@ -389,3 +398,10 @@ class Worker:
             # the engine outlives each call: it runs on the event loop Ray Data keeps for this actor
             self._serving = asyncio.get_running_loop().create_task(self._engine.serve())
         return await self._engine.run_batch(batch)
+
+    async def close(self) -> None:
+        """For a caller that runs the worker itself (tests): stop its runner and wait for it."""
+        if self._engine is not None and self._serving is not None:
+            self._engine.inbox.put(None)
+            await self._serving
+            await self._engine.close()
