@@ -45,11 +45,12 @@ lint: $(STAMP) ## ruff, and mypy on pipeline/
 	$(VENV)/bin/ruff check pipeline tests bench
 	$(VENV)/bin/mypy pipeline
 
-bench: $(STAMP) ## throughput, CPU per row, peak RSS, ledger CPU per result, estimate, sandbox and transport req/s
+bench: $(STAMP) ## throughput, CPU per row, peak RSS, ledger, estimate, sandbox, transport, Ray workers, limiter actor
 	$(PY) bench/run.py
 	$(PY) bench/ledger.py
 	$(PY) bench/sandbox_rps.py
 	$(PY) bench/transport.py
+	$(PY) bench/ray_run.py
 
 clean: ## remove the environment and outputs
 	rm -rf $(VENV) data/out build *.egg-info

@@ -3,6 +3,7 @@ ledger for every worker, and a worker killed mid-run."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import anyio
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline import Credentials, Job, Price
@@ -18,7 +20,16 @@ from pipeline.ledger import SHARDS, Ledger
 from pipeline.ray import RayOptions, run_job
 from pipeline.sandbox import KeyConfig, Sandbox, SandboxConfig
 
-from .helpers import calls, charged_per_prompt, max_in_any_window, momo_job, provider_for, questions
+from .helpers import (
+    calls,
+    charged_per_prompt,
+    cli,
+    max_in_any_window,
+    momo_job,
+    provider_for,
+    questions,
+    write_job_toml,
+)
 
 ray = pytest.importorskip("ray")
 
@@ -26,13 +37,19 @@ pytestmark = [pytest.mark.timeout(150), pytest.mark.filterwarnings("ignore::Depr
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray() -> Iterator[None]:
-    """One local Ray for the module: starting one takes 3-4 s on this machine, its workers more."""
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One local Ray for the module: starting one takes 3-4 s on this machine, its workers more.
+    Its home (where Ray keeps the cluster's auth token) is the module's own folder."""
+    home = tmp_path_factory.mktemp("ray-home")
+    before = os.environ.get("HOME")
+    os.environ["HOME"] = str(home)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        yield
+        yield home
     finally:
         ray.shutdown()
+        if before is not None:
+            os.environ["HOME"] = before
 
 
 def _every_row_once(out: pl.DataFrame, n: int) -> None:
@@ -127,3 +144,26 @@ def test_a_killed_worker_loses_no_row_and_repays_at_most_its_calls_in_flight(tmp
         assert not ledger.shards()
         unrecorded = sum(r["cost"] for r in records if r["charged"]) - ledger.totals().spent
     assert -1e-9 <= unrecorded <= concurrency * max(r["cost"] for r in records) + 1e-9  # the calls cut off
+
+
+def test_the_cli_joins_a_running_cluster(tmp_path: Path, local_ray: Path) -> None:
+    """``momo-batch run JOB --ray --address ADDR``: the job on the cluster, the summary as a local run's."""
+    n = 40
+    with Sandbox(SandboxConfig()).running() as sb:
+        job = write_job_toml(tmp_path / "job.toml", {
+            "input": {"path": questions(tmp_path / "q.csv", n), "id_column": "id"},
+            "prompt": {"template": "{question}"},
+            "provider": {"kind": "momo", "base_url": sb.momo_url, "agent_id": 159, "max_tokens": 300},
+            "limits": {"tier": "enterprise", "concurrency": 8},
+            "output": {"path": tmp_path / "out.parquet"},
+        })
+        address = ray.get_runtime_context().gcs_address
+        done = cli("run", str(job), "--ray", "--address", address, "--workers", "2", "--json", "--quiet",
+                   key="momo-sandbox-enterprise", HOME=str(local_ray))
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["rows"] == n and summary["calls"] == n and summary["ray"]["workers"] == 2
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    _every_row_once(out, n)
+    meta = pq.read_metadata(tmp_path / "out.parquet").metadata
+    assert json.loads(meta[b"momo_batch.totals"])["exit_code"] == 0 and b"momo_batch.job_sha256" in meta
