@@ -145,7 +145,8 @@ def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: i
     cfg = job.provider
     if output is not None:
         job = job.with_overrides(output=OutputConfig(path=output))
-    check_output(job.output.path, job.input.path, formats=[fmt])  # before anything is paid
+    parts = getattr(ray_options, "parts_rows", None) is not None
+    check_output(job.output.path, job.input.path, formats=[fmt], parts=parts)  # before anything is paid
     if cache is not None:
         job = job.with_overrides(reuse=job.reuse.model_copy(update={"cache": cache}))
     with sandbox_for(cfg, job.limits.tier, sandbox) as (sb_url, sb_creds):
@@ -156,9 +157,9 @@ def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: i
         else:
             report = anyio.run(lambda: _run(job, provider, quiet=quiet, errors=errors, yes=yes,
                                             limit=limit, restart=restart, max_cost=max_cost))
-    if fmt != "parquet" and report.output.exists():
+    if fmt != "parquet" and report.output.is_file():
         export(report.output, fmt)
-    page = _write_report(report.output) if with_report and report.output.exists() else None
+    page = _write_report(report.output) if with_report and report.output.is_file() else None
     if as_json:
         print(json.dumps({**report.as_dict(), **({"report": str(page)} if page else {})}, ensure_ascii=False))
     else:

@@ -92,8 +92,11 @@ class LedgerTotals:
     unknown: int  # sends whose outcome is unknown (in flight when a run died)
 
 
-def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+def _connect(path: Path, *, readonly: bool = False, immutable: bool = False) -> sqlite3.Connection:
+    """``immutable``: read a file nobody writes while it is open, with no lock and no shared memory
+    (safe on a network filesystem: how workers on other machines read the job's ledger)."""
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    uri += "&immutable=1" if readonly and immutable else ""
     db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=10)
     if not readonly:
         db.execute("PRAGMA journal_mode=WAL")
@@ -176,6 +179,13 @@ class Ledger(_Store):
         except (sqlite3.Error, OSError) as exc:
             raise WriteError(f"{path}: cannot open the ledger shard ({exc})") from None
         return cls(path.parent, db, None, run, path=path)
+
+    def fold(self) -> None:
+        """Fold the write-ahead log into the database file, for readers that open it immutable."""
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            raise WriteError(f"{self.path}: cannot write the ledger ({exc})") from None
 
     def shards(self) -> list[Path]:
         """Worker shards beside this ledger that are not merged into it yet."""

@@ -88,11 +88,14 @@ def test_a_cap_holds_across_workers_and_a_raised_cap_resumes(tmp_path: Path) -> 
     key, cap, n = "momo-nopkg", 0.05, 200
     cfg = SandboxConfig(keys={key: KeyConfig(tier="enterprise", balance=100.0, packages={})}, latency_ms=10)
     with Sandbox(cfg).running() as sb:
-        job = momo_job(questions(tmp_path / "q.csv", n), tmp_path / "out.parquet", sb.momo_url, concurrency=8)
+        job = momo_job(questions(tmp_path / "q.csv", n), tmp_path / "out", sb.momo_url, concurrency=8)
         price = anyio.run(_price, job, key, sb.momo_url)
-        opts = RayOptions(workers=4)
+        opts = RayOptions(workers=4, parts_rows=64)  # and the output as a directory of parts
         first = run_job(job, Credentials(key), base_url=sb.momo_url, price=price, max_cost=cap, options=opts)
-        capped = pl.read_parquet(tmp_path / "out.parquet")
+        capped = pl.read_parquet(tmp_path / "out" / "part-*.parquet")
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+            "_momo_batch.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet",
+            "part-00003.parquet"]
         charged_first = sum(r["cost"] for r in calls(sb.records()) if r["charged"])
         second = run_job(job, Credentials(key), base_url=sb.momo_url, price=price, max_cost=10.0, options=opts)
         records = calls(sb.records())
@@ -103,7 +106,7 @@ def test_a_cap_holds_across_workers_and_a_raised_cap_resumes(tmp_path: Path) -> 
     assert set(capped.filter(pl.col("status") == "error")["error_code"].unique()) == {"BUDGET_EXCEEDED"}
     assert second.exit_code == 0 and second.stats.already_done > 10
     assert max(charged_per_prompt(records).values()) == 1  # nothing recorded was paid again
-    final = pl.read_parquet(tmp_path / "out.parquet")
+    final = pl.read_parquet(tmp_path / "out" / "part-*.parquet")
     assert final["cost"].sum() == pytest.approx(sum(r["cost"] for r in records if r["charged"]))
 
 

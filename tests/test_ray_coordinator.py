@@ -95,3 +95,10 @@ async def test_the_schedule_clock_moves_a_mark_instead_of_waiting() -> None:
     start = time.perf_counter()
     await clock.sleep(5.0)
     assert time.perf_counter() - start < 0.1 and clock.now() - time.time() == pytest.approx(5.0, abs=0.1)
+
+
+async def test_a_reservation_that_waits_on_a_dead_workers_calls_gives_up() -> None:
+    coord = Coordinator(None, 60.0, 1.0, 0.0, stall=0.2)
+    await coord.reserve(0.8)  # held by a worker that then died: it never settles
+    refused = await coord.reserve(0.5)
+    assert isinstance(refused, str) and "did not settle in 0.2 s" in refused

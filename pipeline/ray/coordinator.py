@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+
 from ..budget import Budget
 from ..errors import BudgetExceeded
 from ..limiter import RateLimiter
@@ -82,8 +84,9 @@ class Coordinator:
     one event loop, so the limiter and the budget need no locks beyond their own."""
 
     def __init__(self, rate: float | None, window: float, cap: float | None, spent: float,
-                 horizon: float = 0.1) -> None:
+                 horizon: float = 0.1, stall: float = 120.0) -> None:
         self.clock = ScheduleClock()
+        self.stall = stall
         self.limiter = RateLimiter(rate, window, clock=self.clock)
         self.budget = Budget(cap, spent=spent)
         self.horizon = horizon
@@ -112,11 +115,17 @@ class Coordinator:
 
     # -- money -------------------------------------------------------------------------------
     async def reserve(self, worst: float) -> float | str:
-        """The amount held, or why the cap stops the job (the worker raises it as its own)."""
+        """The amount held, or why the cap stops the job (the worker raises it as its own).
+
+        A call that does not fit waits for calls in flight to settle; a worker that died never
+        settles its own, so the wait ends after ``stall`` seconds (their worst cases stay held)."""
         try:
-            return await self.budget.reserve(worst)
+            with anyio.move_on_after(self.stall):
+                return await self.budget.reserve(worst)
         except BudgetExceeded as exc:
             return str(exc)
+        return (f"max_cost {self.budget.cap:g} reached: spent {self.budget.spent:.6f}, held "
+                f"{self.budget.reserved:.6f} for calls in flight that did not settle in {self.stall:g} s")
 
     async def settle(self, held: float, actual: float | None) -> None:
         self.budget.settle(held, actual)

@@ -31,6 +31,7 @@ from ..connect import Credentials
 from ..errors import ConfigError, WriteError
 from ..job import RunReport, provenance
 from ..ledger import Ledger
+from ..output_path import PARTS_MARK
 from ..plan import check_collisions, make_task, output_columns, prompt_expr
 from ..providers.base import Price
 from ..runner import RunStats
@@ -86,6 +87,7 @@ def run_job(job: Job | str | Path, credentials: Credentials, *, base_url: str | 
         with Ledger.open(job.output.path, restart=restart) as ledger:
             for shard in ledger.shards():  # a run that died left these: merge before anything is sent
                 ledger.absorb(shard)
+            ledger.fold()  # workers read it as it is now: it does not change until they are done
             return _drive(job, ledger, credentials, base_url=base_url, endpoint=endpoint or base_url or "",
                           price=price, cap=cap, opts=opts, limit=limit, stop_on_signals=stop_on_signals)
     finally:
@@ -109,7 +111,8 @@ def _drive(job: Job, ledger: Ledger, credentials: Credentials, *, base_url: str 
 
     limits = job.limits
     coordinator: Any = ray.remote(Coordinator).options(num_cpus=0).remote(
-        limits.rate_per_window, limits.window_seconds, cap, ledger.totals().spent)
+        limits.rate_per_window, limits.window_seconds, cap, ledger.totals().spent,
+        stall=2 * job.provider.timeout)
     concurrency = limits.concurrency
     spec = WorkerSpec(job=job, credentials=credentials, base_url=base_url, endpoint=endpoint,
                       coordinator=coordinator, ledger_root=ledger.root.resolve(), run=ledger.run,
@@ -151,7 +154,7 @@ def _drive(job: Job, ledger: Ledger, credentials: Credentials, *, base_url: str 
         ledger.absorb(shard)
     summarise = getattr(make_task(job), "summarise", None)
     if summarise is not None:
-        report.extra["labels"] = summarise(pl.scan_parquet(out))
+        report.extra["labels"] = summarise(pl.scan_parquet(out / "part-*.parquet" if opts.parts_rows else out))
     return report
 
 
@@ -258,7 +261,7 @@ class _Writer:
         try:
             if self.parts_rows:
                 self._next_part()
-                (self.tmp / "_momo_batch.json").write_text(json.dumps(metadata, indent=1))
+                (self.tmp / PARTS_MARK).write_text(json.dumps(metadata, indent=1))
                 if self.output.is_dir():
                     shutil.rmtree(self.output)
             else:

@@ -172,19 +172,29 @@ class SharedStop(Stop):
 
 class LedgerView:
     """A worker's :class:`~pipeline.runner.Record`: its own shard for writing; for reading, the
-    job's ledger and every shard (the most final entry of a key wins)."""
+    job's ledger and the shards of the workers on this machine (the most final entry of a key wins).
 
-    def __init__(self, own: Ledger, root: Path) -> None:
+    The job's ledger does not change while workers run (the driver folds it first), so it is read
+    immutable: no lock, no shared memory, safe on a network filesystem. A shard changes all the
+    time and SQLite's write-ahead log needs its readers on the writer's machine: shards of other
+    machines are not read (a batch that Ray runs again elsewhere may pay again for what the dead
+    worker had finished of it; the driver merges every shard when the run ends)."""
+
+    def __init__(self, own: Ledger, root: Path, machine: str) -> None:
         self.own = own
         self.run = own.run
         self.root = root
+        self.machine = machine  # shard names start with it
         self._others: dict[Path, Ledger] = {}
 
     def _stores(self, *, look: bool = False) -> list[Ledger]:
         """The files to read; ``look``: see whether workers started since (once per batch)."""
         if look:
-            for path in [self.root / DB_NAME, *sorted((self.root / SHARDS).glob("*.sqlite"))]:
-                if path != self.own.path and path not in self._others and path.exists():
+            main = self.root / DB_NAME
+            if main not in self._others and main.exists():
+                self._others[main] = Ledger(self.root, _connect(main, readonly=True, immutable=True), None, 0)
+            for path in sorted((self.root / SHARDS).glob(f"{self.machine}-*.sqlite")):
+                if path != self.own.path and path not in self._others:
                     self._others[path] = Ledger(path.parent, _connect(path, readonly=True), None, 0, path=path)
         return [self.own, *self._others.values()]
 
@@ -257,8 +267,10 @@ class Engine:
         self.result_columns = output_columns(job, task)
         self.stop = SharedStop(coordinator)
         self.stats = RunStats()
-        name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.sqlite"
-        self.ledger = LedgerView(Ledger.shard(spec.ledger_root / SHARDS / name, spec.run), spec.ledger_root)
+        machine = socket.gethostname()
+        name = f"{machine}-{os.getpid()}-{secrets.token_hex(4)}.sqlite"
+        self.ledger = LedgerView(Ledger.shard(spec.ledger_root / SHARDS / name, spec.run), spec.ledger_root,
+                                 machine)
         self.limiter = LeasedLimiter(coordinator, self.stop, size=spec.lease, lateness=spec.lateness)
         self.budget = SharedBudget(coordinator, spec.cap)
         worst = None
