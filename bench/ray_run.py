@@ -10,7 +10,8 @@
    each: rows/s over the whole ``run_job`` call (for Ray: worker start-up and the driver writing the
    output included), and rows/s between the first and the last call (steady state).
 3. The coordinator actor alone: 8 concurrent callers ask for leases of 1, 16 and 64 grants from a
-   limiter that never binds, for 3 s each; grants/s and lease round trips/s.
+   limiter that never binds, for 3 s each; grants/s and lease round trips/s. Then what a capped
+   job adds per call (a reservation and its settlement): calls/s.
 """
 
 from __future__ import annotations
@@ -111,6 +112,22 @@ def child_leases(seconds: float) -> dict[str, dict[str, float]]:
         results[str(size)] = {"grants_per_s": sum(g for g, _ in got) / seconds,
                               "leases_per_s": sum(n for _, n in got) / seconds}
         ray.kill(coord)
+    coord = ray.remote(Coordinator).options(num_cpus=0).remote(None, 1.0, 1e9, 0.0)
+    ray.get(coord.reserve.remote(0.0))
+
+    async def spender(until: float) -> int:  # what a capped job does per call: reserve, then settle
+        calls = 0
+        while time.perf_counter() < until:
+            held = await coord.reserve.remote(0.001)
+            await coord.settle.remote(held, 0.0005)
+            calls += 1
+        return calls
+
+    async def spend() -> list[int]:
+        until = time.perf_counter() + seconds
+        return await asyncio.gather(*(spender(until) for _ in range(8)))
+
+    results["budget"] = {"calls_per_s": sum(asyncio.run(spend())) / seconds}
     ray.shutdown()
     return results
 
@@ -175,8 +192,10 @@ def main() -> None:
           f"{on_ray['steady'] / local['steady']:.2f}x steady (ray.init took {on_ray['ray_init']:.1f} s, "
           "not counted)")
     print("\ncoordinator actor, 8 concurrent callers, a limiter that never binds:")
+    budget = leases.pop("budget")
     for size, r in leases.items():
         print(f"  leases of {size:>2}: {r['grants_per_s']:>10,.0f} grants/s  ({r['leases_per_s']:,.0f} leases/s)")
+    print(f"  with a cap, reserve + settle per call: {budget['calls_per_s']:,.0f} calls/s")
 
 
 if __name__ == "__main__":
