@@ -162,6 +162,8 @@ def test_the_cli_joins_a_running_cluster(tmp_path: Path, local_ray: Path) -> Non
         address = ray.get_runtime_context().gcs_address
         done = cli("run", str(job), "--ray", "--address", address, "--workers", "2", "--json", "--quiet",
                    key="momo-sandbox-enterprise", HOME=str(local_ray))
+        local = cli("run", str(job), "--output", str(tmp_path / "local.parquet"), "--json", "--quiet",
+                    key="momo-sandbox-enterprise")
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["rows"] == n and summary["calls"] == n and summary["ray"]["workers"] == 2
@@ -169,3 +171,9 @@ def test_the_cli_joins_a_running_cluster(tmp_path: Path, local_ray: Path) -> Non
     _every_row_once(out, n)
     meta = pq.read_metadata(tmp_path / "out.parquet").metadata
     assert json.loads(meta[b"momo_batch.totals"])["exit_code"] == 0 and b"momo_batch.job_sha256" in meta
+    assert local.returncode == 0, local.stderr[-3000:]  # a local run of the same job: the same file
+    mine, theirs = pq.read_table(tmp_path / "out.parquet"), pq.read_table(tmp_path / "local.parquet")
+    assert mine.schema.remove_metadata() == theirs.schema.remove_metadata()
+    assert set(meta) == set(pq.read_metadata(tmp_path / "local.parquet").metadata)
+    for column in ("id", "response", "status", "request_key", "duplicate"):
+        assert mine[column].to_pylist() == theirs[column].to_pylist()
