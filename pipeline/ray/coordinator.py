@@ -16,7 +16,9 @@ the one clock that processes on a machine (and NTP-synced machines) share.
 A grant used late can crowd a window (grants are spaced by the limiter's interval, so using one
 late puts it closer to the next); a worker drops a grant more than :func:`lateness` past its
 time. The limiter keeps ``safety × window`` of slack in every window and its catch-up allowance
-takes at most half of it: the other half is the lateness allowed here.
+takes at most half of it; a quarter is the lateness allowed here, and the last quarter is left for
+what happens between a worker's check and the server's clock (the ledger's write, the send, the
+network, a busy machine's scheduler).
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ Headers = tuple[int | None, int | None, float | None]  # X-RateLimit-Limit, -Rem
 
 
 def lateness(window: float) -> float:
-    """How late a worker may use a grant: half of the limiter's slack in a window."""
-    return SAFETY * window / 2
+    """How late a worker may use a grant: a quarter of the limiter's slack in a window."""
+    return SAFETY * window / 4
 
 
 class ScheduleClock:

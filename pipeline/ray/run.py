@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +84,9 @@ def run_job(job: Job | str | Path, credentials: Credentials, *, base_url: str | 
         raise ConfigError("a cost cap needs the target's price (the worst case of a call)")
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=opts.address, include_dashboard=False, **opts.init)
+        # Ray's own chatter (execution plans, progress) stays in its log files, errors still show
+        ray.init(address=opts.address, **{"include_dashboard": False, "logging_level": logging.WARNING,
+                                          "log_to_driver": False, **opts.init})
     try:
         with Ledger.open(job.output.path, restart=restart) as ledger:
             for shard in ledger.shards():  # a run that died left these: merge before anything is sent
@@ -122,11 +126,13 @@ def _drive(job: Job, ledger: Ledger, credentials: Credentials, *, base_url: str 
     ds = _dataset(job, limit, batch_rows).map_batches(
         Worker, fn_constructor_kwargs={"spec": spec}, batch_size=None, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=opts.workers, max_concurrent_calls_per_actor=BATCHES_IN_FLIGHT),
-        num_cpus=opts.worker_cpus)
+        num_cpus=_worker_cpus(opts))
     out = job.output.path
     report = RunReport(out, RunStats(), None, None, 0.0, limits.rate_per_window, limits.window_seconds)
     started = time.monotonic()
-    with _signals(coordinator, stop_on_signals):
+    with _signals(coordinator, stop_on_signals), warnings.catch_warnings():
+        # a job smaller than a batch per worker: Ray Data says so; it is not a problem
+        warnings.filterwarnings("ignore", "The minimum number of concurrent actors", UserWarning)
         writer = _Writer(out, opts.parts_rows)
         totals, seen, rows, sendable = Totals(), set[str](), 0, 0
         try:
@@ -158,11 +164,22 @@ def _drive(job: Job, ledger: Ledger, credentials: Credentials, *, base_url: str 
     return report
 
 
+def _worker_cpus(opts: RayOptions) -> float:
+    """What each worker claims: ``worker_cpus``, or less when that would leave the cluster no room
+    for Ray Data's reads and re-blocking (a task of one CPU): workers that claim every CPU wait
+    for input that never comes."""
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    return max(0.01, min(opts.worker_cpus, (total - 1.0 - READ_CPUS) / opts.workers))
+
+
 def _dataset(job: Job, limit: int | None, batch_rows: int) -> Any:
     """The input as a Ray dataset, in blocks of ``batch_rows`` (one batch per worker call)."""
     import ray.data
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # every row once, in order
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # plans and progress: in Ray's log files
     ray.data.DataContext.get_current().enable_progress_bars = False
     path = str(job.input.path)
     reader = ray.data.read_csv if path.lower().endswith(".csv") else ray.data.read_parquet
