@@ -8,6 +8,8 @@ The public surface (everything else is private and may change)::
 
 ``run_job`` runs a job file's rows into Parquet (resumable); ``run_frame`` does the same for a
 polars DataFrame in a notebook; ``estimate`` says what a job will cost before it runs.
+``pipeline.ray.run_job`` runs a job on Ray Data, with one rate limit, budget and ledger for all
+its workers (the ``ray`` extra; not imported here).
 """
 
 __version__ = "0.1.0"
