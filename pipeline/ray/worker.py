@@ -300,9 +300,8 @@ class Engine:
         except BaseException as exc:  # a bug: wake every batch, and fail them (Ray reports it)
             self.failure = exc
             raise
-        finally:
-            if not self.stop.stopped:
-                self.stop.soft("WORKER_ENDED", MomoError("the worker's runner ended"))
+        finally:  # this worker only: the job goes on in the others (Ray reports a failure)
+            self.stop.learn("WORKER_ENDED", "the worker's runner ended", False)
             for waiter in self.waiters.values():
                 waiter.event.set()
 
