@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -64,9 +65,29 @@ def child_local(url: str, data: Path, out: Path) -> dict[str, float]:
         finally:
             await provider.aclose()
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     report = anyio.run(go)
-    return _figures(report, time.perf_counter() - t0)
+    return {**_figures(report, time.perf_counter() - t0), "cpu": time.process_time() - cpu0}
+
+
+def _cpu_by_kind() -> dict[str, float]:
+    """CPU seconds so far of this machine's Ray processes: the workers, and Ray's own."""
+    tick = os.sysconf("SC_CLK_TCK")
+    kinds: dict[str, float] = {"workers": 0.0, "ray": 0.0}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used = (int(fields[11]) + int(fields[12])) / tick
+        if "MapBatches(Worker)" in cmd:
+            kinds["workers"] += used
+        elif "ray::" in cmd or "/ray/" in cmd:
+            kinds["ray"] += used
+    return kinds
 
 
 def child_ray(url: str, data: Path, out: Path, workers: int) -> dict[str, float]:
@@ -78,11 +99,16 @@ def child_ray(url: str, data: Path, out: Path, workers: int) -> dict[str, float]
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     started = time.perf_counter() - t0
+    before, cpu0 = _cpu_by_kind(), time.process_time()
     t0 = time.perf_counter()
     report = run_job(_job(data, out, url), Credentials(KEY), base_url=url, options=RayOptions(workers=workers))
     wall = time.perf_counter() - t0
+    driver = time.process_time() - cpu0
+    after = _cpu_by_kind()  # before shutdown: the workers are gone after it
     ray.shutdown()
-    return {**_figures(report, wall), "ray_init": started, "dropped": report.extra["ray"]["dropped_grants"]}
+    return {**_figures(report, wall), "ray_init": started, "dropped": report.extra["ray"]["dropped_grants"],
+            "cpu_workers": after["workers"] - before["workers"], "cpu_ray": after["ray"] - before["ray"],
+            "cpu_driver": driver}
 
 
 def child_leases(seconds: float) -> dict[str, dict[str, float]]:
@@ -191,6 +217,10 @@ def main() -> None:
     print(f"Ray / single process: {on_ray['rows'] / on_ray['wall'] / (local['rows'] / local['wall']):.2f}x whole, "
           f"{on_ray['steady'] / local['steady']:.2f}x steady (ray.init took {on_ray['ray_init']:.1f} s, "
           "not counted)")
+    rows = on_ray["rows"]
+    print(f"CPU per row: single process {local['cpu'] / rows * 1000:.2f} ms; Ray workers "
+          f"{on_ray['cpu_workers'] / rows * 1000:.2f} ms + Ray's own processes {on_ray['cpu_ray'] / rows * 1000:.2f} ms"
+          f" + driver {on_ray['cpu_driver'] / rows * 1000:.2f} ms")
     print("\ncoordinator actor, 8 concurrent callers, a limiter that never binds:")
     budget = leases.pop("budget")
     for size, r in leases.items():
