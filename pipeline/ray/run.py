@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from ..config import Job, OutputConfig
 from ..connect import Credentials
-from ..errors import ConfigError, WriteError
+from ..errors import ConfigError, MomoError, WriteError
 from ..job import RunReport, provenance
 from ..ledger import Ledger
 from ..output_path import PARTS_MARK
@@ -84,9 +84,12 @@ def run_job(job: Job | str | Path, credentials: Credentials, *, base_url: str | 
         raise ConfigError("a cost cap needs the target's price (the worst case of a call)")
     started_ray = not ray.is_initialized()
     if started_ray:
-        # Ray's own chatter (execution plans, progress) stays in its log files, errors still show
-        ray.init(address=opts.address, **{"include_dashboard": False, "logging_level": logging.WARNING,
-                                          "log_to_driver": False, **opts.init})
+        try:  # Ray's own chatter (execution plans, progress) stays in its log files, errors still show
+            ray.init(address=opts.address, **{"include_dashboard": False, "logging_level": logging.WARNING,
+                                              "log_to_driver": False, **opts.init})
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {opts.address}" if opts.address else "a local Ray"
+            raise ConfigError(f"cannot start or join {where} ({_first_line(exc)})") from None
     try:
         with Ledger.open(job.output.path, restart=restart) as ledger:
             for shard in ledger.shards():  # a run that died left these: merge before anything is sent
@@ -136,7 +139,7 @@ def _drive(job: Job, ledger: Ledger, credentials: Credentials, *, base_url: str 
         writer = _Writer(out, opts.parts_rows)
         totals, seen, rows, sendable = Totals(), set[str](), 0, 0
         try:
-            for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for table in _batches(ds):
                 part = _first_pays(pl.from_arrow(table), seen)  # type: ignore[arg-type]
                 rows += part.height
                 sendable += part.height - part["request_key"].null_count()
@@ -164,6 +167,28 @@ def _drive(job: Job, ledger: Ledger, credentials: Credentials, *, base_url: str 
     return report
 
 
+def _batches(ds: Any) -> Iterator[pa.Table]:
+    """The workers' output in input order; a failure says what failed, as one of this project's
+    errors (a worker's own, e.g. a ledger it cannot write, keeps its class and exit code)."""
+    import ray.exceptions
+
+    try:
+        yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
+    except ray.exceptions.RayError as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, MomoError):
+            cause = cause.__cause__ or getattr(cause, "cause", None)
+        if cause is not None:
+            raise cause from None
+        raise MomoError(f"the job failed on Ray ({_first_line(exc)}); every answer recorded is kept: "
+                        "run again to resume") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _worker_cpus(opts: RayOptions) -> float:
     """What each worker claims: ``worker_cpus``, or less when that would leave the cluster no room
     for Ray Data's reads and re-blocking (a task of one CPU): workers that claim every CPU wait
@@ -187,7 +212,7 @@ def _dataset(job: Job, limit: int | None, batch_rows: int) -> Any:
         names = pads.dataset(path, format="csv" if reader is ray.data.read_csv else "parquet").schema.names
         ds = reader(path, num_cpus=READ_CPUS)
     except (OSError, pa.ArrowException, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read input ({str(exc).strip().splitlines()[0]})") from None
+        raise ConfigError(f"{path}: cannot read input ({_first_line(exc)})") from None
     _, needed = prompt_expr(job)
     for column in needed + ([job.input.id_column] if job.input.id_column else []):
         if column not in names:
