@@ -10,9 +10,13 @@ tier = "free"
 balance = 1.5
 packages = { 159 = 1000 }
 
+[keys.momo-short-window]       # 100 requests per 0.33 s: a server that counts in "10 s", not a minute
+limit = 100
+window_seconds = 0.33
+
 [relay_keys.sk-sandbox-relay]
 hard_limit_usd = 5.0
-rpm = 30
+rpm = 30                      # per window_seconds (the key's own, else the server's)
 
 [faults]
 server_error = 0.1
@@ -61,19 +65,30 @@ class _Strict(BaseModel):
 
 
 class KeyConfig(_Strict):
-    """A MOMO API key: its rate tier, money (CNY) and prepaid token packages per agent id."""
+    """A MOMO API key: its rate tier, money (CNY) and prepaid token packages per agent id.
+
+    ``limit`` / ``window_seconds`` override the tier: ``limit`` requests per ``window_seconds`` (real
+    seconds; default the server's "minute"), so a key can count in a window other than a minute.
+    """
 
     tier: Tier = "pro"
     balance: float = Field(default=1000.0, ge=0)
     packages: dict[int, int] = Field(default_factory=dict)
+    limit: int | None = Field(default=None, ge=1)
+    window_seconds: float | None = Field(default=None, gt=0)
 
 
 class RelayKeyConfig(_Strict):
-    """A relay API key (``sk-…``). Keys of one user share that user's quota."""
+    """A relay API key (``sk-…``). Keys of one user share that user's quota.
+
+    ``rpm`` requests per ``window_seconds`` (default the server's "minute"); its 429s carry no body and
+    no header at all, as LiteLLM-style proxies send them.
+    """
 
     user_id: str = "1"
     hard_limit_usd: float = Field(default=100.0, ge=0)
     rpm: int | None = Field(default=None, ge=1)
+    window_seconds: float | None = Field(default=None, gt=0)
 
 
 _Prob = Field(default=0.0, ge=0.0, le=1.0)

@@ -68,14 +68,15 @@ class SandboxState:
     def __post_init__(self) -> None:
         cfg, window, algorithm = self.cfg, self.cfg.window_seconds, self.cfg.algorithm
         self.momo = {key: MomoAccount(k.tier, k.balance, dict(k.packages),
-                                      make_limiter(algorithm, TIER_LIMITS[k.tier], window))
+                                      make_limiter(algorithm, k.limit or TIER_LIMITS[k.tier],
+                                                   k.window_seconds or window))
                      for key, k in cfg.keys.items()}
         self.users = {}
         self.relay = {}
         for key, rk in cfg.relay_keys.items():
             # A user's credit is the hard limit of its first key.
             user = self.users.setdefault(rk.user_id, RelayUser(rk.user_id, rk.hard_limit_usd))
-            self.relay[key] = RelayKey(user, make_limiter(algorithm, rk.rpm, window))
+            self.relay[key] = RelayKey(user, make_limiter(algorithm, rk.rpm, rk.window_seconds or window))
         self.agents = make_agents(cfg.agent_count)
         self.faults = FaultPicker(cfg.seed, cfg.faults)
         self.log = RequestLog(cfg.request_log)
