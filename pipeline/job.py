@@ -229,6 +229,7 @@ async def run_job(
                        str(stop.error) if stop.error else None, time.monotonic() - started,
                        limits.rate_per_window, limits.window_seconds)
     report.extra["job_totals"] = journal.totals()
+    report.extra["rate_limiter"] = caller.limiter.learned()
     summarise = getattr(prep.task, "summarise", None)
     frame = journal.results_frame()
     if summarise is not None and frame is not None:

