@@ -28,8 +28,9 @@ lint: $(STAMP) ## ruff, and mypy on pipeline/
 	$(VENV)/bin/ruff check pipeline tests bench
 	$(VENV)/bin/mypy pipeline
 
-bench: $(STAMP) ## throughput, CPU per row, peak RSS, estimate speed, sandbox and transport req/s
+bench: $(STAMP) ## throughput, CPU per row, peak RSS, estimate speed, rate limits, sandbox and transport req/s
 	$(PY) bench/run.py
+	$(PY) bench/rate_limits.py
 	$(PY) bench/sandbox_rps.py
 	$(PY) bench/transport.py
 
