@@ -24,6 +24,14 @@ from .helpers import (
 )
 
 TIERS = {"free": 10, "basic": 60, "pro": 300}
+
+
+def within_limit(admitted: list[float], algorithm: str, limit: int, window: float) -> bool:
+    """What the server admitted kept to its limit, as its algorithm counts: a sliding log never
+    more than ``limit`` in any window; a fixed window up to twice that across a boundary, a token
+    bucket its capacity plus a window's refill (checked here only loosely, at 2 × ``limit``)."""
+    most = max_in_any_window(admitted, window)
+    return most <= (limit if algorithm == "sliding_log" else 2 * limit)
 ROWS_PER_TIER = {"free": 25, "basic": 130, "pro": 620}  # about two windows of one second each
 
 
@@ -41,7 +49,7 @@ async def test_tier_is_never_exceeded_and_nearly_reached(tmp_path: Path, tier: s
     limit = TIERS[tier]
     assert report.exit_code == 0
     admitted = [r["ts"] for r in records if r["status"] == 200]
-    assert max_in_any_window(admitted, window) <= limit
+    assert within_limit(admitted, algorithm, limit, window)
     # Paced under the tier, the server refuses nothing; a loaded machine may bunch a request or two
     # on their way to it (each such 429 slows the limiter down), never a run of them. Bounds a slow
     # machine cannot break: no rate measured in real time here.
@@ -183,7 +191,7 @@ async def test_a_server_window_shorter_than_the_jobs_is_learned_not_read_as_a_mi
         records = calls(sb.records())
     assert report.exit_code == 0 and report.stats.ok == 200
     admitted = [r["ts"] for r in records if r["status"] == 200]
-    assert max_in_any_window(admitted, server_window) <= 50
+    assert within_limit(admitted, algorithm, 50, server_window)
     assert sum(r["status"] == 429 for r in records) <= 2 + len(admitted) // 50
     learned = report.extra["rate_limiter"]
     assert learned["server_limit"] == 50
@@ -207,7 +215,7 @@ async def test_header_less_429s_find_the_rate_from_an_unlimited_start(tmp_path: 
         records = [r for r in sb.records() if r["path"] == "/v1/chat/completions"]
     assert report.exit_code == 0 and report.stats.ok == 120
     admitted = [r["ts"] for r in records if r["status"] == 200]
-    assert max_in_any_window(admitted, window) <= 20
+    assert within_limit(admitted, algorithm, 20, window)
     refused = sum(r["status"] == 429 for r in records)
     assert 0 < refused <= 0.35 * len(records)  # the first burst costs up to `concurrency` of them
     found = report.extra["rate_limiter"]["found_per_minute"]
