@@ -385,7 +385,7 @@ class RateLimiter:
         """A call went through; headers (when sent) may still tell us to slow down."""
         grant = self.granted if grant is None else grant
         if limit is None and remaining is None and reset is None:
-            if self.finder.rate is None and not self.finder.blocked:
+            if self.finder.rate is None and not self.finder.in_episode:
                 self.finder.successes += 1  # the fast path: nothing to learn
                 return
         else:
