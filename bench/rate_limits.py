@@ -64,6 +64,7 @@ class Result:
     calls: int
     refused: int
     learned: dict[str, Any]
+    scale: float
 
     @property
     def ratio(self) -> float:
@@ -132,7 +133,7 @@ def run_once(scenario: Scenario, algorithm: str, scale: float, tmp: Path) -> Res
     ideal = scenario.rows / (scenario.limit / scenario.server_window)
     span = max(r["ts"] for r in posts) - min(r["ts"] for r in posts)
     return Result(wall / scale, span / scale, ideal, report.stats.ok, scenario.rows, len(posts),
-                  sum(r["status"] == 429 for r in posts), report.extra["rate_limiter"])
+                  sum(r["status"] == 429 for r in posts), report.extra["rate_limiter"], scale)
 
 
 def median_run(scenario: Scenario, algorithm: str, scale: float, repeat: int) -> Result:
@@ -145,7 +146,8 @@ def median_run(scenario: Scenario, algorithm: str, scale: float, repeat: int) ->
 def _row(algorithm: str, r: Result, scenario: Scenario) -> str:
     met = r.ok == r.rows and r.ratio <= scenario.goal_wall and r.extra <= scenario.goal_extra
     window = r.learned.get("server_window_seconds")
-    learned = f"window {window:.2f}" if window else f"found {r.learned.get('found_per_minute') or '-'}/min"
+    found = r.learned.get("found_per_minute")
+    learned = f"window {window / r.scale:.1f} s" if window else f"found {found or '-'}/min"
     return (f"| {algorithm:<12} | {r.ok}/{r.rows} | {r.ideal:4.0f} s | {r.wall:6.1f} s | {r.span:6.1f} s "
             f"| {r.ratio:5.2f}× "
             f"| {r.refused:3d} of {r.calls:4d} ({r.extra:4.1f} %) | {learned:<18} | {'yes' if met else 'NO'} |")

@@ -79,8 +79,6 @@ class Quota:
 _LONGEST_WINDOW = 86400.0
 # Grant times kept to read how Remaining refills: enough for any limit seen in practice.
 _MAX_GRANT_LOG = 1 << 16
-# Successes a cycle needs before what the server admitted in it may hold the found rate down.
-_MIN_SPAN = 10
 
 
 class ServerWindow:
@@ -139,6 +137,10 @@ class ServerWindow:
         self.window = max(self.window, span)
 
 
+# Successes a cycle needs before what the server admitted in it may hold the found rate down.
+_MIN_SPAN = 10
+
+
 class RateFinder:
     """AIMD over 429s: a request rate found by probing, for servers that do not say theirs.
 
@@ -171,6 +173,7 @@ class RateFinder:
         self.fresh_from = 0  # grants numbered below this were sent before the last change of pace
         self.successes = 0
         self._since: tuple[float, int] | None = None  # (time, successes) at the last close or first grant
+        self._unpaced = False  # the episode began with no pace at all (an unlimited start)
 
     def start(self, now: float) -> None:
         if self._since is None:
@@ -207,6 +210,7 @@ class RateFinder:
             self.recover_to = base
         self.fresh_from = granted + 1
         self.in_episode = True
+        self._unpaced = pace is None
         # with a Retry-After the server has said when: the pause covers it, no probing needed, and
         # the pace it came at was probably right (a blip): recover that fast, probe beyond it slowly
         self.blocked = retry_after is None
@@ -232,17 +236,22 @@ class RateFinder:
         return True
 
     def _close_episode(self, now: float, granted: int) -> None:
+        self._hold_to_admitted(now)
         self.in_episode = self.blocked = False
         self.fresh_from = granted + 1  # other probes still out were sent while the server was full
-        admitted = self.admitted(now, exclude=1)  # the probe aside
-        # over a handful of successes the count is too coarse to hold the rate to
-        if admitted is not None and (self.rate is None or self.successes - self._since_successes > _MIN_SPAN):
-            self.rate = admitted if self.rate is None else min(self.rate, admitted)
         self._since = (now, self.successes)
 
-    @property
-    def _since_successes(self) -> int:
-        return self._since[1] if self._since is not None else 0
+    def _hold_to_admitted(self, now: float) -> None:
+        # A fixed window lets a pace above its rate through until it fills, so the pace can creep
+        # up; what the server admitted over the cycle (the probe aside) cannot. (After a
+        # Retry-After the quick recovery still climbs back to the pace the 429 came at.)
+        admitted = self.admitted(now, exclude=1)
+        if admitted is None or self._since is None:
+            return
+        if self._unpaced or self.rate is None:  # after an unpaced start: its limit over its window
+            self.rate = admitted if self.rate is None else min(self.rate, admitted)
+        elif self.successes - self._since[1] > _MIN_SPAN:  # fewer are too coarse a count
+            self.rate = min(self.rate, admitted)
 
 
 class RateLimiter:
