@@ -405,11 +405,14 @@ class RateLimiter:
         step = self._increase / (self.server.window if self.server.quota is not None else self._window)
         if self.finder.succeeded(self._clock.now(), grant, self.granted, self._ceiling(), step):
             if was_blocked:
-                self._tat = None  # a probe got through: pace from now, with no credit for the wait
-                if self._unblocked is not None:
-                    self._unblocked.set()  # wake the waiter sleeping until the next probe
-                    self._unblocked = None
+                self._resume_after_probe()
             self._repace()
+
+    def _resume_after_probe(self) -> None:
+        self._tat = None  # pace from now, with no credit for the wait
+        if self._unblocked is not None:
+            self._unblocked.set()  # wake the waiter sleeping until the next probe
+            self._unblocked = None
 
     def on_rate_limited(self, retry_after: float | None = None, limit: int | None = None,
                         remaining: int | None = None, reset: float | None = None, *,
