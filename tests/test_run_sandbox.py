@@ -178,18 +178,18 @@ async def test_relay_empty_429s_without_retry_after_slow_the_job_down(tmp_path: 
 @pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_log", "token_bucket"])
 async def test_a_server_window_shorter_than_the_jobs_is_learned_not_read_as_a_minute(
         tmp_path: Path, algorithm: str) -> None:
-    """Told 300 per "minute" (3 s); the key allows 50 per 0.5 s, the same average, and its headers
+    """Told 300 per "minute" (6 s); the key allows 50 per 1 s, the same average, and its headers
     say ``Limit: 50``. Read as 50 per minute, that would pace six times too slow."""
-    key, server_window = "momo-short-window", 0.5
-    cfg = SandboxConfig(window_seconds=3.0, algorithm=algorithm,
+    key, server_window = "momo-short-window", 1.0
+    cfg = SandboxConfig(window_seconds=6.0, algorithm=algorithm,
                         keys={key: KeyConfig(limit=50, window_seconds=server_window)})
-    data = questions(tmp_path / "q.csv", 200)
+    data = questions(tmp_path / "q.csv", 150)
     with Sandbox(cfg).running() as sb:
-        job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, requests_per_minute=300, window_seconds=3.0,
+        job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, requests_per_minute=300, window_seconds=6.0,
                        concurrency=16)
         report = await run(job, key, sb.momo_url)
         records = calls(sb.records())
-    assert report.exit_code == 0 and report.stats.ok == 200
+    assert report.exit_code == 0 and report.stats.ok == 150
     admitted = [r["ts"] for r in records if r["status"] == 200]
     assert within_limit(admitted, algorithm, 50, server_window)
     assert sum(r["status"] == 429 for r in records) <= 2 + len(admitted) // 50
@@ -197,7 +197,8 @@ async def test_a_server_window_shorter_than_the_jobs_is_learned_not_read_as_a_mi
     assert learned["server_limit"] == 50
     assert learned["pace_per_minute"] >= 0.75 * 300  # not 50 per "minute"
     if algorithm != "token_bucket":  # a bucket's Reset is its next token, a fraction of its window
-        assert 0.45 <= learned["server_window_seconds"] <= 0.6
+        # learned from below (Reset); grants seen late by a loaded machine may stretch it a little
+        assert 0.9 <= learned["server_window_seconds"] <= 1.25
 
 
 @pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_log", "token_bucket"])
