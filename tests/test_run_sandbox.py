@@ -9,10 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import Job
-from pipeline.estimate import worst_cost_fn
 from pipeline.sandbox import FaultConfig, KeyConfig, Sandbox, SandboxConfig
 
-from .helpers import calls, charged_per_prompt, max_in_any_window, momo_job, provider_for, questions, run
+from .helpers import calls, charged_per_prompt, max_in_any_window, momo_job, questions, run
 
 TIERS = {"free": 10, "basic": 60, "pro": 300}
 ROWS_PER_TIER = {"free": 25, "basic": 130, "pro": 620}  # about two windows of one second each
@@ -60,7 +59,7 @@ async def test_insufficient_balance_stops_then_top_up_finishes(tmp_path: Path) -
     data = questions(tmp_path / "q.csv", 60)
     with Sandbox(cfg).running() as sb:
         job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, concurrency=4)
-        first = await run(job, key, sb.momo_url)
+        first = await run(job, key, sb.momo_url, yes=True)  # the worst case is over the balance
         partial = pl.read_parquet(tmp_path / "out.parquet")
         sb.top_up(key, 10.0)
         second = await run(job, key, sb.momo_url)
@@ -82,13 +81,10 @@ async def test_budget_cap_holds_and_a_raised_cap_resumes(tmp_path: Path) -> None
     cap = 0.05
     with Sandbox(cfg).running() as sb:
         job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, concurrency=8)
-        provider = provider_for(job, key, sb.momo_url)
-        worst = worst_cost_fn(job, await provider.price())
-        await provider.aclose()
-        first = await run(job, key, sb.momo_url, max_cost=cap, worst_cost=worst)
+        first = await run(job, key, sb.momo_url, max_cost=cap, yes=True)  # the worst case is over the cap
         capped = pl.read_parquet(tmp_path / "out.parquet")
         charged_first = sum(r["cost"] for r in calls(sb.records()) if r["charged"])
-        second = await run(job, key, sb.momo_url, max_cost=10.0, worst_cost=worst)
+        second = await run(job, key, sb.momo_url, max_cost=10.0)
         records = sb.records()
     assert first.exit_code == 4 and first.stop_code == "BUDGET_EXCEEDED"
     assert capped["cost"].sum() <= cap and charged_first <= cap

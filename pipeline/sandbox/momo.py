@@ -198,8 +198,10 @@ class MomoApi(Handlers):
         rec.update(charged=True, cost=charge.cost, tokens_used=tokens, package_tokens=charge.package_tokens,
                    request_id=rid)
         content = answer(agent.id, prompt, params.temperature, rec["n"], labelling=agent.id == LABEL_AGENT_ID)
+        data = {"id": rid, "content": content, "tokens_used": tokens, "cost": charge.cost}
+        if (lost := await self._after_charge(request, rec, {"success": True, "data": data}, params.stream)):
+            return lost
         if not params.stream:
-            data = {"id": rid, "content": content, "tokens_used": tokens, "cost": charge.cost}
             return self._finish(rec, json_reply({"success": True, "data": data}, headers=headers))
         fault = rec["fault"]
         summary = {"done": True, "id": rid, "tokens_used": tokens, "cost": charge.cost}
