@@ -21,17 +21,18 @@ venv: $(STAMP) ## create .venv with the locked dependencies
 run: $(STAMP) ## run jobs/example.toml against a sandbox server started for the run
 	$(VENV)/bin/momo-batch run jobs/example.toml --sandbox
 
-test: $(STAMP) ## run the whole test suite
+test: lint ## lint, then the whole test suite (what CI runs)
 	$(PY) -m pytest
 
 lint: $(STAMP) ## ruff, and mypy on pipeline/
 	$(VENV)/bin/ruff check pipeline tests bench
 	$(VENV)/bin/mypy pipeline
 
-bench: $(STAMP) ## throughput, CPU per row, peak RSS, estimate speed, sandbox and transport req/s
+bench: $(STAMP) ## throughput, CPU per row, peak RSS, estimate speed, sandbox and transport req/s, % of each tier
 	$(PY) bench/run.py
 	$(PY) bench/sandbox_rps.py
 	$(PY) bench/transport.py
+	$(PY) bench/tiers.py
 
 clean: ## remove the environment and outputs
 	rm -rf $(VENV) data/out build *.egg-info

@@ -8,11 +8,20 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import Job
+from pipeline import Job, run_job
 from pipeline.estimate import worst_cost_fn
 from pipeline.sandbox import FaultConfig, KeyConfig, Sandbox, SandboxConfig
 
-from .helpers import calls, charged_per_prompt, max_in_any_window, momo_job, provider_for, questions, run
+from .helpers import (
+    SendTimes,
+    calls,
+    charged_per_prompt,
+    max_in_any_window,
+    momo_job,
+    provider_for,
+    questions,
+    run,
+)
 
 TIERS = {"free": 10, "basic": 60, "pro": 300}
 ROWS_PER_TIER = {"free": 25, "basic": 130, "pro": 620}  # about two windows of one second each
@@ -20,20 +29,28 @@ ROWS_PER_TIER = {"free": 25, "basic": 130, "pro": 620}  # about two windows of o
 
 @pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_log", "token_bucket"])
 @pytest.mark.parametrize("tier", list(TIERS))
-async def test_tier_is_never_exceeded_and_nearly_reached(tmp_path: Path, tier: str, algorithm: str) -> None:
+async def test_tier_is_never_exceeded(tmp_path: Path, tier: str, algorithm: str) -> None:
+    """No window of the tier holds more sends than its limit, whatever the server counts with.
+
+    Only the bound a slow machine cannot break is asserted: a busy machine sends later, never
+    sooner. How close a run comes to the limit is a rate, measured by ``make bench``
+    (``bench/tiers.py``), and checked exactly in virtual time by ``test_limiter.py``.
+    """
     window = 1.0
     cfg = SandboxConfig(window_seconds=window, algorithm=algorithm)
     data = questions(tmp_path / "q.csv", ROWS_PER_TIER[tier])
     with Sandbox(cfg).running() as sb:
         job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, tier=tier, window_seconds=window,
                        concurrency=32)
-        report = await run(job, f"momo-sandbox-{tier}", sb.momo_url)
-        sent = [r["ts"] for r in calls(sb.records())]
-    limit = TIERS[tier]
-    assert report.exit_code == 0
-    assert max_in_any_window(sent, window) <= limit
-    achieved = (len(sent) - 1) / (max(sent) - min(sent)) * window
-    assert achieved >= 0.97 * limit, f"{achieved:.1f} of {limit} per window"
+        provider = SendTimes(provider_for(job, f"momo-sandbox-{tier}", sb.momo_url))
+        try:
+            report = await run_job(job, provider)
+        finally:
+            await provider.aclose()
+        received = calls(sb.records())
+    assert report.exit_code == 0 and report.stats.ok == ROWS_PER_TIER[tier]
+    assert len(provider.sent) == len(received)  # every send, retries included, reached the server
+    assert max_in_any_window(provider.sent, window) <= TIERS[tier]
 
 
 async def test_faults_every_row_still_ends_ok(tmp_path: Path) -> None:
