@@ -136,16 +136,28 @@ async def test_output_schema_and_provenance_without_the_key(tmp_path: Path, sand
 
 
 async def test_limiter_learns_a_lower_limit_from_headers(tmp_path: Path) -> None:
-    """The job claims 600/window but the key is pro (300): X-RateLimit-Limit and 429s teach it."""
-    cfg = SandboxConfig(window_seconds=1.0, algorithm="sliding_log")
-    data = questions(tmp_path / "q.csv", 450)
+    """The job claims 120/window but the key is basic (60): X-RateLimit-Limit teaches the limiter.
+
+    The first answers arrive inside the first window, so from then on no window of sends holds more
+    than the learned 60 (a limiter that learned only from 429s overshoots now and then). A slow
+    machine only learns later within that window; how many calls the server refused meanwhile
+    grows with its slowness, so that count is not asserted.
+    """
+    window = 0.5
+    cfg = SandboxConfig(window_seconds=window, algorithm="sliding_log")
+    data = questions(tmp_path / "q.csv", 180)
     with Sandbox(cfg).running() as sb:
-        job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, requests_per_minute=600, window_seconds=1.0,
+        job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, requests_per_minute=120, window_seconds=window,
                        concurrency=32)
-        report = await run(job, "momo-sandbox-pro", sb.momo_url, backoff=(0.01, 0.2))
+        provider = SendTimes(provider_for(job, "momo-sandbox-basic", sb.momo_url))
+        try:
+            report = await run_job(job, provider, backoff=(0.01, 0.2))
+        finally:
+            await provider.aclose()
         limited = [r for r in calls(sb.records()) if r["status"] == 429]
-    assert report.exit_code == 0
-    assert len(limited) < 20  # one window's overshoot at most, then it keeps to the learned limit
+    assert report.exit_code == 0 and report.stats.rate_limited == len(limited)
+    after_the_first_window = [t for t in provider.sent if t >= provider.sent[0] + window]
+    assert after_the_first_window and max_in_any_window(after_the_first_window, window) <= 60
 
 
 async def test_relay_empty_429s_without_retry_after_slow_the_job_down(tmp_path: Path) -> None:
