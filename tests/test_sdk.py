@@ -17,8 +17,9 @@ from pipeline import (
     InvalidParameters,
     MomoAI,
     RateLimited,
+    Timeout,
 )
-from pipeline.sandbox import KeyConfig, Sandbox, SandboxConfig
+from pipeline.sandbox import FaultConfig, KeyConfig, Sandbox, SandboxConfig
 
 PACKAGED = "momo-sdk-packaged"  # prepaid tokens for agent 159: calls cost 0
 PAYING = "momo-sdk-paying"  # no package: every call is charged to the balance
@@ -173,6 +174,23 @@ def test_close_stops_the_private_loop_and_refuses_more_calls(sb: Sandbox) -> Non
     with pytest.raises(RuntimeError, match="closed"):
         momo.account.balance()
     assert repr(momo) == f"MomoAI(base_url={sb.momo_url!r})"  # no key
+
+
+def test_a_client_dropped_without_close_stops_its_loop(sb: Sandbox) -> None:
+    before = set(threading.enumerate())
+    momo = MomoAI(api_key=PACKAGED, base_url=sb.momo_url)
+    momo.account.balance()
+    started = set(threading.enumerate()) - before
+    del momo  # the last reference: CPython finalises it here
+    assert len(started) == 1 and not any(t.is_alive() for t in started)
+
+
+def test_timeout_is_the_package_timeout() -> None:
+    hanging = SandboxConfig(faults=FaultConfig(hang=1.0), hang_seconds=5.0)
+    with Sandbox(hanging).running() as server:
+        momo = MomoAI(api_key="momo-sandbox-pro", base_url=server.momo_url, timeout=0.2)
+        with momo, pytest.raises(Timeout):
+            momo.agents.call(agent_id=159, prompt="no answer in time")
 
 
 # -- async ---------------------------------------------------------------------------------------
