@@ -5,9 +5,11 @@ The public surface (everything else is private and may change)::
     from pipeline import Job, run_job, run_frame, estimate, open_provider, Credentials
     from pipeline import MomoClient, OpenAIClient, MomoProvider, OpenAIProvider
     from pipeline import MomoError, APIError, TransientError, TerminalError, ...
+    from pipeline import MomoAI, AsyncMomoAI        # the client shape the MOMO docs show
 
 ``run_job`` runs a job file's rows into Parquet (resumable); ``run_frame`` does the same for a
 polars DataFrame in a notebook; ``estimate`` says what a job will cost before it runs.
+``MomoAI`` / ``AsyncMomoAI`` call one agent at a time, the way the MOMO documentation shows.
 """
 
 __version__ = "0.1.0"
@@ -36,6 +38,7 @@ from .estimate import Estimate, estimate
 from .job import RunReport, run_frame, run_job
 from .providers import (
     Account,
+    Agent,
     CallResult,
     MomoClient,
     MomoProvider,
@@ -45,11 +48,12 @@ from .providers import (
     PromptRequest,
     Provider,
 )
+from .sdk import AsyncMomoAI, MomoAI
 
 __all__ = [
-    "Account", "AgentNotFound", "APIError", "BudgetExceeded", "CallResult", "ConfigError", "ConnectionLost",
-    "Credentials", "Estimate", "InsufficientBalance", "InvalidApiKey", "InvalidParameters", "Job",
-    "MalformedResponse", "MomoClient", "MomoError", "MomoProvider", "OpenAIClient", "OpenAIProvider",
+    "Account", "Agent", "AgentNotFound", "APIError", "AsyncMomoAI", "BudgetExceeded", "CallResult", "ConfigError",
+    "ConnectionLost", "Credentials", "Estimate", "InsufficientBalance", "InvalidApiKey", "InvalidParameters", "Job",
+    "MalformedResponse", "MomoAI", "MomoClient", "MomoError", "MomoProvider", "OpenAIClient", "OpenAIProvider",
     "PreflightRefused", "Price", "PromptRequest", "Provider", "RateLimited", "RunReport", "ServerError",
     "TerminalError", "Timeout", "TransientError", "estimate", "open_provider", "run_frame", "run_job",
 ]

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline import Job, run_frame
 from pipeline.errors import AgentNotFound, InvalidApiKey
+from pipeline.plan import prepare
 from pipeline.progress import Reporter
 from pipeline.runner import RunStats
 from pipeline.sandbox import RELAY_PRICES
@@ -140,6 +141,11 @@ def test_progress_prints_plain_lines_off_a_terminal() -> None:
     assert line.startswith("progress: 4/10 rows") and "429s 0" in line and "cost" in line
 
 
-def test_job_from_every_sample_file_loads() -> None:
-    for path in sorted((ROOT / "jobs").glob("*.toml")):
-        assert Job.load(path).output.path
+def test_every_sample_job_is_ready_to_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # job files name their data relative to the project
+    paths = sorted((ROOT / "jobs").glob("*.toml"))
+    assert {p.name for p in paths} >= {"example.toml", "label-sentiment.toml"}
+    for path in paths:
+        prep = prepare(Job.load(path))  # tables, [label], the input's columns against the prompt
+        assert prep.n_rows > 0, path
+        assert ("label" in prep.result_columns) == (prep.job.label is not None), path
