@@ -45,7 +45,7 @@ class Budget:
         self._reread_seconds = reread_seconds
         self._clock = clock
         self._last_read = -math.inf
-        self._dirty = False  # an unknown outcome since the last balance read
+        self._dirty = False  # a settle since the last balance read, with unknown outcomes counted
         self.balance_reads = 0
 
     @property
@@ -88,10 +88,12 @@ class Budget:
             if self.cap is not None:
                 self._unknown_held += held
                 self._unknown += held
-                self._dirty = True
         else:
             self.spent += actual
             self._known_run += actual
+        # a read taken while this call was in flight may have counted its charge as an unknown's:
+        # with unknown outcomes counted, any settle makes the next read worth taking
+        self._dirty = self._unknown > 0
         if self.cap is not None:  # nobody waits without a cap: no event per call then
             self._settled.set()
             self._settled = anyio.Event()

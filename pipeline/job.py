@@ -151,7 +151,8 @@ async def run_job(
         stats.total = prep.n_rows
         limits = job.limits
         budget = Budget(cap, spent=ledger.totals().spent,
-                        balance=_remaining(provider) if cap is not None else None)
+                        balance=_remaining(provider) if cap is not None else None,
+                        reread_seconds=limits.window_seconds / 20)  # 3 s a minute (scaled in tests)
         await budget.start()
         caller = Caller(
             provider,
