@@ -33,7 +33,7 @@ from .errors import (
     Timeout,
     WriteError,
 )
-from .keys import Keyer
+from .keys import KEY, OCC, Keyer
 from .ledger import FINAL, SENT, Cache, Ledger
 from .limiter import RateLimiter
 from .providers.base import CallResult, PromptRequest, Provider
@@ -435,8 +435,6 @@ class Fanout:
                     return
 
     async def _feed(self, batch: pl.DataFrame, send: ObjectSendStream[Item]) -> bool:
-        from .plan import KEY, OCC  # the plan builds on this module
-
         stats, stop, run = self.caller.stats, self.caller.stop, self.ledger.run
         keys = batch[KEY].to_list()
         states = self.ledger.states([k for k in keys if k is not None])
