@@ -46,6 +46,7 @@ class Budget:
         self._clock = clock
         self._last_read = -math.inf
         self._dirty = False  # a settle since the last balance read, with unknown outcomes counted
+        self._reading: anyio.Event | None = None  # set when the balance read under way is done
         self.balance_reads = 0
 
     @property
@@ -103,16 +104,24 @@ class Budget:
         self.settle(held, 0.0)
 
     async def _reread(self) -> bool:
-        """Check the unknown outcomes against the balance; True when that released money."""
+        """Check the unknown outcomes against the balance; True when the caller should look again."""
+        if self._reading is not None:  # another task is reading: its answer is ours too
+            await self._reading.wait()
+            return True
         if not self._dirty or self._before is None:
             return False
         wait = self._last_read + self._reread_seconds - self._clock()
-        if wait > 0:
-            if self._in_flight:
-                return False  # a settle will wake the caller sooner
-            await anyio.sleep(wait)
-        self._dirty = False
-        now = await self._read()
+        if wait > 0 and self._in_flight:
+            return False  # a settle will wake the caller sooner
+        self._reading = anyio.Event()
+        try:
+            if wait > 0:
+                await anyio.sleep(wait)
+            self._dirty = False
+            now = await self._read()
+        finally:
+            self._reading.set()
+            self._reading = None
         if now is None:
             return False
         lost = self._before - now  # what the account was charged since the run began

@@ -37,7 +37,7 @@ class wait_retry_after(wait_base):  # noqa: N801 - named like tenacity's own pol
         return float(self.fallback(retry_state))
 
 
-def _worth_retrying(exc: BaseException) -> bool:
+def worth_retrying(exc: BaseException) -> bool:
     return getattr(exc, "action", None) is Action.RETRY
 
 
@@ -55,7 +55,7 @@ def retry_policy(
         wait=wait_retry_after(
             wait_exponential_jitter(multiplier=initial_wait, max=max_wait, jitter=initial_wait)
         ),
-        retry=retry_if_exception(_worth_retrying),
+        retry=retry_if_exception(worth_retrying),
         sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,

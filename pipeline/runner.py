@@ -38,7 +38,7 @@ from .ledger import FINAL, SENT, Cache, Ledger
 from .limiter import RateLimiter
 from .providers.base import CallResult, PromptRequest, Provider
 from .result import RowResult, Unfinished
-from .retry import retry_policy
+from .retry import retry_policy, worth_retrying
 
 
 @dataclass
@@ -268,16 +268,12 @@ class Caller:
         reused = self._reuse(key, acc, final)
         if reused is not None:
             return reused
-        policy = retry_policy(
-            self.max_attempts,
-            initial_wait=self.backoff[0],
-            max_wait=self.backoff[1],
-            before_sleep=self._count_retry,
-            sleep=self.stop.sleep,
-        )
-        async for attempt in policy:
-            with attempt:
-                result, held, latency = await self._attempt(request, acc, key)
+        try:  # most calls succeed at once: no retry machinery for them (~34 µs of CPU each)
+            result, held, latency = await self._attempt(request, acc, key)
+        except MomoError as first:
+            if not worth_retrying(first) or self.max_attempts <= 1:
+                raise
+            result, held, latency = await self._retry(request, acc, key, first)
         answer = answer_record(result, round(latency, 3))
         if final:
             acc.unrecorded_cost += result.cost or 0.0
@@ -287,6 +283,26 @@ class Caller:
         if self.cache is not None:
             self.cache.put(key, answer)
         return result
+
+    async def _retry(self, request: PromptRequest, acc: RowCalls, key: str,
+                     first: MomoError) -> tuple[CallResult, float, float]:
+        """The retry policy from its first attempt on, that attempt being the one that just failed
+        (so attempt numbers, waits, ``Retry-After`` and the stop are exactly the policy's)."""
+        policy = retry_policy(
+            self.max_attempts,
+            initial_wait=self.backoff[0],
+            max_wait=self.backoff[1],
+            before_sleep=self._count_retry,
+            sleep=self.stop.sleep,
+        )
+        failed: MomoError | None = first
+        async for attempt in policy:
+            with attempt:
+                if failed is not None:
+                    exc, failed = failed, None
+                    raise exc
+                return await self._attempt(request, acc, key)
+        raise AssertionError("unreachable: the policy re-raises the last error")
 
     def _reuse(self, key: str, acc: RowCalls, final: bool) -> CallResult | None:
         entry = self.ledger.get(key)

@@ -102,3 +102,29 @@ async def test_without_a_new_unknown_outcome_the_balance_is_not_read_again() -> 
     with pytest.raises(BudgetExceeded):
         await b.reserve(0.6)
     assert b.balance_reads == 2  # the start, and one read for the unknown outcome
+
+
+async def test_a_balance_read_under_way_is_waited_for_not_taken_for_a_no() -> None:
+    gate, reads = anyio.Event(), [0]
+
+    async def slow_read() -> float:
+        reads[0] += 1
+        if reads[0] > 1:
+            await gate.wait()
+        return 10.0  # nothing was charged
+
+    b = Budget(1.0, balance=slow_read, reread_seconds=0.0)
+    await b.start()
+    held = await b.reserve(0.6)
+    b.settle(held, None)  # counted at 0.6 until the balance says otherwise
+    got: list[float] = []
+    async with anyio.create_task_group() as tg:
+        for _ in range(2):  # both block; one reads, the other must wait for that read
+            tg.start_soon(lambda: _append(got, b.reserve(0.5)))
+        await anyio.wait_all_tasks_blocked()
+        gate.set()
+    assert got == [0.5, 0.5] and reads[0] == 2 and b.counted == 0
+
+
+async def _append(got: list[float], reservation: object) -> None:
+    got.append(await reservation)  # type: ignore[misc]
