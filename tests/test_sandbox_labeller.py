@@ -39,7 +39,8 @@ def test_a_perfect_agent_gives_the_gold_label_even_against_the_surface(tmp_path:
 
 def test_the_gold_label_is_mapped_onto_the_prompts_label_set(tmp_path: Path) -> None:
     labeller = Labeller(0, {}, PERFECT, truth(tmp_path, [("锅盖漏气", "negative", "plain")]))
-    prompt = "Review: 锅盖漏气，退货\nLabels: 正面 | 负面 | 中性\n\nSTRICT: answer with exactly one of: 正面 | 负面 | 中性, and nothing else."
+    prompt = ("Review: 锅盖漏气，退货\nLabels: 正面 | 负面 | 中性\n\n"
+              "STRICT: answer with exactly one of: 正面 | 负面 | 中性, and nothing else.")
     assert labeller.answer("gpt-4o", prompt, 0.0, 1) == "负面"
 
 

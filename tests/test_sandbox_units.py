@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pipeline.labels.parse import LabelSpec, parse_label
 from pipeline.sandbox import RELAY_PRICES, FaultConfig
-from pipeline.sandbox.answers import answer, completion_tokens
+from pipeline.sandbox.answers import completion_tokens
 from pipeline.sandbox.catalog import make_agents, quota_units
 from pipeline.sandbox.faults import FaultPicker
 from pipeline.sandbox.labeller import styled
