@@ -2,12 +2,13 @@
 
 The public surface (everything else is private and may change)::
 
-    from pipeline import Job, run_job, run_frame, estimate, open_provider, Credentials
+    from pipeline import Job, run_job, run_frame, estimate, evaluate, open_provider, Credentials
     from pipeline import MomoClient, OpenAIClient, MomoProvider, OpenAIProvider
     from pipeline import MomoError, APIError, TransientError, TerminalError, ...
 
 ``run_job`` runs a job file's rows into Parquet (resumable); ``run_frame`` does the same for a
-polars DataFrame in a notebook; ``estimate`` says what a job will cost before it runs.
+polars DataFrame in a notebook; ``estimate`` says what a job will cost before it runs;
+``evaluate`` measures a labelled output against a gold column.
 """
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ from .errors import (
 )
 from .estimate import Estimate, estimate
 from .job import RunReport, run_frame, run_job
+from .labels.metrics import Evaluation, evaluate
 from .providers import (
     Account,
     CallResult,
@@ -48,8 +50,8 @@ from .providers import (
 
 __all__ = [
     "Account", "AgentNotFound", "APIError", "BudgetExceeded", "CallResult", "ConfigError", "ConnectionLost",
-    "Credentials", "Estimate", "InsufficientBalance", "InvalidApiKey", "InvalidParameters", "Job",
+    "Credentials", "Estimate", "Evaluation", "InsufficientBalance", "InvalidApiKey", "InvalidParameters", "Job",
     "MalformedResponse", "MomoClient", "MomoError", "MomoProvider", "OpenAIClient", "OpenAIProvider",
     "PreflightRefused", "Price", "PromptRequest", "Provider", "RateLimited", "RunReport", "ServerError",
-    "TerminalError", "Timeout", "TransientError", "estimate", "open_provider", "run_frame", "run_job",
+    "TerminalError", "Timeout", "TransientError", "estimate", "evaluate", "open_provider", "run_frame", "run_job",
 ]

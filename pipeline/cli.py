@@ -179,6 +179,27 @@ def report(
     print(guarded(lambda: write_report(output_file, page)))
 
 
+# -- eval --------------------------------------------------------------------------------------
+@app.command("eval")
+def eval_cmd(
+    output_file: Annotated[Path, typer.Argument(help="A labelled output Parquet.")],
+    gold: Annotated[str, typer.Option(help="The column holding the gold labels.")],
+    pred: Annotated[str, typer.Option(help="The column holding the predicted labels.")] = "label",
+    by: Annotated[list[str] | None, typer.Option(help="Also accuracy by this column (repeatable).")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """How good are the labels? Accuracy, per-label P/R/F1, confusion, kappa, accuracy by agreement."""
+    from .labels.metrics import evaluate
+
+    ev = guarded(lambda: evaluate(output_file, gold, pred=pred, by=by or []))
+    if as_json:
+        print(json.dumps(ev.as_dict(), ensure_ascii=False))
+        return
+    from .cli_eval import render_evaluation
+
+    render_evaluation(ev, out)
+
+
 # -- agents / balance --------------------------------------------------------------------------
 def _momo_call(base_url: str | None, action: Callable[[Any], Any]) -> Any:
     from .providers.momo import MomoClient
