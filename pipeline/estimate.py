@@ -91,9 +91,9 @@ def calls_per_row(job: Job) -> tuple[int, int]:
     return votes, votes * (1 + reasks)
 
 
-def worst_cost_fn(job: Job, price: Price) -> Callable[[str], float]:
+def worst_cost_fn(job: Job, price: Price, *, max_tokens: int | None = None) -> Callable[[str], float]:
     """The most one call can cost: what the budget reserves before sending it."""
-    max_tokens = job.provider.max_tokens
+    max_tokens = max_tokens or job.provider.max_tokens
     if max_tokens is None:
         raise ConfigError("a cost cap needs provider.max_tokens (the worst case of a call)")
     pp, cp = price.prompt_per_million / 1e6, price.completion_per_million / 1e6

@@ -104,6 +104,7 @@ async def run_job(
     stop: Stop | None = None,
     cache: Path | None = None,
     plan: Plan | None = None,
+    escalation_provider: Provider | None = None,
 ) -> RunReport:
     """Run every request of ``job`` that has no final answer yet, and write the output Parquet.
 
@@ -111,7 +112,9 @@ async def run_job(
     answers in the ledger by content key, so only new requests are sent and paid. ``max_cost``
     (or ``limits.max_cost``) is a hard cap in the provider's currency; it needs ``worst_cost``
     (see :mod:`pipeline.estimate`). ``stop`` lets a caller end the run softly (the CLI does on
-    SIGINT / SIGTERM); ``cache`` (or ``reuse.cache``) shares answers across jobs.
+    SIGINT / SIGTERM); ``cache`` (or ``reuse.cache``) shares answers across jobs. A label job
+    that escalates (``[label] escalate``) asks the stronger target through ``provider``'s own
+    client, retargeted, unless ``escalation_provider`` is given.
     """
     job = job if isinstance(job, Job) else Job.load(job)
     if output is not None:
@@ -143,7 +146,9 @@ async def run_job(
             worst_cost=worst_cost,
             backoff=backoff,
         )
-        fan = Fanout(prep.task, caller, ledger, lambda: prep.batches(job.input.batch_rows),
+        task = await prep.task.bind(job, provider, caller, capped=cap is not None,
+                                    escalation_provider=escalation_provider)
+        fan = Fanout(task, caller, ledger, lambda: prep.batches(job.input.batch_rows),
                      limits.concurrency, on_result=on_result or (lambda r: None), only_rows=only_rows)
         started = time.monotonic()
         try:
