@@ -302,19 +302,28 @@ def render_estimate(est: Estimate, console: Console) -> None:
     rows = [
         ("rows (skipped empty)", f"{est.rows:,} ({est.skipped_rows:,})"),
         ("distinct requests (still to send)", f"{est.distinct_requests:,} ({est.remaining_rows:,})"),
-        ("calls per row", str(est.calls_per_row)),
-        ("prompt tokens (exact, local)", f"{est.prompt_tokens:,}  [{est.tokenizer}]"),
-        ("expected completion tokens", f"{est.completion_tokens:,}  [{est.completion_basis}]"),
+        ("calls per row (expected, with re-asks and escalation)",
+         f"{est.calls_per_row} ({est.expected_calls_per_row:.2f})"),
+        ("prompt tokens, one per request (exact, local)", f"{est.prompt_tokens:,}  [{est.tokenizer}]"),
+        ("prompt tokens sent, all calls (expected)", f"{est.prompt_tokens_sent:,}"),
+        (_completion_label(est), f"{est.completion_tokens:,}  [{est.completion_basis}]"),
         ("server/local token ratio", "-" if est.token_ratio is None else f"{est.token_ratio:.3f}"),
         ("price per million (prompt / completion)",
          f"{est.price['prompt_per_million']:g} / {est.price['completion_per_million']:g} {c}"),
         ("prepaid package tokens", f"{est.package_tokens:,}"),
         ("already spent (pilot, earlier runs)", f"{est.spent_so_far:.6f} {c}"),
         ("expected cost", f"{est.expected_cost:.6f} {c}  (95%: {lo:.6f} - {hi:.6f})"),
-        ("worst case (every call at max_tokens)", f"{est.worst_case:.6f} {c}"),
+        (_worst_label(est), f"{est.worst_case:.6f} {c}"),
         ("time at the tier's rate",
          "bounded by concurrency (no rate limit)" if est.minutes is None else f"{est.minutes:.1f} min"),
     ]
+    if est.escalation is not None:
+        e = est.escalation
+        rows.insert(-4, (f"escalation to {e.target} (agreement under {e.below:g})",
+                         f"{e.share:.0%} of rows, ~{e.expected_rows:,} rows, {e.expected_cost:.6f} {c}  [{e.basis}]"))
+        if e.pilot_agreement:
+            rows.insert(-4, ("pilot rows by vote agreement",
+                             ", ".join(f"{k}: {v}" for k, v in e.pilot_agreement.items())))
     if est.balance is not None:
         rows.append(("balance / worst case fits", f"{est.balance:g} {c} / {_yes(est.fits_balance)}"))
     if est.max_cost is not None:
@@ -324,6 +333,23 @@ def render_estimate(est: Estimate, console: Console) -> None:
     console.print(table)
     for note in est.notes:
         console.print(f"note: {note}")
+
+
+def _completion_label(est: Estimate) -> str:
+    """What the completion figure counts: MOMO reports one total per call, so it is what the
+    server counted beyond the prompts sent (answers plus its own per-call overhead)."""
+    if est.token_split:
+        return "completion tokens, all calls (expected)"
+    return "answer + service overhead tokens, all calls (expected)"
+
+
+def _worst_label(est: Estimate) -> str:
+    parts = ["every call at max_tokens"]
+    if est.calls_per_row > 1 or est.expected_calls_per_row > 1 or est.escalation is not None:
+        parts.append("every answer re-asked")
+    if est.escalation is not None:
+        parts.append("every row escalated")
+    return f"worst case ({', '.join(parts)})"
 
 
 def _yes(flag: bool | None) -> str:
