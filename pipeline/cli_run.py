@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 from pathlib import Path
@@ -148,7 +149,7 @@ def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: i
     check_output(job.output.path, job.input.path, formats=[fmt])  # before anything is paid
     if cache is not None:
         job = job.with_overrides(reuse=job.reuse.model_copy(update={"cache": cache}))
-    with sandbox_for(cfg, job.limits.tier, sandbox) as (sb_url, sb_creds):
+    with sandbox_for(cfg, job.limits.tier, sandbox, label_truth=sandbox_truth(job)) as (sb_url, sb_creds):
         provider = _provider(job, sb_url, sb_creds, base_url, credentials)
         report = anyio.run(lambda: _run(job, provider, quiet=quiet, errors=errors, yes=yes,
                                         limit=limit, restart=restart, max_cost=max_cost))
@@ -162,6 +163,20 @@ def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: i
         if page:
             console.print(f"report: {page}", highlight=False, soft_wrap=True)
     return report.exit_code
+
+
+def sandbox_truth(job: Job) -> Path | None:
+    """The gold labels a ``--sandbox`` run's labelling agents know: a label job's CSV input with
+    ``text`` and ``gold`` columns (so ``eval`` of a sandbox run measures something); else none."""
+    path = job.input.path
+    if not job.label or path.suffix.lower() != ".csv":
+        return None
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError):
+        return None
+    return path if {"text", "gold"} <= set(header) else None
 
 
 def _provider(job: Job, sb_url: str | None, sb_creds: Any, base_url: str | None, credentials: Any) -> Any:
@@ -283,7 +298,7 @@ def estimate_cli_job(job: Job, *, pilot: int, base_url: str | None, limit: int |
         finally:
             await provider.aclose()
 
-    with sandbox_for(cfg, job.limits.tier, sandbox) as (sb_url, sb_creds):
+    with sandbox_for(cfg, job.limits.tier, sandbox, label_truth=sandbox_truth(job)) as (sb_url, sb_creds):
         provider = _provider(job, sb_url, sb_creds, base_url, credentials)
         est = anyio.run(go, provider)
     if as_json:

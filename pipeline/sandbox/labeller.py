@@ -126,26 +126,32 @@ class Labeller:
 
     def _structured(self, target: object, prompt: str, schema: dict[str, Any], draw: int) -> str:
         props = schema.get("properties") or {}
-        obj = {name: self._value(target, prompt, name, prop, draw) for name, prop in props.items()}
+        mood = 0
+        obj: dict[str, Any] = {}
+        for name, prop in props.items():  # enums first: the stars follow the sentiment chosen
+            if isinstance(prop, dict) and isinstance(prop.get("enum"), list) and prop["enum"]:
+                obj[name] = self.choose(target, prompt, [str(m) for m in prop["enum"]], draw)
+                mood = _SENTIMENT.get(obj[name].casefold(), mood)
+        obj = {name: obj[name] if name in obj else _value(text_of(prompt), name, prop, mood)
+               for name, prop in props.items() if isinstance(prop, dict)}
         if "STRICT:" not in prompt:
             obj = _maybe_broken(obj, props, stable_hash("break", prompt, draw) % 6)
         return json.dumps(obj, ensure_ascii=False)
 
-    def _value(self, target: object, prompt: str, name: str, prop: Mapping[str, Any], draw: int) -> Any:
-        kind = prop.get("type")
-        h = stable_hash("field", prompt, name)
-        if isinstance(prop.get("enum"), list) and prop["enum"]:
-            members = [str(m) for m in prop["enum"]]
-            return self.choose(target, prompt, members, draw)
-        if kind == "integer":
-            return 1 + h % 5
-        if kind == "number":
-            return round(0.5 + (h % 50) / 100, 2)
-        if kind == "boolean":
-            return bool(h % 2)
-        if kind == "array":
-            return ["price", "quality", "delivery"][: 1 + h % 3]
-        return ["value for money", "build quality", "comfort", "taste", "battery"][h % 5]
+
+def _value(text: str, name: str, prop: Mapping[str, Any], mood: int) -> Any:
+    """A plausible value for a non-enum field, the same for every call about this text."""
+    kind = prop.get("type")
+    h = stable_hash("field", text, name)
+    if kind == "integer":  # a 1-5 rating that agrees with the sentiment
+        return {1: 4 + h % 2, 0: 3, -1: 1 + h % 2}[mood]
+    if kind == "number":
+        return round(0.5 + (h % 50) / 100, 2)
+    if kind == "boolean":
+        return bool(h % 2)
+    if kind == "array":
+        return ["price", "quality", "delivery"][: 1 + h % 3]
+    return ["value for money", "build quality", "comfort", "taste", "battery"][h % 5]
 
 
 def label_set(prompt: str) -> list[str]:
@@ -160,7 +166,7 @@ def text_of(prompt: str) -> str:
     """The prompt without its instruction lines (which name every label)."""
     keep = [line for line in prompt.splitlines()
             if not _LABELS_LINE.match(line) and not line.lstrip().startswith(_INSTRUCTION)]
-    return "\n".join(keep)
+    return "\n".join(keep).strip()
 
 
 def _schema_of(prompt: str) -> dict[str, Any] | None:
