@@ -142,6 +142,8 @@ class Labeller:
 def _value(text: str, name: str, prop: Mapping[str, Any], mood: int) -> Any:
     """A plausible value for a non-enum field, the same for every call about this text."""
     kind = prop.get("type")
+    if isinstance(kind, list):  # ["boolean", "null"]: a value of the real type
+        kind = next((k for k in kind if k != "null"), None)
     h = stable_hash("field", text, name)
     if kind == "integer":  # a 1-5 rating that agrees with the sentiment
         return {1: 4 + h % 2, 0: 3, -1: 1 + h % 2}[mood]
