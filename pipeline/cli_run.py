@@ -260,6 +260,10 @@ def render_summary(report: RunReport, console: Console) -> None:
         if rec.get("calls_with_unknown_cost"):
             rows.append(("calls whose cost the server did not report",
                          str(rec["calls_with_unknown_cost"])))
+    labels = d.get("labels") or {}
+    if labels:
+        rows.append(("labels: unparsed / escalated",
+                     f"{labels['unparsed_rate']:.1%} / {labels['escalated']:,} ({labels['escalation_rate']:.1%})"))
     if d["stop_code"]:
         rows.append(("stopped", f"{d['stop_code']}: {d['stop_message']}"))
     for what, value in rows:

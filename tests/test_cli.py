@@ -138,7 +138,4 @@ def test_eval_of_a_sandbox_label_run_against_its_gold_column(tmp_path: Path) -> 
     assert got["accuracy"] > 0.8 and {g["value"] for g in got["by_source"]} <= {"votes", "escalation",
                                                                                  "escalation_unparsed"}
     assert {g["value"] for g in got["by"]["case"]} == {"plain", "sarcasm"}  # the first 40 rows
-    text = cli("eval", str(out), "--gold", "gold")
-    assert text.returncode == 0 and "Cohen's kappa" in text.stdout and "accuracy by agreement" in text.stdout
     assert one_line_error(cli("eval", str(out), "--gold", "stars")).startswith("error: eval: no column 'stars'")
-    assert cli("eval", str(tmp_path / "none.parquet"), "--gold", "gold").returncode == 2

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from rich.console import Console
 
 from pipeline import ConfigError, evaluate
+from pipeline.cli_eval import render_evaluation
 from pipeline.labels.metrics import NONE
 
 # 8 rows with gold (one more without), 5 right, one never labelled:
@@ -84,3 +86,12 @@ def test_reads_a_parquet_output_and_names_missing_columns(tmp_path: Path) -> Non
         evaluate(path, "stars")
     with pytest.raises(ConfigError, match="no such output"):
         evaluate(tmp_path / "missing.parquet", "gold")
+
+
+def test_the_tables_show_every_figure() -> None:
+    console = Console(record=True, width=120)
+    render_evaluation(evaluate(TINY, "gold", by=["case"]), console)
+    text = console.export_text()
+    for shown in ("62.5%  (5 of 8)", "Cohen's kappa", "0.467", "macro F1", "0.656", "(none)", "3/3", "66.7%",
+                  "escalation", "accuracy by case", "sarcasm", "2.100000"):
+        assert shown in text, shown
