@@ -27,19 +27,16 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from pipeline import Credentials, Job, evaluate, open_provider, run_job
+from pipeline.config import OutputConfig
+from pipeline.sandbox import Sandbox, SandboxConfig
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pipeline import Credentials, Job, evaluate, open_provider, run_job  # noqa: E402
-from pipeline.config import OutputConfig  # noqa: E402
-from pipeline.sandbox import Sandbox, SandboxConfig  # noqa: E402
-
 KEY = "momo-sandbox-enterprise"
 GOLD = ROOT / "data/reviews-gold.csv"
 OUT = ROOT / "data/out/eval"

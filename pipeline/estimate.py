@@ -299,6 +299,53 @@ async def estimate(job: Job, provider: Provider, *, pilot: int = 0, limit: int |
     return est
 
 
+@dataclass
+class _Spend:
+    """What the remaining rows are expected to cost at list price, and the tokens and calls behind it."""
+
+    cost: float
+    low: float
+    high: float
+    variance: float  # of ``cost``, from a pilot (0 when assumed: the interval is then low..high)
+    calls: float  # per row
+    prompt_sent: float
+    completion: float
+    basis: str
+
+
+def _votes_spend(job: Job, price: Price, t: PromptTotals, fitted: Pilot | None, worst: float) -> _Spend:
+    """The job's own target: the pilot's fit, or half of max_tokens per call when there is no pilot."""
+    usual, _ = calls_per_row(job)
+    n, pp, cp = t.remaining, price.prompt_per_million / 1e6, price.completion_per_million / 1e6
+    if fitted is not None:
+        fit = fitted.fit
+        cost = fit.a * n + fit.b * t.prompt_tokens
+        return _Spend(cost, cost, cost, fit.sigma ** 2 * (n + n * n / fit.n), fitted.calls_per_row,
+                      fitted.prompt_sent_ratio * t.prompt_tokens, fitted.completion_per_row * n,
+                      f"pilot ({fit.n} rows)")
+    completion = (job.provider.max_tokens / 2) if job.provider.max_tokens else DEFAULT_COMPLETION
+    cost = usual * (t.prompt_tokens * pp + n * completion * cp)
+    return _Spend(cost, usual * t.prompt_tokens * pp, worst, 0.0, float(usual), usual * t.prompt_tokens,
+                  usual * n * completion, "assumed (no pilot): completion = half of max_tokens")
+
+
+def _add_escalation(spend: _Spend, esc: EscalationEstimate, esc_worst: float, t: PromptTotals,
+                    fitted: Pilot | None, max_tokens: int) -> None:
+    """The escalations on top of the votes; a pilot's figures already hold their calls and tokens."""
+    n = t.remaining
+    spend.cost += esc.expected_cost
+    if fitted is None:  # assumed: each escalated row one call, half of max_tokens
+        spend.high += esc_worst
+        spend.calls += esc.share
+        spend.prompt_sent += esc.share * t.prompt_tokens
+        spend.completion += esc.expected_rows * max_tokens / 2
+        return
+    s, m, k = esc.share, esc.cost_per_row, max(fitted.fit.n, 1)
+    spend.variance += n * s * (1 - s) * m * m + (n * m) ** 2 * s * (1 - s) / k  # which rows, and the share itself
+    spend.low += esc.expected_cost
+    spend.high += esc.expected_cost
+
+
 def _assemble(job: Job, price: Price, account: Account, t: PromptTotals, spent: float,
               fitted: Pilot | None, cap: float | None,
               escalation: tuple[EscalateConfig, Price] | None = None) -> Estimate:
@@ -308,45 +355,19 @@ def _assemble(job: Job, price: Price, account: Account, t: PromptTotals, spent: 
     n = t.remaining
     worst_per_call_fixed = PROMPT_OVERHEAD * pp + (max_tokens or DEFAULT_COMPLETION * 4) * cp
     worst = most * (PROMPT_MARGIN * t.prompt_tokens * pp + n * worst_per_call_fixed)
-    notes = []
-    ratio = None
-    if fitted is not None:
-        fit, ratio = fitted.fit, fitted.token_ratio
-        completion_tokens = fitted.completion_per_row * n
-        prompt_sent = fitted.prompt_sent_ratio * t.prompt_tokens
-        calls = fitted.calls_per_row
-        expected = fit.a * n + fit.b * t.prompt_tokens
-        variance = fit.sigma ** 2 * (n + n * n / fit.n)
-        basis = f"pilot ({fit.n} rows)"
-    else:
-        completion = (max_tokens / 2) if max_tokens else DEFAULT_COMPLETION
-        completion_tokens = usual * n * completion
-        prompt_sent = usual * t.prompt_tokens
-        calls = float(usual)
-        expected = usual * (t.prompt_tokens * pp + n * completion * cp)
-        variance = 0.0
-        basis = "assumed (no pilot): completion = half of max_tokens"
-        notes.append("run with --pilot N for an interval learned from real answers")
-    low = expected if fitted is not None else usual * t.prompt_tokens * pp
-    high = expected if fitted is not None else worst
+    spend = _votes_spend(job, price, t, fitted, worst)
+    notes = [] if fitted is not None else ["run with --pilot N for an interval learned from real answers"]
     esc = None
     if escalation is not None:
         esc, esc_worst = _escalation(job, escalation, t, fitted)
         worst += esc_worst
-        expected += esc.expected_cost
-        completion_tokens += 0 if fitted is not None else esc.expected_rows * (max_tokens or DEFAULT_COMPLETION) / 2
+        _add_escalation(spend, esc, esc_worst, t, fitted, escalation[0].max_tokens or max_tokens or DEFAULT_COMPLETION)
         if fitted is None:
-            high += esc_worst
             notes.append("escalation share unknown without a pilot: expected assumes half the rows escalate, "
                          "the interval spans none to all")
-        else:
-            s, m, k = esc.share, esc.cost_per_row, max(fitted.fit.n, 1)
-            variance += n * s * (1 - s) * m * m + (n * m) ** 2 * s * (1 - s) / k  # rows, and the share itself
-            low += esc.expected_cost
-            high += esc.expected_cost
     if fitted is not None:
-        se = math.sqrt(variance)
-        low, high = max(0.0, low - 1.96 * se), high + 1.96 * se
+        se = math.sqrt(spend.variance)
+        spend.low, spend.high = max(0.0, spend.low - 1.96 * se), spend.high + 1.96 * se
     if max_tokens is None:
         notes.append(f"no provider.max_tokens: worst case assumes {DEFAULT_COMPLETION * 4} tokens")
     covered = _package_money(job, account, pp, escalation)
@@ -355,7 +376,8 @@ def _assemble(job: Job, price: Price, account: Account, t: PromptTotals, spent: 
         return spent + max(0.0, x - covered)
 
     rate = job.limits.rate_per_window
-    minutes = n * calls / rate * job.limits.window_seconds / 60 if rate else None
+    minutes = n * spend.calls / rate * job.limits.window_seconds / 60 if rate else None
+    ratio = fitted.token_ratio if fitted is not None else None
     est = Estimate(
         rows=t.rows, distinct_requests=t.sendable - t.duplicates, remaining_rows=n,
         skipped_rows=t.skipped, calls_per_row=usual,
@@ -363,13 +385,13 @@ def _assemble(job: Job, price: Price, account: Account, t: PromptTotals, spent: 
         currency=price.currency,
         price={"prompt_per_million": price.prompt_per_million,
                "completion_per_million": price.completion_per_million},
-        spent_so_far=round(spent, 6), expected_cost=round(money(expected), 6),
-        interval=(round(money(low), 6), round(money(high), 6)), worst_case=round(money(worst), 6),
-        list_price=round(expected, 6), package_tokens=_package_tokens(job, account), completion_basis=basis,
-        pilot_rows=fitted.fit.n if fitted else 0, completion_tokens=round(completion_tokens),
+        spent_so_far=round(spent, 6), expected_cost=round(money(spend.cost), 6),
+        interval=(round(money(spend.low), 6), round(money(spend.high), 6)), worst_case=round(money(worst), 6),
+        list_price=round(spend.cost, 6), package_tokens=_package_tokens(job, account), completion_basis=spend.basis,
+        pilot_rows=fitted.fit.n if fitted else 0, completion_tokens=round(spend.completion),
         token_ratio=None if ratio is None else round(ratio, 4),
         minutes=None if minutes is None else round(minutes, 2), notes=notes,
-        expected_calls_per_row=round(calls, 3), prompt_tokens_sent=round(prompt_sent), escalation=esc,
+        expected_calls_per_row=round(spend.calls, 3), prompt_tokens_sent=round(spend.prompt_sent), escalation=esc,
         token_split=job.provider.kind == "openai",
     )
     if account.remaining is not None:

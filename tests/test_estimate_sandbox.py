@@ -102,3 +102,23 @@ async def test_escalation_is_priced_from_the_pilots_agreement_and_token_figures_
     assert est.prompt_tokens_sent == pytest.approx(est.prompt_tokens * est.expected_calls_per_row, rel=0.01)
     assert est.completion_tokens / est.remaining_rows == pytest.approx(beyond, rel=0.2)
     assert est.completion_tokens <= est.remaining_rows * est.expected_calls_per_row * (20 + 7 + 20)
+
+
+async def test_without_a_pilot_escalation_is_assumed_for_half_and_the_worst_case_for_all(
+        tmp_path: Path, sandbox: object) -> None:
+    job = Job.load(ROOT / "jobs/label-gold.toml").with_overrides(output=OutputConfig(path=tmp_path / "g.parquet"))
+    plain = job.with_overrides(label={k: v for k, v in (job.label or {}).items() if k != "escalate"})
+    provider = provider_for(job, "momo-sandbox-pro", sandbox.momo_url)  # type: ignore[attr-defined]
+    try:
+        with_esc, without = await estimate(job, provider), await estimate(plain, provider)
+    finally:
+        await provider.aclose()
+    assert not calls(sandbox.records())  # type: ignore[attr-defined]
+    esc = with_esc.escalation
+    assert esc is not None and without.escalation is None
+    assert esc.share == 0.5 and esc.expected_rows == 60 and esc.basis.startswith("assumed")
+    assert esc.price["prompt_per_million"] == 30.0  # agent 302: 0.03 CNY per 1k tokens
+    # every row escalated, every answer re-asked (3 calls), at 15 times the price of the votes' 9 calls
+    assert with_esc.worst_case - without.worst_case == pytest.approx(3 / 9 * 15 * without.worst_case, rel=0.01)
+    assert with_esc.expected_cost > without.expected_cost and with_esc.expected_calls_per_row == 3.5
+    assert with_esc.interval[0] == without.interval[0]  # none escalate, at the low end
