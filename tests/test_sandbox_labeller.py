@@ -101,3 +101,17 @@ def test_structured_answers_follow_the_schema_line_and_break_it_now_and_then() -
     strict = [json.loads(labeller.answer(301, f"Review: good tea {i}\n{schema_line}\n\nSTRICT: JSON only", 0.7, 1)
                          or "") for i in range(100)]
     assert all(a["sentiment"] in LABELS and isinstance(a["stars"], int) for a in strict)
+
+
+def test_config_keeps_the_default_skills_it_does_not_override_and_checks_the_truth_file(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from pipeline.sandbox import SandboxConfig
+
+    cfg = SandboxConfig.model_validate({"labellers": {"301": {"easy": 1.0, "hard": 0.5}}})
+    assert cfg.labellers["301"] == SkillConfig(easy=1.0, hard=0.5) and cfg.labellers["302"].hard == 0.9
+    (tmp_path / "no-gold.csv").write_text("text,label\na,b\n", encoding="utf-8")
+    with pytest.raises(ValidationError, match="text and gold"):
+        SandboxConfig(label_truth=tmp_path / "no-gold.csv")
+    with pytest.raises(ValidationError, match="cannot read"):
+        SandboxConfig(label_truth=tmp_path / "missing.csv")

@@ -30,6 +30,7 @@ quite new-api (LiteLLM's numeric codes, wildcard routes, no billing endpoints).
 
 from __future__ import annotations
 
+import csv
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -181,6 +182,20 @@ class SandboxConfig(_Strict):
     label_truth: Path | None = None
     labellers: dict[str, SkillConfig] = Field(default_factory=lambda: dict(DEFAULT_LABELLERS))
     default_labeller: SkillConfig = SkillConfig(easy=0.9, hard=0.6)
+
+    @field_validator("label_truth")
+    @classmethod
+    def _truth_readable(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                header = next(csv.reader(fh), [])
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {path} ({exc})") from None
+        if not {"text", "gold"} <= set(header):
+            raise ValueError(f"{path} needs the columns text and gold (it has {header})")
+        return path
 
     @field_validator("labellers")
     @classmethod
