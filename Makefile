@@ -25,7 +25,7 @@ report: $(STAMP) browser ## run the example job, write its HTML report and the R
 	$(VENV)/bin/momo-batch run jobs/example.toml --sandbox --restart --quiet --report
 	$(PY) -m tests.browser data/out/questions.report.html docs/report.png
 
-test: $(STAMP) browser ## run the whole test suite
+test: lint browser ## lint, then the whole test suite (what CI runs)
 	$(PY) -m pytest
 
 # The report's test opens the page in a real browser: Debian's chromium, installed when missing.
@@ -45,11 +45,12 @@ lint: $(STAMP) ## ruff, and mypy on pipeline/
 	$(VENV)/bin/ruff check pipeline tests bench
 	$(VENV)/bin/mypy pipeline
 
-bench: $(STAMP) ## throughput, CPU per row, peak RSS, ledger CPU per result, estimate, sandbox and transport req/s
+bench: $(STAMP) ## throughput, CPU per row, peak RSS, ledger CPU per result, estimate, sandbox and transport req/s, % of each tier
 	$(PY) bench/run.py
 	$(PY) bench/ledger.py
 	$(PY) bench/sandbox_rps.py
 	$(PY) bench/transport.py
+	$(PY) bench/tiers.py
 
 eval: $(STAMP) ## accuracy and cost of each labelling strategy (1 vote, 3 votes, escalation) on the gold sample
 	$(PY) bench/eval.py

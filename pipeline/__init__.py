@@ -5,10 +5,12 @@ The public surface (everything else is private and may change)::
     from pipeline import Job, run_job, run_frame, estimate, evaluate, open_provider, Credentials
     from pipeline import MomoClient, OpenAIClient, MomoProvider, OpenAIProvider
     from pipeline import MomoError, APIError, TransientError, TerminalError, ...
+    from pipeline import MomoAI, AsyncMomoAI        # the client shape the MOMO docs show
 
 ``run_job`` runs a job file's rows into Parquet (resumable); ``run_frame`` does the same for a
 polars DataFrame in a notebook; ``estimate`` says what a job will cost before it runs;
-``evaluate`` measures a labelled output against a gold column.
+``evaluate`` measures a labelled output against a gold column. ``MomoAI`` / ``AsyncMomoAI`` call
+one agent at a time, the way the MOMO documentation shows.
 """
 
 __version__ = "0.1.0"
@@ -38,6 +40,7 @@ from .job import RunReport, run_frame, run_job
 from .labels.metrics import Evaluation, evaluate
 from .providers import (
     Account,
+    Agent,
     CallResult,
     MomoClient,
     MomoProvider,
@@ -47,11 +50,13 @@ from .providers import (
     PromptRequest,
     Provider,
 )
+from .sdk import AsyncMomoAI, MomoAI
 
 __all__ = [
-    "Account", "AgentNotFound", "APIError", "BudgetExceeded", "CallResult", "ConfigError", "ConnectionLost",
-    "Credentials", "Estimate", "Evaluation", "InsufficientBalance", "InvalidApiKey", "InvalidParameters", "Job",
-    "MalformedResponse", "MomoClient", "MomoError", "MomoProvider", "OpenAIClient", "OpenAIProvider",
+    "Account", "Agent", "AgentNotFound", "APIError", "AsyncMomoAI", "BudgetExceeded", "CallResult", "ConfigError",
+    "ConnectionLost", "Credentials", "Estimate", "Evaluation", "InsufficientBalance", "InvalidApiKey",
+    "InvalidParameters", "Job", "MalformedResponse", "MomoAI", "MomoClient", "MomoError", "MomoProvider",
+    "OpenAIClient", "OpenAIProvider",
     "PreflightRefused", "Price", "PromptRequest", "Provider", "RateLimited", "RunReport", "ServerError",
     "TerminalError", "Timeout", "TransientError", "estimate", "evaluate", "open_provider", "run_frame", "run_job",
 ]

@@ -15,14 +15,13 @@ from rich.table import Table
 
 from .config import Job, OutputConfig
 from .connect import open_provider
-from .errors import MomoError, PreflightRefused, WriteError
-from .estimate import Estimate, worst_cost_fn
+from .errors import MomoError, WriteError
+from .estimate import Estimate
 from .estimate import estimate as estimate_job
 from .job import RunReport, run_job
 from .output_path import check_output, export_path
 from .plan import endpoint_of, prepare
 from .progress import Reporter
-from .providers.base import Account
 from .runner import RunStats, Stop
 
 
@@ -53,24 +52,15 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 async def _preflight_and_run(job: Job, provider: Any, stats: RunStats, stop: Stop, *, quiet: bool,
                              errors: Console, yes: bool, **kw: Any) -> RunReport:
-    cap = kw.get("max_cost") if kw.get("max_cost") is not None else job.limits.max_cost
-    # preflight: the input is read and keyed first (no request for bad input), then the key and
-    # the agent or model (``price``), then the worst case against balance and cap
+    # the input is read and keyed first (no request for bad input), then ``run_job``'s preflight
     plan = prepare(job, endpoint=endpoint_of(provider), limit=kw.get("limit"))
-    est = await estimate_job(job, provider, limit=kw.get("limit"), max_cost=cap,
-                             restart=kw.get("restart", False), plan=plan)
-    price = await provider.price()  # cached by the provider: no second request
-    for warning in est.warnings:  # an unlisted model, a balance the relay does not report
-        errors.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-    _preflight(est, yes, errors)
-    before = await provider.account()
-    worst = worst_cost_fn(job, price) if cap is not None else None
+
+    def warn(text: str) -> None:
+        errors.print(f"[yellow]warning:[/yellow] {text}", highlight=False)
+
     with Reporter(stats, stream=errors.file, enabled=not quiet) as rep:  # type: ignore[arg-type]
-        report = await run_job(job, provider, stats=stats, on_result=rep.update, worst_cost=worst,
-                               stop=stop, plan=plan, **kw)
-    after = await _account_after(provider, report, errors)
-    report.extra["reconciliation"] = reconcile(est, before, after, report)
-    return report
+        return await run_job(job, provider, stats=stats, on_result=rep.update, stop=stop, plan=plan,
+                             yes=yes, warn=warn, **kw)
 
 
 # first signal: stop sending, let calls in flight finish and be recorded, write the output;
@@ -91,51 +81,6 @@ async def _stop_on_signals(stop: Stop, errors: Console) -> None:
                 errors.print(f"{name} again: aborting the calls in flight; writing the output",
                              highlight=False)
                 return
-
-
-async def _account_after(provider: Any, report: RunReport, errors: Console) -> Account | None:
-    """The balance after the run; a failed read is a warning (the output is whole, the exit code
-    follows the rows)."""
-    try:
-        return await provider.account()
-    except MomoError as exc:
-        warning = f"balance not read after the run, so it is not reconciled: {exc}"
-        report.extra.setdefault("warnings", []).append(warning)
-        errors.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-        return None
-
-
-def _preflight(est: Estimate, yes: bool, errors: Console) -> None:
-    problems = []
-    if est.fits_balance is False:
-        problems.append(f"worst case {est.worst_case:.6f} {est.currency} is more than the balance "
-                        f"{est.balance:.6f}")
-    if est.fits_cap is False:
-        problems.append(f"worst case {est.worst_case:.6f} {est.currency} is more than max_cost "
-                        f"{est.max_cost:g}")
-    if not problems:
-        return
-    text = "preflight: " + "; ".join(problems)
-    if not yes:
-        raise PreflightRefused(text + ". Use --yes to run anyway: the job stops cleanly, resumable, "
-                      "when the money or the cap runs out.")
-    errors.print(f"[yellow]warning:[/yellow] {text} (--yes given: running anyway)")
-
-
-def reconcile(est: Estimate, before: Account, after: Account | None, report: RunReport) -> dict[str, Any]:
-    """Estimated against real cost; the cost column against what the account says it lost."""
-    spent_run = report.stats.cost
-    out: dict[str, Any] = {"estimated_cost": est.expected_cost, "interval": list(est.interval),
-                           "real_cost_this_run": round(spent_run, 6)}
-    if before.remaining is None:
-        out["balance_unknown"] = before.note or "the service did not report a balance"
-    if after is not None and before.remaining is not None and after.remaining is not None:
-        charged = before.remaining - after.remaining
-        out["account_charged"] = round(charged, 6)
-        out["gap"] = round(charged - spent_run, 6)
-    if report.stats.unknown_cost_calls:
-        out["calls_with_unknown_cost"] = report.stats.unknown_cost_calls
-    return out
 
 
 def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: int | None,
@@ -294,7 +239,7 @@ def estimate_cli_job(job: Job, *, pilot: int, base_url: str | None, limit: int |
         plan = prepare(job, endpoint=endpoint_of(provider), limit=limit)
 
         async def run_pilot(rows: set[int]) -> None:
-            await run_job(job, provider, only_rows=rows, write_output=False, plan=plan)
+            await run_job(job, provider, only_rows=rows, write_output=False, plan=plan, check=False)
 
         try:
             return await estimate_job(job, provider, pilot=pilot, max_cost=max_cost,

@@ -1,8 +1,8 @@
 """What a job will cost and how long it will take, before it runs.
 
 Prompt tokens are counted exactly and offline (:mod:`pipeline.tokens`). Completion length is
-what a pilot learns: ``--pilot N`` runs N sampled rows for real, journaled like any run (so the
-run reuses them and never pays twice), and fits the list-price cost of a row against its local
+what a pilot learns: ``--pilot N`` runs N sampled rows for real, recorded in the ledger like any
+run (so the run reuses them and never pays twice), and fits the list-price cost of a row against its local
 prompt token count (``cost ≈ a + b·tokens``). That one fit absorbs the completion length, the
 server's own token counting (system prompts, a different tokenizer), votes and re-asks. The
 interval is a 95 % normal interval on the sum over the remaining rows.
@@ -91,7 +91,7 @@ class Estimate:
     tokenizer: str
     currency: str
     price: dict[str, float]
-    spent_so_far: float  # journaled cost (a pilot, earlier runs)
+    spent_so_far: float  # recorded cost (a pilot, earlier runs)
     expected_cost: float  # money for the whole job: spent + expected remaining, after packages
     interval: tuple[float, float]
     worst_case: float

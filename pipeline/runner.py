@@ -1,8 +1,9 @@
-"""Fan-out: reader → bounded stream → N workers (limiter, budget, call with retries) → journal.
+"""Fan-out: reader → bounded stream → N workers (limiter, budget, call with retries) → ledger.
 
 Structured concurrency throughout: one task group owns the reader and the workers; a hard stop
-(bad key, unknown agent, Ctrl-C) cancels that group; a soft stop (balance gone, budget cap)
-stops the reader and lets calls in flight finish. Either way, everything journaled stays, and
+(bad key, unknown agent, a second Ctrl-C) cancels that group; a soft stop (balance gone, budget
+cap, Ctrl-C, SIGTERM, a failed write) stops the reader, wakes every task that only waits to send,
+and lets calls in flight finish. Either way, everything recorded stays, and
 the output is finalised with every row once.
 """
 

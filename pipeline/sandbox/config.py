@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_KEYS",
     "DEFAULT_RELAY_KEYS",
     "FAULT_NAMES",
+    "POST_CHARGE_FAULTS",
     "STREAM_FAULTS",
     "TIER_LIMITS",
     "Algorithm",
@@ -62,9 +63,11 @@ TIER_LIMITS: dict[str, int | None] = {"free": 10, "basic": 60, "pro": 300, "ente
 FAULT_NAMES: tuple[str, ...] = (
     "rate_limit", "server_error", "bad_gateway_html", "reset", "hang", "malformed", "success_false",
     "stream_mid_error", "stream_drop", "stream_no_summary", "stream_split", "stream_crlf", "stream_keepalive",
-    "conflict", "context_window", "trickle", "echo_key",
+    "conflict", "context_window", "trickle", "echo_key", "charged_reset", "charged_malformed",
 )
 STREAM_FAULTS = frozenset(name for name in FAULT_NAMES if name.startswith("stream_"))
+# faults that strike after the call was charged: the client pays and gets no answer
+POST_CHARGE_FAULTS = frozenset({"charged_reset", "charged_malformed"})
 
 
 class _Strict(BaseModel):
@@ -115,6 +118,8 @@ class FaultConfig(_Strict):
     context_window: float = _Prob  # HTTP 400: the prompt is over the model's context window
     trickle: float = _Prob  # HTTP 200 whose body comes a byte at a time for hang_seconds, then drops
     echo_key: float = _Prob  # HTTP 400 whose message quotes the key without its first 3 characters ("sk-")
+    charged_reset: float = _Prob  # charged, then the connection is reset before the answer
+    charged_malformed: float = _Prob  # charged, then HTTP 200 whose JSON breaks off half-way
     # After this many faults for one (key, prompt) it always succeeds, so a client's retries converge.
     max_faults_per_prompt: int = Field(default=3, ge=0)
     apply_to: Literal["all", "calls"] = "calls"

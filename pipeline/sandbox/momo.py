@@ -199,8 +199,10 @@ class MomoApi(Handlers):
                    request_id=rid)
         labeller = self.state.labeller if agent.id in LABEL_AGENT_IDS else None
         content = answer(agent.id, prompt, params.temperature, rec["n"], labeller=labeller)
+        data = {"id": rid, "content": content, "tokens_used": tokens, "cost": charge.cost}
+        if (lost := await self._after_charge(request, rec, {"success": True, "data": data}, params.stream)):
+            return lost
         if not params.stream:
-            data = {"id": rid, "content": content, "tokens_used": tokens, "cost": charge.cost}
             return self._finish(rec, json_reply({"success": True, "data": data}, headers=headers))
         fault = rec["fault"]
         summary = {"done": True, "id": rid, "tokens_used": tokens, "cost": charge.cost}
