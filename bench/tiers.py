@@ -31,6 +31,7 @@ import anyio
 import polars as pl
 
 from pipeline import Credentials, Job, open_provider, run_job
+from pipeline.sandbox.log import max_in_any_window
 
 TIERS = {"free": 10, "basic": 60, "pro": 300}
 ALGORITHMS = ("fixed_window", "sliding_log", "token_bucket")
@@ -75,15 +76,6 @@ async def run_tier(job: Job, tier: str) -> None:
         await provider.aclose()
     if report.exit_code != 0:
         raise SystemExit(f"{tier}: the job ended with exit code {report.exit_code}")
-
-
-def max_in_any_window(times: list[float], window: float) -> int:
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 def measure(log: Path, limit: int, window: float) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from .errors import MomoError
 from .estimate import worst_cost_fn
 from .ledger import Cache, Ledger
 from .limiter import RateLimiter
-from .outcome import EXIT_OK, EXIT_ROW_ERRORS, EXIT_TERMINAL, STOP_EXIT
+from .outcome import STOP_EXIT, ExitCode
 from .plan import Plan, endpoint_of, prepare
 from .preflight import Warn, account_after, preflight, reconcile
 from .providers.base import PromptRequest, Provider
@@ -46,9 +46,9 @@ class RunReport:
     @property
     def exit_code(self) -> int:
         if self.stop_code:
-            return STOP_EXIT.get(self.stop_code, EXIT_TERMINAL)
+            return STOP_EXIT.get(self.stop_code, ExitCode.TERMINAL)
         errors = self.extra.get("job_totals", {}).get("error", self.stats.error)
-        return EXIT_ROW_ERRORS if errors else EXIT_OK
+        return ExitCode.ROW_ERRORS if errors else ExitCode.OK
 
     @property
     def achieved_per_window(self) -> float | None:

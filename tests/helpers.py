@@ -17,6 +17,7 @@ import polars as pl
 
 from pipeline import Credentials, Job, RunReport, open_provider, run_job
 from pipeline.providers.base import Account, CallResult, Price, PromptRequest, Provider
+from pipeline.sandbox.log import max_in_any_window  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,17 +84,6 @@ def calls(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def charged_per_prompt(records: list[dict[str, Any]]) -> Counter[str]:
     return Counter(r["prompt_sha"] for r in calls(records) if r.get("charged"))
-
-
-def max_in_any_window(times: list[float], window: float) -> int:
-    """The largest number of events inside any half-open interval of length ``window``."""
-    times = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 def posts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
