@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run report test browser lint bench clean
+.PHONY: help venv run report test browser lint bench eval clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ bench: $(STAMP) ## throughput, CPU per row, peak RSS, ledger CPU per result, est
 	$(PY) bench/sandbox_rps.py
 	$(PY) bench/transport.py
 	$(PY) bench/tiers.py
+
+eval: $(STAMP) ## accuracy and cost of each labelling strategy (1 vote, 3 votes, escalation) on the gold sample
+	$(PY) bench/eval.py
 
 clean: ## remove the environment and outputs
 	rm -rf $(VENV) data/out build *.egg-info

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 from pathlib import Path
@@ -93,7 +94,7 @@ def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: i
     check_output(job.output.path, job.input.path, formats=[fmt])  # before anything is paid
     if cache is not None:
         job = job.with_overrides(reuse=job.reuse.model_copy(update={"cache": cache}))
-    with sandbox_for(cfg, job.limits.tier, sandbox) as (sb_url, sb_creds):
+    with sandbox_for(cfg, job.limits.tier, sandbox, label_truth=sandbox_truth(job)) as (sb_url, sb_creds):
         provider = _provider(job, sb_url, sb_creds, base_url, credentials)
         report = anyio.run(lambda: _run(job, provider, quiet=quiet, errors=errors, yes=yes,
                                         limit=limit, restart=restart, max_cost=max_cost))
@@ -107,6 +108,20 @@ def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: i
         if page:
             console.print(f"report: {page}", highlight=False, soft_wrap=True)
     return report.exit_code
+
+
+def sandbox_truth(job: Job) -> Path | None:
+    """The gold labels a ``--sandbox`` run's labelling agents know: a label job's CSV input with
+    ``text`` and ``gold`` columns (so ``eval`` of a sandbox run measures something); else none."""
+    path = job.input.path
+    if not job.label or path.suffix.lower() != ".csv":
+        return None
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError):
+        return None
+    return path if {"text", "gold"} <= set(header) else None
 
 
 def _provider(job: Job, sb_url: str | None, sb_creds: Any, base_url: str | None, credentials: Any) -> Any:
@@ -190,6 +205,10 @@ def render_summary(report: RunReport, console: Console) -> None:
         if rec.get("calls_with_unknown_cost"):
             rows.append(("calls whose cost the server did not report",
                          str(rec["calls_with_unknown_cost"])))
+    labels = d.get("labels") or {}
+    if labels:
+        rows.append(("labels: unparsed / escalated",
+                     f"{labels['unparsed_rate']:.1%} / {labels['escalated']:,} ({labels['escalation_rate']:.1%})"))
     if d["stop_code"]:
         rows.append(("stopped", f"{d['stop_code']}: {d['stop_message']}"))
     for what, value in rows:
@@ -228,7 +247,7 @@ def estimate_cli_job(job: Job, *, pilot: int, base_url: str | None, limit: int |
         finally:
             await provider.aclose()
 
-    with sandbox_for(cfg, job.limits.tier, sandbox) as (sb_url, sb_creds):
+    with sandbox_for(cfg, job.limits.tier, sandbox, label_truth=sandbox_truth(job)) as (sb_url, sb_creds):
         provider = _provider(job, sb_url, sb_creds, base_url, credentials)
         est = anyio.run(go, provider)
     if as_json:
@@ -247,19 +266,28 @@ def render_estimate(est: Estimate, console: Console) -> None:
     rows = [
         ("rows (skipped empty)", f"{est.rows:,} ({est.skipped_rows:,})"),
         ("distinct requests (still to send)", f"{est.distinct_requests:,} ({est.remaining_rows:,})"),
-        ("calls per row", str(est.calls_per_row)),
-        ("prompt tokens (exact, local)", f"{est.prompt_tokens:,}  [{est.tokenizer}]"),
-        ("expected completion tokens", f"{est.completion_tokens:,}  [{est.completion_basis}]"),
+        ("calls per row (expected, with re-asks and escalation)",
+         f"{est.calls_per_row} ({est.expected_calls_per_row:.2f})"),
+        ("prompt tokens, one per request (exact, local)", f"{est.prompt_tokens:,}  [{est.tokenizer}]"),
+        ("prompt tokens sent, all calls (expected)", f"{est.prompt_tokens_sent:,}"),
+        (_completion_label(est), f"{est.completion_tokens:,}  [{est.completion_basis}]"),
         ("server/local token ratio", "-" if est.token_ratio is None else f"{est.token_ratio:.3f}"),
         ("price per million (prompt / completion)",
          f"{est.price['prompt_per_million']:g} / {est.price['completion_per_million']:g} {c}"),
         ("prepaid package tokens", f"{est.package_tokens:,}"),
         ("already spent (pilot, earlier runs)", f"{est.spent_so_far:.6f} {c}"),
         ("expected cost", f"{est.expected_cost:.6f} {c}  (95%: {lo:.6f} - {hi:.6f})"),
-        ("worst case (every call at max_tokens)", f"{est.worst_case:.6f} {c}"),
+        (_worst_label(est), f"{est.worst_case:.6f} {c}"),
         ("time at the tier's rate",
          "bounded by concurrency (no rate limit)" if est.minutes is None else f"{est.minutes:.1f} min"),
     ]
+    if est.escalation is not None:
+        e = est.escalation
+        rows.insert(-4, (f"escalation to {e.target} (agreement under {e.below:g})",
+                         f"{e.share:.0%} of rows, ~{e.expected_rows:,} rows, {e.expected_cost:.6f} {c}  [{e.basis}]"))
+        if e.pilot_agreement:
+            rows.insert(-4, ("pilot rows by vote agreement",
+                             ", ".join(f"{k}: {v}" for k, v in e.pilot_agreement.items())))
     if est.balance is not None:
         rows.append(("balance / worst case fits", f"{est.balance:g} {c} / {_yes(est.fits_balance)}"))
     if est.max_cost is not None:
@@ -269,6 +297,23 @@ def render_estimate(est: Estimate, console: Console) -> None:
     console.print(table)
     for note in est.notes:
         console.print(f"note: {note}")
+
+
+def _completion_label(est: Estimate) -> str:
+    """What the completion figure counts: MOMO reports one total per call, so it is what the
+    server counted beyond the prompts sent (answers plus its own per-call overhead)."""
+    if est.token_split:
+        return "completion tokens, all calls (expected)"
+    return "answer + service overhead tokens, all calls (expected)"
+
+
+def _worst_label(est: Estimate) -> str:
+    parts = ["every call at max_tokens"]
+    if est.calls_per_row > 1 or est.expected_calls_per_row > 1 or est.escalation is not None:
+        parts.append("every answer re-asked")
+    if est.escalation is not None:
+        parts.append("every row escalated")
+    return f"worst case ({', '.join(parts)})"
 
 
 def _yes(flag: bool | None) -> str:

@@ -109,6 +109,7 @@ async def run_job(
     yes: bool = False,
     check: bool = True,
     warn: Warn | None = None,
+    escalation_provider: Provider | None = None,
 ) -> RunReport:
     """Run every request of ``job`` that has no final answer yet, and write the output Parquet.
 
@@ -124,7 +125,9 @@ async def run_job(
     outcomes included; ``worst_cost`` defaults to every call at ``max_tokens``. ``stop`` lets a
     caller end the run softly (the CLI does on SIGINT / SIGTERM); ``cache`` (or ``reuse.cache``)
     shares answers across jobs; ``warn`` receives warnings as they arise (default: none shown,
-    they are in ``report.extra["warnings"]``).
+    they are in ``report.extra["warnings"]``). A label job that escalates (``[label] escalate``)
+    asks the stronger target through ``provider``'s own client, retargeted, unless
+    ``escalation_provider`` is given.
     """
     job = job if isinstance(job, Job) else Job.load(job)
     if output is not None:
@@ -169,7 +172,9 @@ async def run_job(
             worst_cost=worst_cost,
             backoff=backoff,
         )
-        fan = Fanout(prep.task, caller, ledger, lambda: prep.batches(job.input.batch_rows),
+        task = await prep.task.bind(job, provider, caller, capped=cap is not None,
+                                    escalation_provider=escalation_provider)
+        fan = Fanout(task, caller, ledger, lambda: prep.batches(job.input.batch_rows),
                      limits.concurrency, on_result=on_result or (lambda r: None), only_rows=only_rows)
         started = time.monotonic()
         try:

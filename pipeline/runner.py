@@ -251,6 +251,16 @@ class Caller:
         self.backoff = backoff
         self._sent_before: set[str] = set()  # keys a dead run sent without an answer: resending counts
 
+    def sibling(self, provider: Provider, *, request: PromptRequest, keyer: Keyer,
+                worst_cost: WorstCost | None) -> Caller:
+        """A caller for another target of the same job (a label job's escalation): its own provider,
+        request settings and keys, the same limiter, budget, stats, stop, ledger and cache."""
+        twin = Caller(provider, limiter=self.limiter, budget=self.budget, stats=self.stats, stop=self.stop,
+                      max_attempts=self.max_attempts, request=request, keyer=keyer, ledger=self.ledger,
+                      cache=self.cache, worst_cost=worst_cost, backoff=self.backoff)
+        twin._sent_before = self._sent_before
+        return twin
+
     async def __call__(self, prompt: str, acc: RowCalls, *, temperature: float | None = None,
                        vote: int = 0, reask: int = 0, final: bool = False) -> CallResult:
         """One answer to ``prompt``: from the ledger or the cache if recorded, else paid for.
@@ -396,6 +406,11 @@ class RowTask(Protocol):
 
     extra_schema: dict[str, pl.DataType]
 
+    async def bind(self, job: Any, provider: Provider, caller: Caller, *, capped: bool,
+                   escalation_provider: Provider | None = None) -> RowTask:
+        """The task for one run (a label job binds its escalation's caller here)."""
+        ...
+
     async def run(self, prompt: str, call: Caller, acc: RowCalls, row: int) -> RowResult: ...
 
 
@@ -403,6 +418,10 @@ class PromptTask:
     """The plain job: one call per row, the response kept as it came."""
 
     extra_schema: dict[str, pl.DataType] = {}
+
+    async def bind(self, job: Any, provider: Provider, caller: Caller, *, capped: bool,
+                   escalation_provider: Provider | None = None) -> PromptTask:
+        return self
 
     async def run(self, prompt: str, call: Caller, acc: RowCalls, row: int) -> RowResult:
         res = await call(prompt, acc, final=True)

@@ -257,6 +257,16 @@ class MomoProvider:
         self.target = str(self.agent_id)
         self.endpoint = client.base_url  # part of every request key (see pipeline.keys)
         self._agent: Agent | None = None
+        self._owns_client = True
+
+    def retarget(self, target: str, *, prompt_price_per_million: float | None = None,
+                 completion_price_per_million: float | None = None) -> MomoProvider:
+        """Another agent behind the same key and client (a label job's escalation); MOMO reports
+        each call's cost, so no price is taken. Closing it leaves the shared client open."""
+        twin = MomoProvider(self.client, int(target))
+        twin.endpoint = self.endpoint
+        twin._owns_client = False
+        return twin
 
     async def complete(self, request: PromptRequest) -> CallResult:
         call = self.client.call_streaming if request.stream else self.client.call
@@ -276,4 +286,5 @@ class MomoProvider:
         return Price(per_million, per_million, "CNY")
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._owns_client:
+            await self.client.aclose()

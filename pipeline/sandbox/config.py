@@ -4,6 +4,7 @@
 seed = 7
 window_seconds = 2.0          # a rate-limit "minute" lasts 2 s
 algorithm = "sliding_log"
+label_truth = "data/reviews-gold.csv"   # gold labels the labelling agents know (see .labeller)
 
 [keys.momo-sandbox-free]
 tier = "free"
@@ -17,6 +18,10 @@ rpm = 30
 [faults]
 server_error = 0.1
 reset = 0.05
+
+[labellers.301]               # the cheap labelling agent is right this often per call
+easy = 0.92
+hard = 0.6
 ```
 
 ``relay_numeric_codes``, ``hidden_models`` and ``missing_endpoints`` imitate relays that are not
@@ -25,11 +30,12 @@ quite new-api (LiteLLM's numeric codes, wildcard routes, no billing endpoints).
 
 from __future__ import annotations
 
+import csv
 import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "DEFAULT_KEYS",
@@ -43,6 +49,7 @@ __all__ = [
     "KeyConfig",
     "RelayKeyConfig",
     "SandboxConfig",
+    "SkillConfig",
     "Tier",
 ]
 
@@ -125,6 +132,26 @@ class FaultConfig(_Strict):
         return self
 
 
+class SkillConfig(_Strict):
+    """How often a labelling target is right per call, on easy rows and on hard ones."""
+
+    easy: float = Field(ge=0.0, le=1.0)
+    hard: float = Field(ge=0.0, le=1.0)
+
+
+# MOMO 301 is the cheap labelling agent, 302 the strong one (and 15 times its price); relay models
+# are ranked as their prices suggest. Other targets get ``default_labeller``.
+DEFAULT_LABELLERS: dict[str, SkillConfig] = {
+    "301": SkillConfig(easy=0.92, hard=0.6),
+    "302": SkillConfig(easy=0.98, hard=0.9),
+    "gpt-4o-mini": SkillConfig(easy=0.92, hard=0.6),
+    "gpt-4.1-mini": SkillConfig(easy=0.94, hard=0.7),
+    "deepseek-chat": SkillConfig(easy=0.94, hard=0.7),
+    "claude-3-5-haiku": SkillConfig(easy=0.93, hard=0.65),
+    "gpt-4o": SkillConfig(easy=0.98, hard=0.9),
+}
+
+
 def _default_keys() -> dict[str, KeyConfig]:
     return {f"momo-sandbox-{tier}": KeyConfig(tier=tier, balance=1000.0, packages={159: 50000})
             for tier in ("free", "basic", "pro", "enterprise")}
@@ -155,6 +182,30 @@ class SandboxConfig(_Strict):
     relay_numeric_codes: bool = False
     hidden_models: list[str] = Field(default_factory=list)
     missing_endpoints: list[str] = Field(default_factory=list)  # paths answered 404, e.g. "/api/user/self"
+    # Labelling targets (see .labeller): gold labels they know (a CSV with text, gold, optional case),
+    # and how often each is right per call; the draws follow ``seed``.
+    label_truth: Path | None = None
+    labellers: dict[str, SkillConfig] = Field(default_factory=lambda: dict(DEFAULT_LABELLERS))
+    default_labeller: SkillConfig = SkillConfig(easy=0.9, hard=0.6)
+
+    @field_validator("label_truth")
+    @classmethod
+    def _truth_readable(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                header = next(csv.reader(fh), [])
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {path} ({exc})") from None
+        if not {"text", "gold"} <= set(header):
+            raise ValueError(f"{path} needs the columns text and gold (it has {header})")
+        return path
+
+    @field_validator("labellers")
+    @classmethod
+    def _over_defaults(cls, given: dict[str, SkillConfig]) -> dict[str, SkillConfig]:
+        return {**DEFAULT_LABELLERS, **given}  # [labellers.301] changes 301 and keeps the others
 
     @classmethod
     def from_toml(cls, path: str | Path) -> SandboxConfig:

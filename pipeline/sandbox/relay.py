@@ -192,7 +192,8 @@ class RelayApi(Handlers):
         rid = request_id("chatcmpl-")
         rec.update(charged=True, cost=quota / QUOTA_PER_USD, tokens_used=prompt_tokens + completion, quota=quota,
                    request_id=rid)
-        content = answer(params.model, params.messages[-1][1], params.temperature, rec["n"], labelling=True)
+        content = answer(params.model, params.messages[-1][1], params.temperature, rec["n"],
+                         labeller=self.state.labeller)
         body = _completion(rid, params.model, content, prompt_tokens, completion)
         if (lost := await self._after_charge(request, rec, body, params.stream)):
             return lost
