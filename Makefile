@@ -25,8 +25,10 @@ report: $(STAMP) browser ## run the example job, write its HTML report and the R
 	$(VENV)/bin/momo-batch run jobs/example.toml --sandbox --restart --quiet --report
 	$(PY) -m tests.browser data/out/questions.report.html docs/report.png
 
+# four workers on two cores: most tests wait on sockets and scaled time, not the CPU (164 s in
+# one process, 83 s in four); a file's tests stay in one worker, so module fixtures start once
 test: lint browser ## lint, then the whole test suite (what CI runs)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 4 --dist loadfile
 
 # The report's test opens the page in a real browser: Debian's chromium, installed when missing.
 # Where it cannot be installed (no apt-get, not root) the test is skipped, loudly; under CI=true
