@@ -19,12 +19,11 @@ from typing import Any
 
 import httpx
 
-from ..errors import APIError, InvalidApiKey, MalformedResponse, NoSuchApi, redact
+from ..errors import APIError, InvalidApiKey, MalformedResponse, NoSuchApi, check_secret, redact
 from ._transport import (
     ClientBase,
     TransportName,
     build_http_client,
-    check_secret,
     deadline,
     describe_body,
     error_from,
