@@ -29,7 +29,7 @@ _EXPORTS = {
         "AgentNotFound", "APIError", "BudgetExceeded", "ConfigError", "ConnectionLost", "InsufficientBalance",
         "InvalidApiKey", "InvalidParameters", "MalformedResponse", "MomoError", "PreflightRefused",
         "RateLimited", "ServerError", "TerminalError", "Timeout", "TransientError")},
-    "Estimate": ".estimate", "estimate": ".estimate",
+    "Estimate": ".estimator", "estimate": ".estimator",
     "RunReport": ".job", "run_frame": ".job", "run_job": ".job",
     "Evaluation": ".labels.metrics", "evaluate": ".labels.metrics",
     **{name: ".providers" for name in (
@@ -82,7 +82,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
         Timeout,
         TransientError,
     )
-    from .estimate import Estimate, estimate
+    from .estimator import Estimate, estimate
     from .job import RunReport, run_frame, run_job
     from .labels.metrics import Evaluation, evaluate
     from .providers import (

@@ -16,8 +16,8 @@ from rich.table import Table
 from .config import Job, OutputConfig
 from .connect import open_provider
 from .errors import MomoError, WriteError
-from .estimate import Estimate
-from .estimate import estimate as estimate_job
+from .estimator import Estimate
+from .estimator import estimate as estimate_job
 from .job import RunReport, run_job
 from .output_path import check_output, export_path
 from .plan import endpoint_of, prepare

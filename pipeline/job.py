@@ -18,7 +18,7 @@ from . import __version__
 from .budget import BalanceReader, Budget
 from .config import Job, OutputConfig
 from .errors import MomoError
-from .estimate import worst_cost_fn
+from .estimator import worst_cost_fn
 from .ledger import Cache, Ledger
 from .limiter import RateLimiter
 from .outcome import STOP_EXIT, ExitCode

@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import Job
 from .errors import MomoError, PreflightRefused
-from .estimate import Estimate, estimate
+from .estimator import Estimate, estimate
 from .output_path import check_output
 from .plan import Plan
 from .providers.base import Account, Price, Provider

@@ -51,7 +51,7 @@ def escalation_keyer(keyer: Keyer, esc: EscalateConfig, request: PromptRequest) 
 async def escalation_caller(esc: EscalateConfig, job: Job, provider: Provider, caller: Caller, *,
                             capped: bool, override: Provider | None = None) -> Caller:
     """A caller for the stronger target; with a cost cap, its worst case is priced at its own price."""
-    from ..estimate import worst_cost_fn  # the estimate builds on the plan, which builds on this package
+    from ..estimator import worst_cost_fn  # the estimate builds on the plan, which builds on this package
 
     target = override or escalation_provider(provider, esc)
     request = escalation_request(esc, job)
