@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint bench clean
+.PHONY: help venv run report test browser lint bench eval clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -21,18 +21,42 @@ venv: $(STAMP) ## create .venv with the locked dependencies
 run: $(STAMP) ## run jobs/example.toml against a sandbox server started for the run
 	$(VENV)/bin/momo-batch run jobs/example.toml --sandbox
 
-test: $(STAMP) ## run the whole test suite
-	$(PY) -m pytest
+report: $(STAMP) browser ## run the example job, write its HTML report and the README's screenshot
+	$(VENV)/bin/momo-batch run jobs/example.toml --sandbox --restart --quiet --report
+	$(PY) -m tests.browser data/out/questions.report.html docs/report.png
+
+# four workers on two cores: most tests wait on sockets and scaled time, not the CPU (164 s in
+# one process, 83 s in four); a file's tests stay in one worker, so module fixtures start once
+test: lint browser ## lint, then the whole test suite (what CI runs)
+	$(PY) -m pytest -n 4 --dist loadfile
+
+# The report's test opens the page in a real browser: Debian's chromium, installed when missing.
+# Where it cannot be installed (no apt-get, not root) the test is skipped, loudly; under CI=true
+# it fails instead, since CI's machines can install it.
+browser: ## install Debian's chromium (for the report's browser test) when it is missing
+	@if command -v $${CHROMIUM:-chromium} >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium for the report's browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "WARNING: no chromium, and apt-get as root is not available to install it:" \
+		     "the report's browser test will be SKIPPED (or fail under CI=true)" >&2; \
+	fi
 
 lint: $(STAMP) ## ruff, and mypy on pipeline/
 	$(VENV)/bin/ruff check pipeline tests bench
 	$(VENV)/bin/mypy pipeline
 
-bench: $(STAMP) ## throughput, CPU per row, peak RSS, estimate speed, rate limits, sandbox and transport req/s
+bench: $(STAMP) ## throughput, CPU per row, peak RSS, ledger CPU per result, estimate, sandbox and transport req/s, % of each tier, rate limits
 	$(PY) bench/run.py
-	$(PY) bench/rate_limits.py
+	$(PY) bench/ledger.py
 	$(PY) bench/sandbox_rps.py
 	$(PY) bench/transport.py
+	$(PY) bench/tiers.py
+	$(PY) bench/rate_limits.py
+
+eval: $(STAMP) ## accuracy and cost of each labelling strategy (1 vote, 3 votes, escalation) on the gold sample
+	$(PY) bench/eval.py
 
 clean: ## remove the environment and outputs
 	rm -rf $(VENV) data/out build *.egg-info

@@ -6,14 +6,14 @@ What runs, each in its own process so that CPU time and peak RSS belong to one t
 
 1. the sandbox server (``momo-batch sandbox``), pinned to core 1, enterprise key, 50 ms per call;
 2. a bare client loop: ``MomoClient.call`` with the same transport and the same number in flight,
-   no pipeline (no dataset, limiter, retries, journal or Parquet) — the ceiling for (3);
+   no pipeline (no dataset, limiter, retries, ledger or Parquet) — the ceiling for (3);
 3. the pipeline: ``run_job`` over a ``--rows`` Parquet input, enterprise tier, into Parquet;
-4. a ``--big-rows`` input job (1 M rows; one row in 50 has a prompt, the rest are empty and
-   recorded ``skipped``): every row is read, journaled and written, so its peak RSS shows whether
-   memory grows with the input;
+4. ``--mid-rows`` and ``--big-rows`` input jobs (200,000 and 1 M rows; one row in 50 has a
+   prompt, the rest are empty and recorded ``skipped``): every row is read, keyed, looked up in
+   the ledger and written, so their peak RSS shows whether memory grows with the input;
 5. ``estimate`` over ``--big-rows`` prompts (exact offline token counts, no paid call).
 
-Client processes are pinned to core 0. Peak RSS is ``ru_maxrss`` of the child process. The bare
+Client processes are pinned to core 0. Peak RSS is the child process's ``VmHWM``. The bare
 loop and the pipeline run ``--repeat`` times, alternating; the run with the median wall time is
 shown (throughput on a shared 2-core machine varies by 10-20 % from run to run).
 """
@@ -42,7 +42,21 @@ def _pin(core: int) -> None:
 
 def _usage() -> dict[str, float]:
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return {"cpu": r.ru_utime + r.ru_stime, "rss_mb": r.ru_maxrss / 1024}
+    return {"cpu": r.ru_utime + r.ru_stime, "rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. Not ``ru_maxrss``: Linux carries it over from the parent across
+    fork and exec, so every child of a parent that had built a 1 M-row input reported that parent's
+    peak (~250 MB) at least. ``VmHWM`` belongs to the process image alone."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # -- children ---------------------------------------------------------------------------------
@@ -133,7 +147,7 @@ def child_estimate(url: str, data: Path, out: Path) -> dict[str, float]:
 
 
 # -- parent -----------------------------------------------------------------------------------
-def _write_inputs(tmp: Path, rows: int, big_rows: int) -> tuple[Path, Path, Path]:
+def _write_inputs(tmp: Path, rows: int, mid_rows: int, big_rows: int) -> tuple[Path, Path, Path, Path]:
     import polars as pl
 
     questions = pl.read_csv(ROOT / "data" / "questions.csv")["question"].drop_nulls().to_list()
@@ -147,11 +161,12 @@ def _write_inputs(tmp: Path, rows: int, big_rows: int) -> tuple[Path, Path, Path
             df = df.with_columns(pl.when(pl.col("id") % every == 0).then(pl.col("question")).alias("question"))
         return df
 
-    small, big, prompts = tmp / "rows.parquet", tmp / "big.parquet", tmp / "prompts.parquet"
+    small, mid, big, prompts = (tmp / f"{n}.parquet" for n in ("rows", "mid", "big", "prompts"))
     frame(rows).write_parquet(small)
+    frame(mid_rows, every=50).write_parquet(mid)
     frame(big_rows, every=50).write_parquet(big)
     frame(big_rows).write_parquet(prompts)
-    return small, big, prompts
+    return small, mid, big, prompts
 
 
 def _child(*args: str) -> dict[str, float]:
@@ -184,15 +199,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--latency-ms", type=float, default=50)
+    ap.add_argument("--mid-rows", type=int, default=200_000)
     ap.add_argument("--big-rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3, help="runs of the bare loop and the pipeline (median)")
     ap.add_argument("--quick", action="store_true", help="2,000 rows and a 100,000-row big input")
     args = ap.parse_args()
     if args.quick:
-        args.rows, args.big_rows = 2_000, 100_000
+        args.rows, args.mid_rows, args.big_rows = 2_000, 20_000, 100_000
     with tempfile.TemporaryDirectory(prefix="momo-bench-") as name:
         tmp = Path(name)
-        small, big, prompts = _write_inputs(tmp, args.rows, args.big_rows)
+        small, mid, big, prompts = _write_inputs(tmp, args.rows, args.mid_rows, args.big_rows)
         server, url = _start_sandbox(args.latency_ms)
         try:
             print(f"sandbox: {url}, {args.latency_ms:g} ms per call, enterprise tier, {CONCURRENCY} in flight; "
@@ -202,6 +218,7 @@ def main() -> None:
                 bares.append(_child("bare", url, str(args.rows)))
                 pipes.append(_child("pipeline", url, str(small), str(tmp / f"out-{i}.parquet")))
             bare, pipe = _median(bares), _median(pipes)
+            mid_run = _child("pipeline", url, str(mid), str(tmp / "mid-out.parquet"))
             big_run = _child("pipeline", url, str(big), str(tmp / "big-out.parquet"))
             est = _child("estimate", url, str(prompts), str(tmp / "est-out.parquet"))
         finally:
@@ -212,9 +229,10 @@ def main() -> None:
     for name, r in (("bare client loop (no pipeline)", bare), ("pipeline (run_job)", pipe)):
         print(f"{name:<34}{r['rows']:>10,}{r['rows'] / r['wall']:>10,.0f}{r['cpu'] / r['rows'] * 1000:>12.3f}"
               f"{r['rss_mb']:>13.0f}")
-    print(f"{'pipeline, ' + format(args.big_rows, ',') + '-row input':<34}{big_run['rows']:>10,}"
-          f"{big_run['rows'] / big_run['wall']:>10,.0f}{big_run['cpu'] / big_run['rows'] * 1000:>12.3f}"
-          f"{big_run['rss_mb']:>13.0f}   ({big_run['calls']:,} calls, {big_run['skipped']:,} empty rows skipped)")
+    for r in (mid_run, big_run):
+        print(f"{'pipeline, ' + format(r['rows'], ',') + '-row input':<34}{r['rows']:>10,}"
+              f"{r['rows'] / r['wall']:>10,.0f}{r['cpu'] / r['rows'] * 1000:>12.3f}"
+              f"{r['rss_mb']:>13.0f}   ({r['calls']:,} calls, {r['skipped']:,} empty rows skipped)")
     print(f"\nestimate over {est['rows']:,} prompts ({est['prompt_tokens']:,} tokens counted exactly): "
           f"{est['wall']:.2f} s, peak RSS {est['rss_mb']:.0f} MB")
     print(f"pipeline / bare loop throughput: {pipe['rows'] / pipe['wall'] / (bare['rows'] / bare['wall']):.0%}")

@@ -21,7 +21,8 @@ from rich.table import Table
 from . import __version__
 from .config import Job, OutputConfig, ProviderConfig
 from .connect import Credentials
-from .errors import ConfigError, MomoError, PreflightRefused, TerminalError, TransientError, redact
+from .errors import ConfigError, MomoError, TransientError, redact
+from .outcome import EXIT_MEANINGS, ExitCode
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Bulk prompt jobs against LLM agent APIs: rate-limited, resumable, costed.")
@@ -32,31 +33,45 @@ T = TypeVar("T")
 BaseUrl = Annotated[str | None, typer.Option("--base-url", help="API base URL (env MOMO_BASE_URL).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
-EXIT_UNREACHABLE = 6
-EXIT_REFUSED = 7
-
 
 def _fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[red]error:[/red] {redact(message)}", highlight=False, markup=True, soft_wrap=True)
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())  # always one line
+    err.print(f"[red]error:[/red] {redact(line)}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 
 def guarded(fn: Callable[[], T]) -> T:
-    """Run ``fn``; turn the error tree into one line and an exit code, never a traceback."""
+    """Run ``fn``; turn the error tree into one line and its class's exit code, never a traceback."""
     try:
         return fn()
-    except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
-    except PreflightRefused as exc:
-        raise _fail(str(exc), EXIT_REFUSED) from None
-    except TransientError as exc:
-        raise _fail(f"server unreachable or failing: {exc}", EXIT_UNREACHABLE) from None
-    except TerminalError as exc:
-        raise _fail(str(exc), 5) from None
-    except MomoError as exc:
-        raise _fail(str(exc), 1) from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted", 130) from None
+    except BaseException as exc:
+        expected = _expected(exc)
+        if expected is None:
+            raise
+        message, code = _one_line(expected)
+        raise _fail(message, code) from None
+
+
+def _expected(exc: BaseException) -> BaseException | None:
+    """The error to report: ``exc``, or the first one a task group wrapped; ``None`` for a bug."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _expected(inner)
+            if found is not None:
+                return found
+        return None
+    return exc if isinstance(exc, MomoError | OSError | KeyboardInterrupt) else None
+
+
+def _one_line(exc: BaseException) -> tuple[str, int]:
+    if isinstance(exc, TransientError):
+        return f"server unreachable or failing: {exc}", exc.exit_code
+    if isinstance(exc, MomoError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, OSError):  # a write that failed outside the places that say so (ledger, export)
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where} — {EXIT_MEANINGS[ExitCode.WRITE]}", ExitCode.WRITE
+    return "interrupted", ExitCode.INTERRUPTED
 
 
 def _env_base_url(kind: str) -> str | None:
@@ -73,14 +88,16 @@ def _credentials(cfg: ProviderConfig) -> Credentials:
 
 
 @contextlib.contextmanager
-def _sandbox_for(cfg: ProviderConfig, tier: str, enabled: bool) -> Iterator[tuple[str | None, Credentials | None]]:
-    """With ``--sandbox``: a sandbox server on an ephemeral port, and its public demo key."""
+def _sandbox_for(cfg: ProviderConfig, tier: str, enabled: bool, *,
+                 label_truth: Path | None = None) -> Iterator[tuple[str | None, Credentials | None]]:
+    """With ``--sandbox``: a sandbox server on an ephemeral port, and its public demo key; its
+    labelling agents know the gold labels of ``label_truth``, if given."""
     if not enabled:
         yield None, None
         return
     from .sandbox import Sandbox, SandboxConfig
 
-    with Sandbox(SandboxConfig()).running() as sb:
+    with Sandbox(SandboxConfig(label_truth=label_truth)).running() as sb:
         err.print(f"sandbox server listening on {sb.relay_url}", highlight=False)
         if cfg.kind == "momo":
             yield sb.momo_url, Credentials(f"momo-sandbox-{tier}")
@@ -106,10 +123,14 @@ def run(
     fmt: Annotated[str, typer.Option("--format", help="Also export: parquet (default), jsonl or csv.")] = "parquet",
     as_json: AsJson = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    cache: Annotated[Path | None, typer.Option(
+        help="Reuse answers any job recorded in this directory, at no charge (and add this job's).")] = None,
+    with_report: Annotated[bool, typer.Option("--report", help="Also write the HTML report beside the output "
+                                                               "and print its path.")] = False,
 ) -> None:
-    """Run a job: every unfinished row is called once; safe to run again after any stop."""
+    """Run a job: every request not yet answered is sent once; safe to run again after any stop."""
     if fmt not in ("parquet", "jsonl", "csv"):
-        raise _fail(f"--format must be parquet, jsonl or csv, not {fmt!r}", 2)
+        raise _fail(f"--format must be parquet, jsonl or csv, not {fmt!r}", ExitCode.BAD_INPUT)
     job = guarded(lambda: Job.load(job_file))
     from .cli_run import run_cli_job
 
@@ -117,6 +138,8 @@ def run(
         job, output=output, base_url=base_url or _env_base_url(job.provider.kind), limit=limit,
         max_cost=max_cost, restart=restart, yes=yes, sandbox=sandbox, fmt=fmt, as_json=as_json,
         quiet=quiet, credentials=_credentials, sandbox_for=_sandbox_for, console=out, errors=err,
+        cache=cache,
+        with_report=with_report,
     ))
     raise typer.Exit(code)
 
@@ -143,6 +166,40 @@ def estimate(
         max_cost=max_cost, sandbox=sandbox, as_json=as_json, credentials=_credentials,
         sandbox_for=_sandbox_for, console=out))
     raise typer.Exit(code)
+
+
+# -- report ------------------------------------------------------------------------------------
+@app.command()
+def report(
+    output_file: Annotated[Path, typer.Argument(help="An output Parquet written by `momo-batch run`.")],
+    page: Annotated[Path | None, typer.Option("--output", "-o", help="The HTML file to write "
+                                              "(default: beside the Parquet, NAME.report.html).")] = None,
+) -> None:
+    """Write one self-contained HTML page about a run (charts, summary, provenance); print its path."""
+    from .report import write_report
+
+    print(guarded(lambda: write_report(output_file, page)))
+
+
+# -- eval --------------------------------------------------------------------------------------
+@app.command("eval")
+def eval_cmd(
+    output_file: Annotated[Path, typer.Argument(help="A labelled output Parquet.")],
+    gold: Annotated[str, typer.Option(help="The column holding the gold labels.")],
+    pred: Annotated[str, typer.Option(help="The column holding the predicted labels.")] = "label",
+    by: Annotated[list[str] | None, typer.Option(help="Also accuracy by this column (repeatable).")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """How good are the labels? Accuracy, per-label P/R/F1, confusion, kappa, accuracy by agreement."""
+    from .labels.metrics import evaluate
+
+    ev = guarded(lambda: evaluate(output_file, gold, pred=pred, by=by or []))
+    if as_json:
+        print(json.dumps(ev.as_dict(), ensure_ascii=False))
+        return
+    from .cli_eval import render_evaluation
+
+    render_evaluation(ev, out)
 
 
 # -- agents / balance --------------------------------------------------------------------------
@@ -214,6 +271,8 @@ def sandbox_cmd(
     window_seconds: Annotated[float | None, typer.Option(help="Length of a rate-limit 'minute' (scaled time).")] = None,
     latency_ms: Annotated[float | None, typer.Option(help="Server-side delay per call (model time).")] = None,
     algorithm: Annotated[str | None, typer.Option(help="fixed_window | sliding_log | token_bucket")] = None,
+    label_truth: Annotated[Path | None, typer.Option(
+        help="CSV (text, gold[, case]) whose gold labels the labelling agents know.")] = None,
 ) -> None:
     """Run the sandbox server (both APIs of the contract) until Ctrl-C."""
     from .sandbox import SandboxConfig, serve_forever
@@ -222,7 +281,7 @@ def sandbox_cmd(
         from pydantic import ValidationError
 
         changes = {k: v for k, v in {"seed": seed, "window_seconds": window_seconds, "latency_ms": latency_ms,
-                                      "algorithm": algorithm}.items() if v is not None}
+                                      "algorithm": algorithm, "label_truth": label_truth}.items() if v is not None}
         try:
             cfg = SandboxConfig.from_toml(config) if config else SandboxConfig()
             return SandboxConfig.model_validate({**cfg.model_dump(), **changes}) if changes else cfg

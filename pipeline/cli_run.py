@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -13,102 +15,155 @@ from rich.table import Table
 
 from .config import Job, OutputConfig
 from .connect import open_provider
-from .errors import PreflightRefused
-from .estimate import Estimate, worst_cost_fn
-from .estimate import estimate as estimate_job
+from .errors import MomoError, WriteError
+from .estimator import Estimate
+from .estimator import estimate as estimate_job
 from .job import RunReport, run_job
+from .output_path import check_output, export_path
+from .plan import endpoint_of, prepare
 from .progress import Reporter
-from .providers.base import Account
-from .runner import RunStats
+from .runner import RunStats, Stop
 
 
 async def _run(job: Job, provider: Any, *, quiet: bool, errors: Console, yes: bool,
                **kw: Any) -> RunReport:
-    stats = RunStats()
+    stats, stop = RunStats(), Stop()
     try:
-        cap = kw.get("max_cost") if kw.get("max_cost") is not None else job.limits.max_cost
-        # preflight: the input is checked first (no request for bad input), then the key and the
-        # agent or model (``price``), then the worst case against balance and cap
-        est = await estimate_job(job, provider, limit=kw.get("limit"), max_cost=cap,
-                                 restart=kw.get("restart", False))
-        price = await provider.price()  # cached by the provider: no second request
-        _preflight(est, yes, errors)
-        before = await provider.account()
-        worst = worst_cost_fn(job, price) if cap is not None else None
-        with Reporter(stats, stream=errors.file, enabled=not quiet) as rep:  # type: ignore[arg-type]
-            report = await run_job(job, provider, stats=stats, on_result=rep.update,
-                                   worst_cost=worst, **kw)
-        after = await provider.account()
-        report.extra["reconciliation"] = reconcile(est, before, after, report)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signals, stop, errors)
+            try:
+                report = await _preflight_and_run(job, provider, stats, stop, quiet=quiet,
+                                                  errors=errors, yes=yes, **kw)
+            finally:
+                tg.cancel_scope.cancel()
         return report
+    except BaseExceptionGroup as group:  # the run's own error, not the signal watcher's
+        raise _first(group) from None
     finally:
         await provider.aclose()
 
 
-def _preflight(est: Estimate, yes: bool, errors: Console) -> None:
-    problems = []
-    if est.fits_balance is False:
-        problems.append(f"worst case {est.worst_case:.6f} {est.currency} is more than the balance "
-                        f"{est.balance:.6f}")
-    if est.fits_cap is False:
-        problems.append(f"worst case {est.worst_case:.6f} {est.currency} is more than max_cost "
-                        f"{est.max_cost:g}")
-    if not problems:
-        return
-    text = "preflight: " + "; ".join(problems)
-    if not yes:
-        raise PreflightRefused(text + ". Use --yes to run anyway: the job stops cleanly, resumable, "
-                      "when the money or the cap runs out.")
-    errors.print(f"[yellow]warning:[/yellow] {text} (--yes given: running anyway)")
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
-def reconcile(est: Estimate, before: Account, after: Account, report: RunReport) -> dict[str, Any]:
-    """Estimated against real cost; the cost column against what the account says it lost."""
-    spent_run = report.stats.cost
-    out: dict[str, Any] = {"estimated_cost": est.expected_cost, "interval": list(est.interval),
-                           "real_cost_this_run": round(spent_run, 6)}
-    if before.remaining is not None and after.remaining is not None:
-        charged = before.remaining - after.remaining
-        out["account_charged"] = round(charged, 6)
-        out["gap"] = round(charged - spent_run, 6)
-    if report.stats.unknown_cost_calls:
-        out["calls_with_unknown_cost"] = report.stats.unknown_cost_calls
-    return out
+async def _preflight_and_run(job: Job, provider: Any, stats: RunStats, stop: Stop, *, quiet: bool,
+                             errors: Console, yes: bool, **kw: Any) -> RunReport:
+    # the input is read and keyed first (no request for bad input), then ``run_job``'s preflight
+    plan = prepare(job, endpoint=endpoint_of(provider), limit=kw.get("limit"))
+
+    def warn(text: str) -> None:
+        errors.print(f"[yellow]warning:[/yellow] {text}", highlight=False)
+
+    with Reporter(stats, stream=errors.file, enabled=not quiet) as rep:  # type: ignore[arg-type]
+        return await run_job(job, provider, stats=stats, on_result=rep.update, stop=stop, plan=plan,
+                             yes=yes, warn=warn, **kw)
+
+
+# first signal: stop sending, let calls in flight finish and be recorded, write the output;
+# second: cancel the calls in flight too (still recorded as sent); third: the default (die)
+_SIGNALS = {signal.SIGINT: ("INTERRUPTED", "Ctrl-C"), signal.SIGTERM: ("TERMINATED", "SIGTERM")}
+
+
+async def _stop_on_signals(stop: Stop, errors: Console) -> None:
+    with anyio.open_signal_receiver(*_SIGNALS) as signals:
+        async for signum in signals:
+            code, name = _SIGNALS[signal.Signals(signum)]
+            if not stop.stopped:
+                stop.soft(code, MomoError(f"stopped by {name}"))
+                errors.print(f"{name}: no new calls; waiting for the calls in flight to finish and be "
+                             "recorded (again to abort them)", highlight=False)
+            else:
+                stop.now(code, MomoError(f"stopped by {name}"))
+                errors.print(f"{name} again: aborting the calls in flight; writing the output",
+                             highlight=False)
+                return
 
 
 def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: int | None,
                 max_cost: float | None, restart: bool, yes: bool, sandbox: bool, fmt: str,
                 as_json: bool, quiet: bool, credentials: Any, sandbox_for: Any,
-                console: Console, errors: Console) -> int:
+                console: Console, errors: Console, cache: Path | None = None,
+                with_report: bool = False) -> int:
     cfg = job.provider
     if output is not None:
         job = job.with_overrides(output=OutputConfig(path=output))
-    with sandbox_for(cfg, job.limits.tier, sandbox) as (sb_url, sb_creds):
-        creds = sb_creds or credentials(cfg)
-        provider = open_provider(cfg, creds, base_url=sb_url or base_url,
-                                 max_connections=job.limits.concurrency)
+    check_output(job.output.path, job.input.path, formats=[fmt])  # before anything is paid
+    if cache is not None:
+        job = job.with_overrides(reuse=job.reuse.model_copy(update={"cache": cache}))
+    with sandbox_for(cfg, job.limits.tier, sandbox, label_truth=sandbox_truth(job)) as (sb_url, sb_creds):
+        provider = _provider(job, sb_url, sb_creds, base_url, credentials)
         report = anyio.run(lambda: _run(job, provider, quiet=quiet, errors=errors, yes=yes,
                                         limit=limit, restart=restart, max_cost=max_cost))
-    if fmt != "parquet":
+    if fmt != "parquet" and report.output.exists():
         export(report.output, fmt)
+    page = _write_report(report.output) if with_report and report.output.exists() else None
     if as_json:
-        print(json.dumps(report.as_dict(), ensure_ascii=False))
+        print(json.dumps({**report.as_dict(), **({"report": str(page)} if page else {})}, ensure_ascii=False))
     else:
         render_summary(report, console)
+        if page:
+            console.print(f"report: {page}", highlight=False, soft_wrap=True)
     return report.exit_code
 
 
+def sandbox_truth(job: Job) -> Path | None:
+    """The gold labels a ``--sandbox`` run's labelling agents know: a label job's CSV input with
+    ``text`` and ``gold`` columns (so ``eval`` of a sandbox run measures something); else none."""
+    path = job.input.path
+    if not job.label or path.suffix.lower() != ".csv":
+        return None
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError):
+        return None
+    return path if {"text", "gold"} <= set(header) else None
+
+
+def _provider(job: Job, sb_url: str | None, sb_creds: Any, base_url: str | None, credentials: Any) -> Any:
+    provider = open_provider(job.provider, sb_creds or credentials(job.provider),
+                             base_url=sb_url or base_url, max_connections=job.limits.concurrency)
+    if sb_url:  # each --sandbox run has a new port; its answers are the same, so are its keys
+        provider.endpoint = "sandbox"  # type: ignore[attr-defined]
+    return provider
+
+
+def _write_report(parquet: Path) -> Path:
+    from .report import write_report  # matplotlib: loaded only when a report is asked for
+
+    return write_report(parquet)
+
+
 def export(parquet: Path, fmt: str) -> Path:
-    """Write the output again as JSON lines or CSV beside the Parquet."""
-    target = parquet.with_suffix(".jsonl" if fmt == "jsonl" else ".csv")
-    lf = pl.scan_parquet(parquet)
-    if fmt == "jsonl":
-        lf.sink_ndjson(target)
-    else:
-        # CSV has no nested types: lists (label votes) become "a|b|c"
-        lists = [n for n, t in lf.collect_schema().items() if isinstance(t, pl.List)]
-        lf.with_columns(pl.col(c).list.join("|") for c in lists).sink_csv(target)
+    """Write the output again as JSON lines or CSV beside the Parquet (never over the input: the
+    run checked the path before it started)."""
+    target = export_path(parquet, fmt)
+    try:
+        lf = pl.scan_parquet(parquet)
+        if fmt == "jsonl":
+            lf.sink_ndjson(target)
+        else:
+            lf.with_columns(_flat(name, dtype) for name, dtype in lf.collect_schema().items()
+                            if dtype.is_nested()).sink_csv(target)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        target.unlink(missing_ok=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+        raise WriteError(f"--format {fmt}: cannot write {target} ({reason}); the Parquet output "
+                          f"{parquet} is complete") from None
     return target
+
+
+def _flat(name: str, dtype: pl.DataType) -> pl.Expr:
+    """CSV has no nested types: a list of strings (label votes) becomes ``a|b|c``, anything else
+    nested (lists of numbers, structs, arrays) its JSON text."""
+    col = pl.col(name)
+    if isinstance(dtype, pl.List) and dtype.inner == pl.String:
+        return col.list.join("|")
+    return pl.struct(col.alias("v")).struct.json_encode().str.json_path_match("$.v").alias(name)
 
 
 def render_summary(report: RunReport, console: Console) -> None:
@@ -122,6 +177,7 @@ def render_summary(report: RunReport, console: Console) -> None:
         ("rows", f"{d['rows']:,}"),
         ("ok / error / skipped", f"{totals.get('ok', 0):,} / {totals.get('error', 0):,} / "
                                  f"{totals.get('skipped', 0):,}"),
+        ("distinct requests (dedup saved)", _dedup(d.get("requests") or {})),
         ("finished in earlier runs", f"{d['already_done']:,}"),
         ("re-sent after a crash", f"{d['resent_after_crash']:,}"),
         ("calls this run (retries, 429s)", f"{d['calls']:,} ({d['retries']:,}, {d['rate_limited']:,})"),
@@ -131,6 +187,12 @@ def render_summary(report: RunReport, console: Console) -> None:
         ("rate: achieved / allowed per minute",
          f"{_num(d['achieved_per_minute'])} / {_num(d['rate_limit_per_minute'], 'unlimited')}"),
     ]
+    reuse = d.get("requests") or {}
+    if reuse.get("cache_answers"):
+        rows.append(("answers from the cache (saved)",
+                     f"{reuse['cache_answers']:,} ({reuse['cache_saved_cost']:.6f})"))
+    if d.get("unknown_outcomes"):
+        rows.append(("calls sent without an answer (may be charged)", f"{d['unknown_outcomes']:,}"))
     rec = d.get("reconciliation") or {}
     if rec:
         lo, hi = rec["interval"]
@@ -138,15 +200,30 @@ def render_summary(report: RunReport, console: Console) -> None:
         if "account_charged" in rec:
             rows.append(("account charged / gap to cost column",
                          f"{rec['account_charged']:.6f} / {rec['gap']:+.6f}"))
+        if rec.get("balance_unknown"):
+            rows.append(("account charged", f"not known: {rec['balance_unknown']}"))
         if rec.get("calls_with_unknown_cost"):
             rows.append(("calls whose cost the server did not report",
                          str(rec["calls_with_unknown_cost"])))
+    labels = d.get("labels") or {}
+    if labels:
+        rows.append(("labels: unparsed / escalated",
+                     f"{labels['unparsed_rate']:.1%} / {labels['escalated']:,} ({labels['escalation_rate']:.1%})"))
     if d["stop_code"]:
         rows.append(("stopped", f"{d['stop_code']}: {d['stop_message']}"))
     for what, value in rows:
         table.add_row(what, str(value))
     console.print(table)
+    for warning in d.get("warnings", []):
+        console.print(f"warning: {warning}", highlight=False)
     console.print(f"exit code {report.exit_code}; output: [bold]{report.output}[/bold]")
+
+
+def _dedup(reuse: dict[str, Any]) -> str:
+    if not reuse:
+        return "-"
+    return (f"{reuse['distinct_requests']:,} of {reuse['rows_with_prompt']:,} rows "
+            f"({reuse['dedup_saved_requests']:,} not sent)")
 
 
 def _num(x: float | None, none: str = "-") -> str:
@@ -159,18 +236,19 @@ def estimate_cli_job(job: Job, *, pilot: int, base_url: str | None, limit: int |
     cfg = job.provider
 
     async def go(provider: Any) -> Estimate:
+        plan = prepare(job, endpoint=endpoint_of(provider), limit=limit)
+
         async def run_pilot(rows: set[int]) -> None:
-            await run_job(job, provider, limit=limit, only_rows=rows, write_output=False)
+            await run_job(job, provider, only_rows=rows, write_output=False, plan=plan, check=False)
 
         try:
-            return await estimate_job(job, provider, pilot=pilot, limit=limit,
-                                      max_cost=max_cost, run_pilot=run_pilot)
+            return await estimate_job(job, provider, pilot=pilot, max_cost=max_cost,
+                                      run_pilot=run_pilot, plan=plan)
         finally:
             await provider.aclose()
 
-    with sandbox_for(cfg, job.limits.tier, sandbox) as (sb_url, sb_creds):
-        provider = open_provider(cfg, sb_creds or credentials(cfg), base_url=sb_url or base_url,
-                                 max_connections=job.limits.concurrency)
+    with sandbox_for(cfg, job.limits.tier, sandbox, label_truth=sandbox_truth(job)) as (sb_url, sb_creds):
+        provider = _provider(job, sb_url, sb_creds, base_url, credentials)
         est = anyio.run(go, provider)
     if as_json:
         print(json.dumps(est.as_dict(), ensure_ascii=False))
@@ -186,20 +264,30 @@ def render_estimate(est: Estimate, console: Console) -> None:
     table.add_column("value", justify="right")
     lo, hi = est.interval
     rows = [
-        ("rows (to run / skipped empty)", f"{est.rows:,} ({est.remaining_rows:,} / {est.skipped_rows:,})"),
-        ("calls per row", str(est.calls_per_row)),
-        ("prompt tokens (exact, local)", f"{est.prompt_tokens:,}  [{est.tokenizer}]"),
-        ("expected completion tokens", f"{est.completion_tokens:,}  [{est.completion_basis}]"),
+        ("rows (skipped empty)", f"{est.rows:,} ({est.skipped_rows:,})"),
+        ("distinct requests (still to send)", f"{est.distinct_requests:,} ({est.remaining_rows:,})"),
+        ("calls per row (expected, with re-asks and escalation)",
+         f"{est.calls_per_row} ({est.expected_calls_per_row:.2f})"),
+        ("prompt tokens, one per request (exact, local)", f"{est.prompt_tokens:,}  [{est.tokenizer}]"),
+        ("prompt tokens sent, all calls (expected)", f"{est.prompt_tokens_sent:,}"),
+        (_completion_label(est), f"{est.completion_tokens:,}  [{est.completion_basis}]"),
         ("server/local token ratio", "-" if est.token_ratio is None else f"{est.token_ratio:.3f}"),
         ("price per million (prompt / completion)",
          f"{est.price['prompt_per_million']:g} / {est.price['completion_per_million']:g} {c}"),
         ("prepaid package tokens", f"{est.package_tokens:,}"),
         ("already spent (pilot, earlier runs)", f"{est.spent_so_far:.6f} {c}"),
         ("expected cost", f"{est.expected_cost:.6f} {c}  (95%: {lo:.6f} - {hi:.6f})"),
-        ("worst case (every call at max_tokens)", f"{est.worst_case:.6f} {c}"),
+        (_worst_label(est), f"{est.worst_case:.6f} {c}"),
         ("time at the tier's rate",
          "bounded by concurrency (no rate limit)" if est.minutes is None else f"{est.minutes:.1f} min"),
     ]
+    if est.escalation is not None:
+        e = est.escalation
+        rows.insert(-4, (f"escalation to {e.target} (agreement under {e.below:g})",
+                         f"{e.share:.0%} of rows, ~{e.expected_rows:,} rows, {e.expected_cost:.6f} {c}  [{e.basis}]"))
+        if e.pilot_agreement:
+            rows.insert(-4, ("pilot rows by vote agreement",
+                             ", ".join(f"{k}: {v}" for k, v in e.pilot_agreement.items())))
     if est.balance is not None:
         rows.append(("balance / worst case fits", f"{est.balance:g} {c} / {_yes(est.fits_balance)}"))
     if est.max_cost is not None:
@@ -209,6 +297,23 @@ def render_estimate(est: Estimate, console: Console) -> None:
     console.print(table)
     for note in est.notes:
         console.print(f"note: {note}")
+
+
+def _completion_label(est: Estimate) -> str:
+    """What the completion figure counts: MOMO reports one total per call, so it is what the
+    server counted beyond the prompts sent (answers plus its own per-call overhead)."""
+    if est.token_split:
+        return "completion tokens, all calls (expected)"
+    return "answer + service overhead tokens, all calls (expected)"
+
+
+def _worst_label(est: Estimate) -> str:
+    parts = ["every call at max_tokens"]
+    if est.calls_per_row > 1 or est.expected_calls_per_row > 1 or est.escalation is not None:
+        parts.append("every answer re-asked")
+    if est.escalation is not None:
+        parts.append("every row escalated")
+    return f"worst case ({', '.join(parts)})"
 
 
 def _yes(flag: bool | None) -> str:

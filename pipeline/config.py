@@ -1,7 +1,8 @@
 """The job file: a TOML document validated once, at the edge, into a :class:`Job`.
 
 Key names are the user-facing interface (see ``jobs/example.toml``); unknown keys are errors so
-a typo never silently changes what a paid job does.
+a typo never silently changes what a paid job does, and types are strict: ``concurrency = "16"``
+or ``stream = "yes"`` is an error naming the key, not a guess (an integer is still a valid float).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -19,11 +20,15 @@ TIER_RPM: dict[str, float | None] = {"free": 10, "basic": 60, "pro": 300, "enter
 
 
 class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# TOML has no path type: a path is written as a string (or given as a Path from Python)
+FilePath = Annotated[Path, Field(strict=False)]
 
 
 class InputConfig(_Table):
-    path: Path
+    path: FilePath
     id_column: str | None = None
     batch_rows: int = Field(4096, gt=0)
 
@@ -90,7 +95,16 @@ class LimitsConfig(_Table):
 
 
 class OutputConfig(_Table):
-    path: Path
+    path: FilePath
+
+
+class ReuseConfig(_Table):
+    """What a job may reuse instead of paying again (see :mod:`pipeline.ledger`)."""
+
+    # identical requests in one job are sent once; false: each repeat is an independent sample
+    dedup: bool = True
+    # a directory whose answers any job may reuse at no charge (``run --cache DIR``)
+    cache: FilePath | None = None
 
 
 class Job(_Table):
@@ -101,12 +115,13 @@ class Job(_Table):
     provider: ProviderConfig
     limits: LimitsConfig = LimitsConfig()
     output: OutputConfig
+    reuse: ReuseConfig = ReuseConfig()
     label: dict[str, Any] | None = None
     source: str = Field("", exclude=True)  # the job file's text, for the provenance hash
 
     @property
     def fingerprint(self) -> str:
-        """sha256 of the job file text: ties an output and its journal to the job that made it."""
+        """sha256 of the job file text: ties an output to the job file that made it (provenance)."""
         return hashlib.sha256(self.source.encode()).hexdigest()
 
     @classmethod
@@ -123,6 +138,9 @@ class Job(_Table):
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read job file ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: a job file is UTF-8 text; byte {exc.start + 1} is not "
+                              f"(0x{exc.object[exc.start]:02x}: saved in another encoding?)") from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -138,5 +156,7 @@ def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "job"
-        parts.append(f"{where}: {err['msg']}")
+        given = err.get("input")
+        shown = f" (got {given!r})" if isinstance(given, str | int | float | bool) else ""
+        parts.append(f"{where}: {err['msg']}{shown}")
     return "; ".join(parts)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .config import ProviderConfig
-from .errors import ConfigError
-from .providers.base import Provider
+from .errors import ConfigError, check_secret
+
+if TYPE_CHECKING:  # the providers (and httpx) load when a provider is opened, not with the CLI
+    from .providers.base import Provider
 
 MOMO_DEFAULT_URL = "https://api.momoai.pro/v1"
 RELAY_DEFAULT_URL = "https://api.moka-ai.com"
@@ -34,6 +37,9 @@ def open_provider(
     """A provider for ``cfg``; no I/O until it is used. Close it with ``await p.aclose()``."""
     if not creds.api_key:
         raise ConfigError(f"no API key: set {cfg.key_env}")
+    check_secret(creds.api_key, f"the API key in {cfg.key_env}")
+    if creds.access_token:
+        check_secret(creds.access_token, f"the relay access token ({cfg.access_token_env or 'RELAY_ACCESS_TOKEN'})")
     url = base_url or cfg.base_url
     if cfg.kind == "momo":
         from .providers.momo import MomoClient, MomoProvider

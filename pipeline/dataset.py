@@ -7,6 +7,7 @@ streaming ``select(len())``, rows from ``collect_batches``. Every problem is a
 
 from __future__ import annotations
 
+import csv
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import polars as pl
 
 from .errors import ConfigError
 
-ROW = "__row"  # position of a row in the input; the key that ties results to rows
+ROW = "__row"  # position of a row in the input, for this run only (rows find results by content key)
 PROMPT = "__prompt"
 
 
@@ -113,14 +114,39 @@ class Dataset:
         return schema
 
     def batches(
-        self, columns: list[str], prompt: pl.Expr, *, batch_rows: int = 4096
+        self, columns: list[str], prompt: pl.Expr, *, batch_rows: int = 4096, check_all: bool = False
     ) -> Iterator[pl.DataFrame]:
-        """Batches of ``[ROW, *columns, PROMPT]`` in input order; memory is one batch at a time."""
-        lf = self.scan().select([pl.col(ROW), *(pl.col(c) for c in columns), prompt])
+        """Batches of ``[ROW, *columns, PROMPT]`` in input order; memory is one batch at a time.
+
+        ``check_all`` parses every column of a CSV, not just those the prompt reads, so a ragged
+        line or a value that does not fit its column fails here (the estimate pass, before any paid
+        call) rather than when the output is written. A Parquet file's other columns are typed.
+        """
+        wanted = [pl.col(ROW), *(pl.col(c) for c in columns), prompt]
+        whole = check_all and self.path.suffix.lower() == ".csv"
+        lf = self.scan().with_columns(prompt) if whole else self.scan().select(wanted)
+        names = [ROW, *columns, PROMPT]
         try:
-            yield from lf.collect_batches(chunk_size=batch_rows, maintain_order=True)
+            for batch in lf.collect_batches(chunk_size=batch_rows, maintain_order=True):
+                yield batch.select(names) if whole else batch
         except (pl.exceptions.PolarsError, OSError) as exc:
-            raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)})") from None
+            raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)}{self._ragged_hint()})") from None
+
+    def _ragged_hint(self) -> str:
+        """Where a CSV first has a line with another number of fields than its header (error path only)."""
+        if self.path.suffix.lower() != ".csv":
+            return ""
+        try:
+            with self.path.open(newline="", encoding="utf-8", errors="replace") as f:
+                reader = csv.reader(f)
+                width = len(next(reader, []))
+                for record in reader:
+                    if record and len(record) > width:
+                        return (f"; line {reader.line_num} has {len(record)} fields, the header {width}: "
+                                "quote values that contain commas")
+        except (OSError, csv.Error):
+            pass
+        return ""
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,82 +1,166 @@
-"""One exception tree for everything momo-batch raises.
+"""One exception tree for everything momo-batch raises, and what each error means for a job.
 
-    MomoError
-    ├── ConfigError                 bad job file, bad argument, bad input data (names file/column/row)
-    ├── PreflightRefused            the worst case may not fit the balance or max_cost
-    ├── BudgetExceeded              the next call's worst case does not fit what is left of max_cost
-    └── APIError                    the service said no, or could not be understood
-        ├── InvalidApiKey           401 INVALID_API_KEY          terminal: stop the job
-        ├── AgentNotFound           404 AGENT_NOT_FOUND          terminal: stop the job (also model_not_found)
-        ├── InsufficientBalance     402 INSUFFICIENT_BALANCE     stop sending, keep results, resumable
-        ├── InvalidParameters       400 INVALID_PARAMETERS       fail this row, no retry
-        └── TransientError          worth retrying
-            ├── RateLimited         429 RATE_LIMIT               carries retry_after
-            ├── ServerError         5xx
-            ├── Timeout             no answer in time
-            ├── ConnectionLost      reset, refused, stream dropped
-            └── MalformedResponse   a body that is not the contract's JSON
+    MomoError                       action       exit
+    ├── ConfigError                 stop now     2   bad job file, argument, key, input or output path
+    ├── PreflightRefused            stop now     7   the worst case may not fit the balance or max_cost
+    ├── BudgetExceeded              stop softly  4   the next call's worst case does not fit max_cost
+    ├── JobBusy                     stop now     8   another process holds the job's ledger (one writer per job)
+    ├── WriteError                  stop softly  9   the ledger or the output cannot be written (disk full)
+    └── APIError                                     the service said no, or could not be understood
+        ├── TerminalError                            retrying cannot help
+        │   ├── InvalidApiKey       stop now     5   401 INVALID_API_KEY
+        │   ├── AgentNotFound       stop now     5   404 AGENT_NOT_FOUND (also model_not_found)
+        │   ├── NoSuchApi           stop now     6   a discovery endpoint is missing: wrong base URL
+        │   ├── InsufficientBalance stop softly  3   402 INSUFFICIENT_BALANCE: keep results, resumable
+        │   ├── InvalidParameters   fail the row 5   400 INVALID_PARAMETERS (context window too): final
+        │   └── RequestRejected     fail the row 5   any other 4xx (409, 413, ...)
+        └── TransientError          retry        6   worth retrying, then the row fails
+            ├── RateLimited                          429 RATE_LIMIT, carries retry_after
+            ├── ServerError                          5xx
+            ├── Timeout                              no whole answer within provider.timeout
+            ├── ConnectionLost                       reset, refused, stream dropped
+            └── MalformedResponse                    a body that is not the contract's JSON
 
-Retry and stop decisions read the class (``TransientError`` or ``TerminalError``), never the
-message text. No exception carries an API key: messages are built from server text that is
-scrubbed by :func:`redact` before it is stored.
+Each class carries its :class:`Action` (what the runner does with a row's error) and its exit code
+(what the CLI exits with when the error ends a command). :func:`classify` is the one table from
+(HTTP status, error code) to a class, for both services. Decisions read ``action``, never the
+message text. No exception carries an API key: server text is scrubbed by :func:`redact`.
+
+:class:`~pipeline.outcome.ExitCode` is the one table of exit codes; the README quotes
+:data:`~pipeline.outcome.EXIT_MEANINGS` and a test keeps the two equal.
 """
 
 from __future__ import annotations
 
 import re
+from enum import StrEnum
+
+from .outcome import ExitCode
 
 __all__ = [
-    "MomoError",
-    "ConfigError",
+    "Action",
+    "check_secret",
     "APIError",
-    "TerminalError",
-    "InvalidApiKey",
     "AgentNotFound",
-    "InsufficientBalance",
-    "InvalidParameters",
-    "TransientError",
-    "RateLimited",
-    "ServerError",
-    "Timeout",
-    "ConnectionLost",
-    "MalformedResponse",
     "BudgetExceeded",
+    "ConfigError",
+    "ConnectionLost",
+    "InsufficientBalance",
+    "InvalidApiKey",
+    "InvalidParameters",
+    "JobBusy",
+    "MalformedResponse",
+    "MomoError",
+    "NoSuchApi",
     "PreflightRefused",
+    "RateLimited",
+    "RequestRejected",
+    "ServerError",
+    "TerminalError",
+    "Timeout",
+    "TransientError",
+    "WriteError",
+    "classify",
     "redact",
 ]
 
+
+class Action(StrEnum):
+    """What the runner does when a call of a row raises this error."""
+
+    RETRY = "retry"  # transient: the retry policy tries again; when it gives up, the row fails
+    FAIL_ROW = "fail the row"  # record the error on this row, the job goes on
+    STOP_SOFT = "stop softly"  # send nothing more, let calls in flight finish, keep everything
+    STOP_NOW = "stop now"  # cancel the job at once
+
+
+# -- redaction -------------------------------------------------------------------------------------
 # Bearer tokens and key-like strings (sk-..., long hex/base64 runs) are masked in any text we keep.
 _SECRET = re.compile(r"(?i)(bearer\s+)\S+|\bsk-[A-Za-z0-9_\-]{6,}|\b[A-Za-z0-9_\-]{32,}\b")
+_PIECE = 8  # a server may echo part of a key (e.g. without its "sk-"): any 8 characters of it are masked
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    """Mask the given secrets and anything shaped like an API key in ``text``."""
+    """Mask the given secrets, any piece of 8+ characters of them, and anything shaped like a key."""
+    masked = bytearray(len(text))
     for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
+        if not secret:
+            continue
+        pieces = {secret} if len(secret) < _PIECE else {secret[i:i + _PIECE]
+                                                         for i in range(len(secret) - _PIECE + 1)}
+        for piece in pieces:
+            start = text.find(piece)
+            while start != -1:
+                masked[start:start + len(piece)] = b"\x01" * len(piece)
+                start = text.find(piece, start + 1)
+    if any(masked):
+        out, i = [], 0
+        while i < len(text):
+            if masked[i]:
+                while i < len(text) and masked[i]:
+                    i += 1
+                out.append("***")
+            else:
+                out.append(text[i])
+                i += 1
+        text = "".join(out)
     return _SECRET.sub(lambda m: (m.group(1) or "") + "***", text)
 
 
+# -- the tree --------------------------------------------------------------------------------------
 class MomoError(Exception):
     """Root of every error momo-batch raises on purpose."""
 
+    code: str = "ERROR"
+    action: Action = Action.STOP_NOW
+    exit_code: ExitCode = ExitCode.TERMINAL
+
 
 class ConfigError(MomoError):
-    """A job file, argument or input dataset is wrong; the message says where."""
+    """A job file, argument, key, input dataset or output path is wrong; the message says where."""
+
+    code = "BAD_INPUT"
+    exit_code = ExitCode.BAD_INPUT
 
 
 class PreflightRefused(MomoError):
     """``run``'s preflight: the worst case may not fit the balance or the cap (``--yes`` overrides)."""
 
+    code = "PREFLIGHT_REFUSED"
+    exit_code = ExitCode.REFUSED
+
 
 class BudgetExceeded(MomoError):
     """The next call's worst case does not fit in what is left of ``max_cost``."""
 
+    code = "BUDGET_EXCEEDED"
+    action = Action.STOP_SOFT
+    exit_code = ExitCode.BUDGET
+
+
+class JobBusy(MomoError):
+    """Another process is running this job (it holds the ledger's lock)."""
+
+    code = "JOB_BUSY"
+    exit_code = ExitCode.BUSY
+
+
+class WriteError(MomoError):
+    """The ledger or the output could not be written: stop sending, keep what is recorded."""
+
+    code = "WRITE_FAILED"
+    action = Action.STOP_SOFT
+    exit_code = ExitCode.WRITE
+
 
 class APIError(MomoError):
-    """An error answered by (or about) a remote API call."""
+    """An error answered by (or about) a remote API call.
 
-    code: str | None = None
+    ``code`` is the contract's code (what the ``error_code`` column holds); ``server_code`` is the
+    code the server sent, when it differs (``"context_length_exceeded"``, ``"400"``).
+    """
+
+    code = "API_ERROR"
 
     def __init__(
         self,
@@ -86,6 +170,7 @@ class APIError(MomoError):
         code: str | None = None,
         details: str | None = None,
         request_id: str | None = None,
+        server_code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -94,11 +179,14 @@ class APIError(MomoError):
             self.code = code
         self.details = details
         self.request_id = request_id
+        self.server_code = server_code if server_code != self.code else None
 
     def __str__(self) -> str:
-        parts = [self.code or type(self).__name__]
+        parts = [self.code]
         if self.status is not None:
             parts.append(f"HTTP {self.status}")
+        if self.server_code:
+            parts.append(f"({self.server_code})")
         text = f"{' '.join(parts)}: {self.message}"
         return f"{text} ({self.details})" if self.details else text
 
@@ -115,16 +203,46 @@ class AgentNotFound(TerminalError):
     code = "AGENT_NOT_FOUND"
 
 
+class NoSuchApi(TerminalError):
+    """A discovery endpoint (agents, models, balance, billing, user self) is not there: the base URL
+    is wrong, or the server is not this API. The message names the URL."""
+
+    code = "NO_SUCH_API"
+    exit_code = ExitCode.UNREACHABLE
+
+
 class InsufficientBalance(TerminalError):
     code = "INSUFFICIENT_BALANCE"
+    action = Action.STOP_SOFT
+    exit_code = ExitCode.INSUFFICIENT_BALANCE
 
 
 class InvalidParameters(TerminalError):
+    """The request itself is wrong (a bad field, a prompt over the context window): the row fails
+    for good, and a rerun does not send it again (``FINAL_ERROR_CODES``)."""
+
     code = "INVALID_PARAMETERS"
+    action = Action.FAIL_ROW
+
+
+class RequestRejected(TerminalError):
+    """A 4xx the contract does not name (409, 413, ...): this row fails, the job goes on; a rerun
+    tries the row again. The code is ``HTTP_<status>``."""
+
+    code = "REQUEST_REJECTED"
+    action = Action.FAIL_ROW
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 **kw: str | None) -> None:
+        super().__init__(message, status=status, code=code or (f"HTTP_{status}" if status else None),
+                         **kw)  # type: ignore[arg-type]
 
 
 class TransientError(APIError):
     """Worth retrying with backoff."""
+
+    action = Action.RETRY
+    exit_code = ExitCode.UNREACHABLE
 
 
 class RateLimited(TransientError):
@@ -159,3 +277,76 @@ class ConnectionLost(TransientError):
 
 class MalformedResponse(TransientError):
     code = "MALFORMED_RESPONSE"
+
+
+# -- classification ----------------------------------------------------------------------------------
+# Error codes both services send (MOMO's upper-case contract codes, the relays' lower-case ones),
+# compared case-insensitively. A code that is a number ("400", as LiteLLM sends it) or missing
+# says nothing: the status decides.
+CODE_ERRORS: dict[str, type[APIError]] = {
+    "invalid_api_key": InvalidApiKey,
+    "invalid_token": InvalidApiKey,
+    "insufficient_balance": InsufficientBalance,
+    "insufficient_user_quota": InsufficientBalance,
+    "pre_consume_token_quota_failed": InsufficientBalance,
+    "insufficient_quota": InsufficientBalance,
+    "rate_limit": RateLimited,
+    "rate_limit_exceeded": RateLimited,
+    "agent_not_found": AgentNotFound,
+    "model_not_found": AgentNotFound,
+    "invalid_parameters": InvalidParameters,
+    "invalid_request": InvalidParameters,
+    "invalid_request_error": InvalidParameters,
+    "context_length_exceeded": InvalidParameters,
+    "string_above_max_length": InvalidParameters,
+}
+
+# What an HTTP status means when the code names nothing above.
+STATUS_ERRORS: dict[int, type[APIError]] = {
+    400: InvalidParameters,
+    401: InvalidApiKey,
+    402: InsufficientBalance,
+    403: InvalidApiKey,
+    404: AgentNotFound,
+    408: Timeout,
+    413: InvalidParameters,  # the request is too large: sending it again cannot help
+    422: InvalidParameters,
+    429: RateLimited,
+}
+
+
+def classify(status: int | None, code: str | None) -> type[APIError]:
+    """The error class for an error answer, by its code first, then its HTTP status.
+
+    Unknown 4xx fail their row (:class:`RequestRejected`); 5xx, and error bodies sent with a
+    2xx status and no known code, are transient (:class:`ServerError`).
+    """
+    named = CODE_ERRORS.get((code or "").strip().lower())
+    if named is not None:
+        return named
+    if status is not None:
+        if status in STATUS_ERRORS:
+            return STATUS_ERRORS[status]
+        if 400 <= status < 500:
+            return RequestRejected
+    return ServerError
+
+
+def server_code(raw: object) -> str | None:
+    """The ``code`` a server sent, as text; ``None`` when missing or empty."""
+    if raw is None or isinstance(raw, bool):
+        return None
+    text = str(raw).strip()
+    return text or None
+
+
+def check_secret(value: str, what: str) -> None:
+    """A key sent in a header must be printable ASCII without spaces: say where it is not, never what it is."""
+    bad = next(((i, ch) for i, ch in enumerate(value) if not "!" <= ch <= "~"), None)
+    if bad is None:
+        return
+    i, ch = bad
+    kind = ("a line break" if ch in "\r\n" else "a non-ASCII character" if ord(ch) > 127
+            else "a space or control character")
+    raise ConfigError(f"{what} contains {kind} at character {i + 1}; a key is printable ASCII "
+                      "(look for a pasted line break, space or quote)")

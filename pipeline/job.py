@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import json
 import tempfile
 import time
@@ -13,28 +12,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anyio
 import polars as pl
 
 from . import __version__
-from .budget import Budget
+from .budget import BalanceReader, Budget
 from .config import Job, OutputConfig
-from .dataset import Dataset, PromptTemplate
-from .errors import ConfigError, MomoError
+from .errors import MomoError
+from .estimator import worst_cost_fn
+from .ledger import Cache, Ledger
 from .limiter import RateLimiter
+from .outcome import STOP_EXIT, ExitCode
+from .plan import Plan, endpoint_of, prepare
+from .preflight import Warn, account_after, preflight, reconcile
 from .providers.base import PromptRequest, Provider
-from .result import RESULT_SCHEMA, TOKEN_SPLIT_SCHEMA
-from .runner import Caller, Fanout, PromptTask, RowTask, RunStats, Stop, WorstCost
-from .sink import Journal, Unfinished, check_collisions, finalise, record_schema
-
-# documented exit codes (README): what a script calling `momo-batch run` can rely on
-EXIT_OK = 0
-EXIT_ROW_ERRORS = 1
-EXIT_BAD_INPUT = 2
-EXIT_INSUFFICIENT_BALANCE = 3
-EXIT_BUDGET = 4
-EXIT_TERMINAL = 5
-EXIT_INTERRUPTED = 130
+from .result import Unfinished
+from .runner import Caller, Fanout, RunStats, Stop, WorstCost
+from .sink import finalise
 
 
 @dataclass
@@ -52,16 +45,10 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
-        if self.stop_code == "INSUFFICIENT_BALANCE":
-            return EXIT_INSUFFICIENT_BALANCE
-        if self.stop_code == "BUDGET_EXCEEDED":
-            return EXIT_BUDGET
-        if self.stop_code == "INTERRUPTED":
-            return EXIT_INTERRUPTED
         if self.stop_code:
-            return EXIT_TERMINAL
+            return STOP_EXIT.get(self.stop_code, ExitCode.TERMINAL)
         errors = self.extra.get("job_totals", {}).get("error", self.stats.error)
-        return EXIT_ROW_ERRORS if errors else EXIT_OK
+        return ExitCode.ROW_ERRORS if errors else ExitCode.OK
 
     @property
     def achieved_per_window(self) -> float | None:
@@ -81,6 +68,8 @@ class RunReport:
             "skipped": s.skipped,
             "already_done": s.already_done,
             "resent_after_crash": s.resent,
+            "duplicates": s.duplicates,
+            "unknown_outcomes": s.unknown_outcomes,
             "calls": s.calls,
             "retries": s.retries,
             "rate_limited": s.rate_limited,
@@ -100,65 +89,6 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 2)
 
 
-def result_fingerprint(job: Job) -> str:
-    """What makes results reusable: input, prompt, target, sampling and label settings."""
-    p = job.provider
-    keyed = {
-        "input": [str(job.input.path), job.input.id_column],
-        "prompt": job.prompt.model_dump(),
-        "provider": [p.kind, p.target, p.temperature, p.max_tokens],
-        "label": job.label,
-    }
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def prompt_expr(job: Job) -> tuple[pl.Expr, list[str]]:
-    """The polars expression rendering each row's prompt, and the columns it reads."""
-    if job.label:
-        from .labels.task import label_template
-
-        template = PromptTemplate(label_template(job))
-        return template.expr(), template.columns
-    if job.prompt.column:
-        return pl.col(job.prompt.column).cast(pl.String).alias("__prompt"), [job.prompt.column]
-    template = PromptTemplate(job.prompt.template or "")
-    return template.expr(), template.columns
-
-
-def make_task(job: Job) -> RowTask:
-    if job.label:
-        from .labels.task import LabelTask  # only label jobs need it
-
-        return LabelTask.from_job(job)
-    return PromptTask()
-
-
-@dataclass
-class Prepared:
-    """Everything checked before the first paid call."""
-
-    job: Job
-    dataset: Dataset
-    prompt: pl.Expr
-    columns: list[str]
-    task: RowTask
-    result_columns: list[str]
-    n_rows: int
-
-
-def prepare(job: Job, *, limit: int | None = None) -> Prepared:
-    """Validate the input against the job: missing columns, empty file, collisions. No I/O to APIs."""
-    dataset = Dataset(job.input.path, job.input.id_column, limit=limit)
-    expr, columns = prompt_expr(job)
-    needed = columns + ([job.input.id_column] if job.input.id_column else [])
-    schema = dataset.check_columns(needed)
-    task = make_task(job)
-    split = TOKEN_SPLIT_SCHEMA if job.provider.kind == "openai" else {}
-    result_columns = list(RESULT_SCHEMA) + list(split) + list(task.extra_schema)
-    check_collisions(schema.names(), result_columns, job.input.path)
-    return Prepared(job, dataset, expr, columns, task, result_columns, dataset.count_rows())
-
-
 async def run_job(
     job: Job | str | Path,
     provider: Provider,
@@ -173,72 +103,143 @@ async def run_job(
     backoff: tuple[float, float] = (0.5, 30.0),
     only_rows: set[int] | None = None,
     write_output: bool = True,
+    stop: Stop | None = None,
+    cache: Path | None = None,
+    plan: Plan | None = None,
+    yes: bool = False,
+    check: bool = True,
+    warn: Warn | None = None,
+    escalation_provider: Provider | None = None,
 ) -> RunReport:
-    """Run every unfinished row of ``job`` through ``provider`` and write the output Parquet.
+    """Run every request of ``job`` that has no final answer yet, and write the output Parquet.
 
-    Safe to call again after a crash or a stop: finished rows are read from the journal and
-    not called again. ``max_cost`` (or ``limits.max_cost``) is a hard cap in the provider's
-    currency; it needs ``worst_cost`` (see :mod:`pipeline.estimate`).
+    Safe to call again after any stop or crash, and after editing the input: rows find their
+    answers in the ledger by content key, so only new requests are sent and paid.
+
+    The same steps as ``momo-batch run``: first the preflight (:mod:`pipeline.preflight`; a job
+    whose worst case may not fit the balance or ``max_cost`` raises
+    :class:`~pipeline.errors.PreflightRefused` unless ``yes``), then the run, then the
+    reconciliation of the estimate and the cost column with the balance (``report.extra``).
+    ``check=False`` skips preflight and reconciliation (a pilot inside an estimate does).
+    ``max_cost`` (or ``limits.max_cost``) is a hard cap in the provider's currency, unknown
+    outcomes included; ``worst_cost`` defaults to every call at ``max_tokens``. ``stop`` lets a
+    caller end the run softly (the CLI does on SIGINT / SIGTERM); ``cache`` (or ``reuse.cache``)
+    shares answers across jobs; ``warn`` receives warnings as they arise (default: none shown,
+    they are in ``report.extra["warnings"]``). A label job that escalates (``[label] escalate``)
+    asks the stronger target through ``provider``'s own client, retargeted, unless
+    ``escalation_provider`` is given.
     """
     job = job if isinstance(job, Job) else Job.load(job)
     if output is not None:
         job = job.with_overrides(output=OutputConfig(path=output))
-    prep = prepare(job, limit=limit)
+    if cache is not None:
+        job = job.with_overrides(reuse=job.reuse.model_copy(update={"cache": cache}))
+    prep = plan or prepare(job, endpoint=endpoint_of(provider), limit=limit)
     out = job.output.path
     cap = max_cost if max_cost is not None else job.limits.max_cost
+    warnings: list[str] = []
+
+    def note(text: str) -> None:
+        warnings.append(text)
+        if warn is not None:
+            warn(text)
+
+    checked = await preflight(job, provider, prep, max_cost=cap, restart=restart, yes=yes,
+                              warn=note) if check else None
     if cap is not None and worst_cost is None:
-        raise ConfigError("a cost cap needs a worst-case cost model (provider.max_tokens and a price)")
-    journal = Journal.open(out, fingerprint=result_fingerprint(job),
-                           schema=record_schema(prep.task.extra_schema), restart=restart)
-    state = journal.state(prep.n_rows)
+        worst_cost = worst_cost_fn(job, checked.price if checked else await provider.price())
     stats = stats or RunStats()
-    stats.total, stats.already_done, stats.resent = prep.n_rows, state.finished_count, state.resent
-    stop = Stop()
-    limits = job.limits
-    caller = Caller(
-        provider,
-        limiter=RateLimiter(limits.rate_per_window, limits.window_seconds),
-        budget=Budget(cap, spent=state.previous_cost),
-        stats=stats,
-        stop=stop,
-        max_attempts=limits.max_attempts,
-        request=PromptRequest(prompt="", temperature=job.provider.temperature,
-                              max_tokens=job.provider.max_tokens, stream=job.provider.stream),
-        worst_cost=worst_cost,
-        backoff=backoff,
-    )
+    stop = stop or Stop()
+    with Ledger.open(out, restart=restart) as ledger, _open_cache(job.reuse.cache) as shared:
+        stats.total = prep.n_rows
+        limits = job.limits
+        budget = Budget(cap, spent=ledger.totals().spent,
+                        balance=_remaining(provider) if cap is not None else None,
+                        reread_seconds=limits.window_seconds / 20)  # 3 s a minute (scaled in tests)
+        await budget.start()
+        caller = Caller(
+            provider,
+            limiter=RateLimiter(limits.rate_per_window, limits.window_seconds),
+            budget=budget,
+            stats=stats,
+            stop=stop,
+            max_attempts=limits.max_attempts,
+            request=PromptRequest(prompt="", temperature=job.provider.temperature,
+                                  max_tokens=job.provider.max_tokens, stream=job.provider.stream),
+            keyer=prep.keyer,
+            ledger=ledger,
+            cache=shared,
+            worst_cost=worst_cost,
+            backoff=backoff,
+        )
+        task = await prep.task.bind(job, provider, caller, capped=cap is not None,
+                                    escalation_provider=escalation_provider)
+        fan = Fanout(task, caller, ledger, lambda: prep.batches(job.input.batch_rows),
+                     limits.concurrency, on_result=on_result or (lambda r: None), only_rows=only_rows)
+        started = time.monotonic()
+        try:
+            with _steady_gc():
+                await fan.run()
+        except KeyboardInterrupt:  # the Python API in a terminal; the CLI stops through ``stop``
+            stop.soft("INTERRUPTED", MomoError("interrupted"))
+        reason = stop.reason or Unfinished("NOT_RUN", "not run (job ended before this row)")
+        report = RunReport(out, stats, stop.reason.code if stop.reason else None,
+                           str(stop.error) if stop.error else None, time.monotonic() - started,
+                           limits.rate_per_window, limits.window_seconds)
+        report.extra["requests"] = _reuse_figures(prep, stats)
+        report.extra["rate_limiter"] = caller.limiter.learned()
+        if budget.balance_reads > 1:
+            report.extra["balance_reads"] = budget.balance_reads
+        if checked is not None:
+            after, _ = await account_after(provider, note)
+            report.extra["reconciliation"] = reconcile(checked.estimate, checked.before, after, stats.cost,
+                                                       stats.unknown_cost_calls)
+        if warnings:
+            report.extra["warnings"] = warnings
+        if not write_output:
+            return report
 
-    def batches():  # type: ignore[no-untyped-def]
-        return prep.dataset.batches(prep.columns, prep.prompt, batch_rows=job.input.batch_rows)
+        def footer(totals: dict[str, Any]) -> dict[str, str]:
+            report.extra["job_totals"] = totals
+            return _provenance(job, provider, report)
 
-    fan = Fanout(prep.task, caller, journal, batches, state.finished, limits.concurrency,
-                 on_result=on_result or (lambda r: None), only_rows=only_rows)
-    started = time.monotonic()
-    journal.begin_segment()
-    try:
-        with _steady_gc():
-            await fan.run()
-    except BaseException as exc:  # Ctrl-C / cancellation: keep the journal, finalise below
-        if not isinstance(exc, (KeyboardInterrupt, anyio.get_cancelled_exc_class())):
-            raise
-        stop.soft("INTERRUPTED", MomoError("interrupted"))
-    finally:
-        journal.close()
-    reason = stop.reason or Unfinished("NOT_RUN", "not run (job ended before this row)")
-    report = RunReport(out, stats, stop.reason.code if stop.reason else None,
-                       str(stop.error) if stop.error else None, time.monotonic() - started,
-                       limits.rate_per_window, limits.window_seconds)
-    report.extra["job_totals"] = journal.totals()
-    report.extra["rate_limiter"] = caller.limiter.learned()
+        finalise(prep, ledger, out, unfinished=reason, metadata=footer)
     summarise = getattr(prep.task, "summarise", None)
-    frame = journal.results_frame()
-    if summarise is not None and frame is not None:
-        report.extra["labels"] = summarise(frame)
-    if not write_output:
-        return report
-    finalise(prep.dataset, journal, out, result_columns=prep.result_columns, unfinished=reason,
-             metadata=_provenance(job, provider, report))
+    if summarise is not None:
+        report.extra["labels"] = summarise(pl.scan_parquet(out))
     return report
+
+
+def _remaining(provider: Provider) -> BalanceReader:
+    """What the account has left, for the budget's checks of unknown outcomes."""
+
+    async def read() -> float | None:
+        return (await provider.account()).remaining
+
+    return read
+
+
+def _reuse_figures(prep: Plan, stats: RunStats) -> dict[str, Any]:
+    """N rows, M distinct requests; what dedup and the cache kept from being paid again."""
+    return {
+        "rows_with_prompt": prep.sendable,
+        "distinct_requests": prep.distinct,
+        "dedup_saved_requests": prep.sendable - prep.distinct,
+        "cache_answers": stats.cached,
+        "cache_saved_cost": round(stats.cache_saved, 6),
+    }
+
+
+@contextlib.contextmanager
+def _open_cache(root: Path | None) -> Iterator[Cache | None]:
+    if root is None:
+        yield None
+        return
+    cache = Cache(root)
+    try:
+        yield cache
+    finally:
+        cache.close()
 
 
 @contextlib.contextmanager

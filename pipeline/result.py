@@ -31,6 +31,15 @@ TOKEN_SPLIT_SCHEMA: dict[str, pl.DataType] = {
     "completion_tokens": pl.Int64(),
 }
 
+# how a row's answer was had: ``cached`` from the cache across jobs (``--cache``), at no cost to
+# this job; ``duplicate``: an earlier row asks the same, and its cost is counted there;
+# ``request_key``: the row's key in the ledger (``<output>.ledger/ledger.sqlite``)
+REUSE_SCHEMA: dict[str, pl.DataType] = {
+    "cached": pl.Boolean(),
+    "duplicate": pl.Boolean(),
+    "request_key": pl.String(),
+}
+
 # error codes after which a row counts as finished: resuming would only fail it again
 FINAL_ERROR_CODES = frozenset({"INVALID_PARAMETERS", "EMPTY_PROMPT"})
 
@@ -51,6 +60,7 @@ class RowResult:
     latency_ms: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached: bool = False
     finished_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     extra: dict[str, Any] = field(default_factory=dict)  # task columns (labels)
 
@@ -60,8 +70,8 @@ class RowResult:
         return self.status != "error" or self.error_code in FINAL_ERROR_CODES
 
     def to_record(self) -> dict[str, Any]:
+        """The row's output columns (but ``duplicate`` and ``request_key``, which the plan knows)."""
         record = {
-            "__row": self.row,
             "response": self.response,
             "tokens_used": self.tokens_used,
             "cost": self.cost,
@@ -73,7 +83,16 @@ class RowResult:
             "latency_ms": self.latency_ms,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cached": self.cached,
             "finished_at": self.finished_at.isoformat(),
         }
         record.update(self.extra)
         return record
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """How rows with no final result are recorded: the reason the run stopped before them."""
+
+    code: str
+    message: str

@@ -1,7 +1,8 @@
 """The retry policy, declared once: what is worth retrying, how long to wait, when to give up.
 
 Composed from tenacity's named parts. The runner wraps each call in it and contains no retry
-logic of its own; the decision reads the error's class (``TransientError``), never its text.
+logic of its own; the decision reads the error's ``action`` (:class:`~pipeline.errors.Action`), never
+its text.
 
 A 429 is not the row's failure but the server's pace: the rate limiter has already slowed
 everyone down (and, without a ``Retry-After``, holds every request back until a probe gets
@@ -13,19 +14,19 @@ sets to outlast any window it knows of.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     wait_exponential_jitter,
 )
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from .errors import RateLimited, TransientError
+from .errors import Action, RateLimited
 
 
 def _rate_limited(retry_state: RetryCallState) -> RateLimited | None:
@@ -67,6 +68,10 @@ class stop_after_failures(stop_base):  # noqa: N801 - named like tenacity's own 
         return failures >= self.max_attempts
 
 
+def worth_retrying(exc: BaseException) -> bool:
+    return getattr(exc, "action", None) is Action.RETRY
+
+
 def retry_policy(
     max_attempts: int,
     *,
@@ -74,15 +79,16 @@ def retry_policy(
     max_wait: float = 30.0,
     rate_limited_for: float = 300.0,
     before_sleep: Callable[[RetryCallState], None] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
 ) -> AsyncRetrying:
-    """Transient errors are retried with exponential backoff and jitter; 429s as the limiter paces."""
+    """Errors whose action is ``Action.RETRY``: exponential backoff and jitter; 429s as the limiter paces."""
     return AsyncRetrying(
         stop=stop_after_failures(max_attempts, rate_limited_for),
         wait=wait_retry_after(
             wait_exponential_jitter(multiplier=initial_wait, max=max_wait, jitter=initial_wait)
         ),
-        retry=retry_if_exception_type(TransientError),
-        sleep=anyio.sleep,
+        retry=retry_if_exception(worth_retrying),
+        sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,
     )

@@ -1,13 +1,15 @@
-"""Fan-out: reader → bounded stream → N workers (limiter, budget, call with retries) → journal.
+"""Fan-out: reader → bounded stream → N workers (limiter, budget, call with retries) → ledger.
 
 Structured concurrency throughout: one task group owns the reader and the workers; a hard stop
-(bad key, unknown agent, Ctrl-C) cancels that group; a soft stop (balance gone, budget cap)
-stops the reader and lets calls in flight finish. Either way, everything journaled stays, and
+(bad key, unknown agent, a second Ctrl-C) cancels that group; a soft stop (balance gone, budget
+cap, Ctrl-C, SIGTERM, a failed write) stops the reader, wakes every task that only waits to send,
+and lets calls in flight finish. Either way, everything recorded stays, and
 the output is finalised with every row once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,20 +23,22 @@ from tenacity import RetryCallState
 from .budget import Budget
 from .dataset import PROMPT, ROW
 from .errors import (
+    Action,
     APIError,
     BudgetExceeded,
-    InsufficientBalance,
-    InvalidParameters,
+    ConnectionLost,
+    MalformedResponse,
     MomoError,
     RateLimited,
-    TerminalError,
-    TransientError,
+    Timeout,
+    WriteError,
 )
+from .keys import KEY, OCC, Keyer
+from .ledger import FINAL, SENT, Cache, Ledger
 from .limiter import RateLimiter
 from .providers.base import CallResult, PromptRequest, Provider
-from .result import RowResult
-from .retry import retry_policy
-from .sink import Journal, Unfinished
+from .result import RowResult, Unfinished
+from .retry import retry_policy, worth_retrying
 
 
 @dataclass
@@ -52,15 +56,19 @@ class RunStats:
     calls: int = 0
     retries: int = 0
     rate_limited: int = 0
-    resent: int = 0
+    resent: int = 0  # sent by a run that died before its answer, and sent again by this one
     unknown_cost_calls: int = 0
+    unknown_outcomes: int = 0  # sent, no answer (reset, timeout, bad body): may have been charged
+    duplicates: int = 0  # rows asking what another row of this run asked: not sent again
+    cached: int = 0  # answers taken from the cache (--cache), at no charge
+    cache_saved: float = 0.0  # what those answers had cost
     started: float = field(default_factory=time.monotonic)
     first_call: float | None = None
     last_call: float | None = None
 
     @property
     def done(self) -> int:
-        return self.already_done + self.ok + self.error + self.skipped + self.unparsed
+        return self.already_done + self.duplicates + self.ok + self.error + self.skipped + self.unparsed
 
     def record(self, result: RowResult) -> None:
         if result.status == "ok":
@@ -75,23 +83,32 @@ class RunStats:
 
 @dataclass
 class RowCalls:
-    """What a row's calls added up to (a label row may make several)."""
+    """One row's calls: its key, and what they added up to (a label row may make several)."""
 
+    key: str = ""  # the row's content key: where its outcome is recorded
+    occurrence: int = 0  # which repeat of its prompt this row is (0 unless dedup is off)
+    unseen: bool = False  # the ledger had no entry under ``key`` when the reader looked
     attempts: int = 0
     calls: int = 0
+    cached_calls: int = 0
     tokens_used: int | None = 0
     cost: float | None = 0.0
     prompt_tokens: int | None = 0
     completion_tokens: int | None = 0
     latency_ms: float = 0.0
     last: CallResult | None = None
+    # paid by calls whose answer is recorded with the row's outcome, not on its own (plain rows)
+    unrecorded_cost: float = 0.0
+    unrecorded_held: float = 0.0
 
-    def add(self, res: CallResult, latency_ms: float) -> None:
+    def add(self, res: CallResult, latency_ms: float, *, cached: bool = False) -> None:
+        """Count one answer; one from the cache costs this job nothing."""
         self.calls += 1
+        self.cached_calls += cached
         self.latency_ms += latency_ms
         self.last = res
         self.tokens_used = _plus(self.tokens_used, res.tokens_used)
-        self.cost = _plus(self.cost, res.cost)
+        self.cost = _plus(self.cost, 0.0 if cached else res.cost)
         self.prompt_tokens = _plus(self.prompt_tokens, res.prompt_tokens)
         self.completion_tokens = _plus(self.completion_tokens, res.completion_tokens)
 
@@ -106,6 +123,7 @@ class RowCalls:
             attempts=self.attempts,
             latency_ms=round(self.latency_ms, 3) if spent else None,
             request_id=self.last.request_id if self.last else None,
+            cached=spent and self.cached_calls == self.calls,
             **fields,
         )
 
@@ -115,13 +133,19 @@ def _plus(a: Any, b: Any) -> Any:
 
 
 class Stop:
-    """Why the job stops early, if it does."""
+    """Why the job stops early, if it does; and the waits that a stop cuts short.
+
+    A soft stop (balance gone, cap reached, first Ctrl-C or SIGTERM) lets calls in flight finish
+    and be recorded, but wakes every task that is only *waiting* to send (for the limiter, the
+    budget, a retry's backoff), so nothing new goes out. A hard stop cancels the calls too.
+    """
 
     def __init__(self) -> None:
         self.reason: Unfinished | None = None
         self.error: MomoError | None = None
         self.hard = False
         self.scope: anyio.CancelScope | None = None
+        self._waiting: set[anyio.CancelScope] = set()
 
     @property
     def stopped(self) -> bool:
@@ -131,12 +155,31 @@ class Stop:
         if self.reason is None:
             self.reason = Unfinished(code, f"not run: {exc} (job stopped; run again to resume)")
             self.error = exc
+        for scope in list(self._waiting):
+            scope.cancel()
 
     def now(self, code: str, exc: MomoError) -> None:
         self.soft(code, exc)
         self.hard = True
         if self.scope is not None:
             self.scope.cancel()
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[anyio.CancelScope]:
+        """A wait that a stop ends at once (check :attr:`stopped` after it)."""
+        with anyio.CancelScope() as scope:
+            if self.stopped:
+                scope.cancel()
+            self._waiting.add(scope)
+            try:
+                yield scope
+            finally:
+                self._waiting.discard(scope)
+
+    async def sleep(self, seconds: float) -> None:
+        """A retry's backoff: cut short by a stop (the next attempt then is not sent)."""
+        with self.waiting():
+            await anyio.sleep(seconds)
 
 
 class _NotSent(Exception):
@@ -146,8 +189,37 @@ class _NotSent(Exception):
 WorstCost = Callable[[str], float]
 
 
+def answer_record(result: CallResult, latency_ms: float | None) -> dict[str, Any]:
+    """How a call's answer is kept in the ledger and the cache (the names of the output columns)."""
+    record = {
+        "response": result.content,
+        "request_id": result.request_id,
+        "tokens_used": result.tokens_used,
+        "cost": result.cost,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "latency_ms": latency_ms,
+    }
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def answer_from_record(record: dict[str, Any]) -> CallResult | None:
+    """A recorded answer (a call's, or a plain row's ok outcome) as a call result."""
+    if record.get("response") is None or record.get("status", "ok") != "ok":
+        return None
+    return CallResult(content=record["response"], request_id=record.get("request_id"),
+                      tokens_used=record.get("tokens_used"), cost=record.get("cost"),
+                      prompt_tokens=record.get("prompt_tokens"),
+                      completion_tokens=record.get("completion_tokens"))
+
+
+def _may_have_been_charged(exc: BaseException) -> bool:
+    """After the request went out, no answer came: the server may have charged it."""
+    return isinstance(exc, (ConnectionLost, Timeout, MalformedResponse)) or not isinstance(exc, APIError)
+
+
 class Caller:
-    """One call as the tasks see it: budget, limiter, retries and accounting around the provider."""
+    """One call as the tasks see it: ledger, cache, budget, limiter, retries and accounting."""
 
     def __init__(
         self,
@@ -159,6 +231,9 @@ class Caller:
         stop: Stop,
         max_attempts: int,
         request: PromptRequest,
+        keyer: Keyer,
+        ledger: Ledger,
+        cache: Cache | None = None,
         worst_cost: WorstCost | None = None,
         backoff: tuple[float, float] = (0.5, 30.0),
     ) -> None:
@@ -169,56 +244,136 @@ class Caller:
         self.stop = stop
         self.max_attempts = max_attempts
         self.request = request
+        self.keyer = keyer
+        self.ledger = ledger
+        self.cache = cache
         self.worst_cost = worst_cost
         self.backoff = backoff
+        self._sent_before: set[str] = set()  # keys a dead run sent without an answer: resending counts
 
-    async def __call__(
-        self, prompt: str, acc: RowCalls, *, temperature: float | None = None
-    ) -> CallResult:
+    def sibling(self, provider: Provider, *, request: PromptRequest, keyer: Keyer,
+                worst_cost: WorstCost | None) -> Caller:
+        """A caller for another target of the same job (a label job's escalation): its own provider,
+        request settings and keys, the same limiter, budget, stats, stop, ledger and cache."""
+        twin = Caller(provider, limiter=self.limiter, budget=self.budget, stats=self.stats, stop=self.stop,
+                      max_attempts=self.max_attempts, request=request, keyer=keyer, ledger=self.ledger,
+                      cache=self.cache, worst_cost=worst_cost, backoff=self.backoff)
+        twin._sent_before = self._sent_before
+        return twin
+
+    async def __call__(self, prompt: str, acc: RowCalls, *, temperature: float | None = None,
+                       vote: int = 0, reask: int = 0, final: bool = False) -> CallResult:
+        """One answer to ``prompt``: from the ledger or the cache if recorded, else paid for.
+
+        ``final``: the caller records this answer as the row's outcome at once (a plain row),
+        so it is not recorded on its own (one write per row instead of two).
+        """
         request = PromptRequest(
             prompt=prompt,
             temperature=self.request.temperature if temperature is None else temperature,
             max_tokens=self.request.max_tokens,
             stream=self.request.stream,
         )
+        key = self.keyer.request(prompt, request.temperature, vote=vote, reask=reask,
+                                 occurrence=acc.occurrence)
+        reused = self._reuse(key, acc, final)
+        if reused is not None:
+            return reused
+        try:  # most calls succeed at once: no retry machinery for them (~34 µs of CPU each)
+            result, held, latency = await self._attempt(request, acc, key)
+        except MomoError as first:
+            # a 429 is retried however few attempts: it does not use them up (see retry.py)
+            if not worth_retrying(first) or (self.max_attempts <= 1 and not isinstance(first, RateLimited)):
+                raise
+            result, held, latency = await self._retry(request, acc, key, first)
+        answer = answer_record(result, round(latency, 3))
+        if final:
+            acc.unrecorded_cost += result.cost or 0.0
+            acc.unrecorded_held += held
+        else:
+            self.ledger.answered(key, answer, paid=result.cost or 0.0, held=held)
+        if self.cache is not None:
+            self.cache.put(key, answer)
+        return result
+
+    async def _retry(self, request: PromptRequest, acc: RowCalls, key: str,
+                     first: MomoError) -> tuple[CallResult, float, float]:
+        """The retry policy from its first attempt on, that attempt being the one that just failed
+        (so attempt numbers, waits, ``Retry-After`` and the stop are exactly the policy's)."""
         policy = retry_policy(
             self.max_attempts,
             initial_wait=self.backoff[0],
             max_wait=self.backoff[1],
             rate_limited_for=self.limiter.patience,
             before_sleep=self._count_retry,
+            sleep=self.stop.sleep,
         )
+        failed: MomoError | None = first
         async for attempt in policy:
             with attempt:
-                result = await self._attempt(request, acc)
-        return result
+                if failed is not None:
+                    exc, failed = failed, None
+                    raise exc
+                return await self._attempt(request, acc, key)
+        raise AssertionError("unreachable: the policy re-raises the last error")
+
+    def _reuse(self, key: str, acc: RowCalls, final: bool) -> CallResult | None:
+        # a plain row's one call has the row's own key, which the reader found nowhere in the
+        # ledger a moment ago: no lookup then (one statement per row less)
+        entry = None if key == acc.key and acc.unseen else self.ledger.get(key)
+        if entry is not None and entry.state == SENT and entry.run != self.ledger.run:
+            self._sent_before.add(key)
+        elif entry is not None and entry.record is not None:
+            found = answer_from_record(entry.record)
+            if found is not None:  # paid by an earlier run of this job (counted in its cost)
+                acc.add(found, 0.0)
+                return found
+        if self.cache is None:
+            return None
+        answer = self.cache.get(key)
+        found = None if answer is None else answer_from_record(answer)
+        if found is None:
+            return None
+        acc.add(found, 0.0, cached=True)
+        self.stats.cached += 1
+        self.stats.cache_saved += found.cost or 0.0
+        if not final:
+            self.ledger.answered(key, answer or {}, paid=0.0, held=0.0)
+        return found
 
     def _count_retry(self, state: RetryCallState) -> None:
         self.stats.retries += 1
 
-    async def _attempt(self, request: PromptRequest, acc: RowCalls) -> CallResult:
+    async def _attempt(self, request: PromptRequest, acc: RowCalls, key: str) -> tuple[CallResult, float, float]:
         if self.stop.stopped:
             raise _NotSent
         worst = self.worst_cost(request.prompt) if self.worst_cost and self.budget.cap else 0.0
-        held = await self.budget.reserve(worst)
-        grant = 0
-        try:
+        held: float | None = None
+        with self.stop.waiting():
+            held = await self.budget.reserve(worst)
             grant = await self.limiter.acquire()
-            if self.stop.stopped:
-                raise _NotSent
-            acc.attempts += 1
-            self.stats.calls += 1
-            now = time.monotonic()
-            self.stats.first_call = self.stats.first_call or now
-            self.stats.last_call = now
-            result = await self.provider.complete(request)
-        except RateLimited as exc:
-            self.budget.release(held)
-            self.stats.rate_limited += 1
-            self.limiter.on_rate_limited(exc.retry_after, None, exc.remaining, exc.reset, grant=grant)
-            raise
+        if self.stop.stopped:
+            if held is not None:
+                self.budget.release(held)
+            raise _NotSent
+        assert held is not None
+        try:
+            self.ledger.sent(key, held)  # before it goes out: a crash from here on is "outcome unknown"
         except BaseException:
             self.budget.release(held)
+            raise
+        if key in self._sent_before:
+            self._sent_before.discard(key)
+            self.stats.resent += 1
+        acc.attempts += 1
+        self.stats.calls += 1
+        now = time.monotonic()
+        self.stats.first_call = self.stats.first_call or now
+        self.stats.last_call = now
+        try:
+            result = await self.provider.complete(request)
+        except BaseException as exc:
+            self._failed(key, held, exc, grant)
             raise
         latency = (time.monotonic() - now) * 1000
         self.budget.settle(held, result.cost)
@@ -231,13 +386,32 @@ class Caller:
         self.stats.tokens += result.tokens_used or 0
         self.stats.cost += result.cost or 0.0
         self.stats.unknown_cost_calls += result.cost is None
-        return result
+        return result, held, latency
+
+    def _failed(self, key: str, held: float, exc: BaseException, grant: int) -> None:
+        if isinstance(exc, RateLimited):
+            self.stats.rate_limited += 1
+            self.limiter.on_rate_limited(exc.retry_after, None, exc.remaining, exc.reset, grant=grant)
+        if _may_have_been_charged(exc):
+            # the worst case stays spent, in this run's budget and in the ledger for the next
+            self.budget.settle(held, None)
+            self.stats.unknown_outcomes += 1
+            return
+        self.budget.release(held)
+        if held:
+            with contextlib.suppress(WriteError):
+                self.ledger.not_charged(key, held)
 
 
 class RowTask(Protocol):
     """What a job does with one prompt (one call, or votes and re-asks for labels)."""
 
     extra_schema: dict[str, pl.DataType]
+
+    async def bind(self, job: Any, provider: Provider, caller: Caller, *, capped: bool,
+                   escalation_provider: Provider | None = None) -> RowTask:
+        """The task for one run (a label job binds its escalation's caller here)."""
+        ...
 
     async def run(self, prompt: str, call: Caller, acc: RowCalls, row: int) -> RowResult: ...
 
@@ -247,31 +421,41 @@ class PromptTask:
 
     extra_schema: dict[str, pl.DataType] = {}
 
+    async def bind(self, job: Any, provider: Provider, caller: Caller, *, capped: bool,
+                   escalation_provider: Provider | None = None) -> PromptTask:
+        return self
+
     async def run(self, prompt: str, call: Caller, acc: RowCalls, row: int) -> RowResult:
-        res = await call(prompt, acc)
+        res = await call(prompt, acc, final=True)
         return acc.result(row, status="ok", response=res.content)
 
 
-Sink = Callable[[RowResult], None]
 Batches = Callable[[], Iterator[pl.DataFrame]]
+Item = tuple[int, str, str, int, bool]  # row, prompt, key, occurrence, key not in the ledger
 
 
 @dataclass
 class Fanout:
-    """Runs one job's rows through the workers. Build it, then ``await run()`` once."""
+    """Runs one job's rows through the workers. Build it, then ``await run()`` once.
+
+    The reader sends each request once: a row whose key has a final outcome in the ledger, or
+    is queued or in flight in this run, is not sent (dedup; the output joins it by key). The
+    ledger is the safety net under that: a call whose answer is recorded is never paid again.
+    """
 
     task: RowTask
     caller: Caller
-    journal: Journal
-    batches: Batches
-    finished: bytearray
+    ledger: Ledger
+    batches: Batches  # input batches with KEY and OCC (see :meth:`pipeline.plan.Plan.batches`)
     concurrency: int
     on_result: Callable[[RowResult], None] = lambda r: None
     only_rows: set[int] | None = None  # a pilot runs just these
+    _live: set[str] = field(default_factory=set)  # queued or in flight
+    _recent: set[str] = field(default_factory=set)  # finished since the reader's last look at the ledger
 
     async def run(self) -> None:
         stop = self.caller.stop
-        send, receive = anyio.create_memory_object_stream[tuple[int, str]](self.concurrency * 2)
+        send, receive = anyio.create_memory_object_stream[Item](self.concurrency * 2)
         with anyio.CancelScope() as scope:
             stop.scope = scope
             async with anyio.create_task_group() as tg:
@@ -280,69 +464,91 @@ class Fanout:
                     tg.start_soon(self._work, receive.clone())
                 receive.close()
 
-    def _emit(self, result: RowResult) -> None:
-        # workers write straight to the journal: one flushed write per result, no extra hop;
-        # the event loop runs one task at a time, so writes never interleave
-        self.journal.append([result])
-        self.caller.stats.record(result)
-        self.on_result(result)
-
-    async def _read(self, send: ObjectSendStream[tuple[int, str]]) -> None:
+    async def _read(self, send: ObjectSendStream[Item]) -> None:
         async with send:
             it = self.batches()
             while not self.caller.stop.stopped:
                 batch = await anyio.to_thread.run_sync(next, it, None)
                 if batch is None:
                     return
-                for row, prompt in zip(batch[ROW].to_list(), batch[PROMPT].to_list(), strict=True):
-                    if self.finished[row] or (self.only_rows is not None
-                                              and row not in self.only_rows):
-                        continue
-                    if prompt is None or not prompt.strip():
-                        self._emit(RowResult(row=row, status="skipped", error_code="EMPTY_PROMPT",
-                                             error_message="prompt is null or empty: not sent"))
-                        continue
-                    if self.caller.stop.stopped:
-                        return
-                    await send.send((row, prompt))
+                if not await self._feed(batch, send):
+                    return
 
-    async def _work(self, receive: ObjectReceiveStream[tuple[int, str]]) -> None:
+    async def _feed(self, batch: pl.DataFrame, send: ObjectSendStream[Item]) -> bool:
+        stats, stop, run = self.caller.stats, self.caller.stop, self.ledger.run
+        keys = batch[KEY].to_list()
+        states = self.ledger.states([k for k in keys if k is not None])
+        self._recent.clear()
+        rows = zip(batch[ROW].to_list(), batch[PROMPT].to_list(), keys, batch[OCC].to_list(), strict=True)
+        for row, prompt, key, occurrence in rows:
+            if self.only_rows is not None and row not in self.only_rows:
+                continue
+            if key is None:
+                self._skipped(row)
+                continue
+            state = states.get(key)
+            if key in self._live or key in self._recent or (state is not None and state[1] == run
+                                                             and state[0] >= FINAL):
+                stats.duplicates += 1  # asked already in this run: shares that answer
+                continue
+            if state is not None and state[0] == FINAL:
+                stats.already_done += 1
+                continue
+            if stop.stopped:
+                return False
+            self._live.add(key)
+            await send.send((row, prompt, key, occurrence, state is None))
+        return True
+
+    def _skipped(self, row: int) -> None:
+        result = RowResult(row=row, status="skipped", error_code="EMPTY_PROMPT",
+                           error_message="prompt is null or empty: not sent")
+        self.caller.stats.record(result)
+        self.on_result(result)
+
+    async def _work(self, receive: ObjectReceiveStream[Item]) -> None:
         async with receive:
-            async for row, prompt in receive:
+            async for row, prompt, key, occurrence, unseen in receive:
                 if self.caller.stop.stopped:
+                    self._live.discard(key)
                     continue  # drain: the reader is stopping too
-                self.journal.mark_started([row])
-                result = await self._one(row, prompt)
+                acc = RowCalls(key=key, occurrence=occurrence, unseen=unseen)
+                result = await self._one(row, prompt, acc)
+                self._live.discard(key)
+                self._recent.add(key)
                 if result is not None:
-                    self._emit(result)
+                    self._emit(result, acc)
 
-    async def _one(self, row: int, prompt: str) -> RowResult | None:
-        acc = RowCalls()
+    def _emit(self, result: RowResult, acc: RowCalls) -> None:
+        try:
+            self.ledger.outcome(acc.key, result.to_record(), final=result.finished,
+                                paid=acc.unrecorded_cost, held=acc.unrecorded_held)
+        except WriteError as exc:
+            self.caller.stop.soft("WRITE_FAILED", exc)
+            return
+        self.caller.stats.record(result)
+        self.on_result(result)
+
+    async def _one(self, row: int, prompt: str, acc: RowCalls) -> RowResult | None:
         stop = self.caller.stop
         try:
             return await self.task.run(prompt, self.caller, acc, row)
         except _NotSent:
             return _spent_or_none(acc, row, stop)
-        except InvalidParameters as exc:
-            return acc.result(row, status="error", error_code=exc.code, error_message=str(exc))
-        except TransientError as exc:
-            return acc.result(row, status="error", error_code=exc.code, error_message=str(exc))
-        except InsufficientBalance as exc:
-            stop.soft("INSUFFICIENT_BALANCE", exc)
-            return _spent_or_none(acc, row, stop)
-        except BudgetExceeded as exc:
-            stop.soft("BUDGET_EXCEEDED", exc)
-            return _spent_or_none(acc, row, stop)
-        except TerminalError as exc:
-            stop.now(exc.code or "STOPPED", exc)
-            return None
-        except APIError as exc:  # an unclassified 4xx: this row fails, the job goes on
-            return acc.result(row, status="error", error_code=exc.code or f"HTTP_{exc.status}",
-                              error_message=str(exc))
+        except (APIError, BudgetExceeded, WriteError) as exc:  # each error class says what to do
+            match exc.action:
+                case Action.RETRY | Action.FAIL_ROW:  # retries spent, or retrying cannot help
+                    return acc.result(row, status="error", error_code=exc.code, error_message=str(exc))
+                case Action.STOP_SOFT:
+                    stop.soft(exc.code, exc)
+                    return None if isinstance(exc, WriteError) else _spent_or_none(acc, row, stop)
+                case Action.STOP_NOW:
+                    stop.now(exc.code, exc)
+                    return None
 
 
 def _spent_or_none(acc: RowCalls, row: int, stop: Stop) -> RowResult | None:
-    """A row cut short by a stop: journal what it already paid for, else leave it for resume."""
+    """A row cut short by a stop: record what it already paid for, else leave it for resume."""
     if acc.calls == 0:
         return None
     reason = stop.reason

@@ -1,286 +1,115 @@
-"""Where results go: a crash-safe journal while the job runs, one Parquet file at the end.
+"""Where results end up: one Parquet file, every input row once, in input order, atomically.
 
-A Parquet file whose writer is killed is unreadable, so results are first appended to JSON-lines
-segments in ``<output>.journal/`` (one ``write`` per batch of results, flushed to the OS at once,
-so ``kill -9`` loses nothing already returned by the API; a torn last line is cut on reopen).
-Each run appends to fresh segments. ``finalise`` joins the input with the last result of every
-row and writes the Parquet through a temporary file and an atomic rename.
+``finalise`` reads the input in batches, joins each batch with the row outcomes that the ledger
+holds for its rows' content keys (never their positions), and appends it to the Parquet file as
+row groups, through a temporary file and an atomic rename. Memory is one batch, not the job.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-import tempfile
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import Any
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from .dataset import ROW, Dataset
-from .errors import ConfigError
-from .result import FINAL_ERROR_CODES, RESULT_SCHEMA, TOKEN_SPLIT_SCHEMA, RowResult
+from .errors import ConfigError, WriteError
+from .ledger import Ledger
+from .plan import FIRST, KEY, Plan
+from .result import RESULT_SCHEMA, TOKEN_SPLIT_SCHEMA, Unfinished
 
-META = "meta.json"
-# results per journal segment: polars reads a JSON-lines file whole, so bounded segments keep
-# reading the journal (resume state, totals, finalise) from growing with the job
-SEGMENT_RECORDS = 65_536
-
-
-@dataclass
-class JournalState:
-    """What earlier runs left: which rows are finished, what they cost."""
-
-    finished: bytearray  # one byte per input row: 1 when resuming must not call it again
-    finished_count: int
-    previous_cost: float  # cost of every journaled call so far (the budget counts it)
-    resent: int  # rows started but never journaled: in flight when a run died
-
-
-def journal_dir(output: Path) -> Path:
-    return output.with_name(output.name + ".journal")
-
-
-class Journal:
-    """Append-only result log of one job output. Owned by a single writer task."""
-
-    def __init__(self, root: Path, schema: dict[str, pl.DataType]) -> None:
-        self.root = root
-        self.schema = schema  # full record schema, ROW included
-        self._results: TextIO | None = None
-        self._starts: TextIO | None = None
-        self._in_segment = 0
-
-    # -- opening ---------------------------------------------------------------------------
-    @classmethod
-    def open(
-        cls,
-        output: Path,
-        *,
-        fingerprint: str,
-        schema: dict[str, pl.DataType],
-        restart: bool = False,
-    ) -> Journal:
-        root = journal_dir(output)
-        if restart and root.exists():
-            for f in root.iterdir():
-                f.unlink()
-        root.mkdir(parents=True, exist_ok=True)
-        meta_path = root / META
-        if meta_path.exists():
-            meta = json.loads(meta_path.read_text())
-            if meta.get("fingerprint") != fingerprint:
-                raise ConfigError(
-                    f"{root}: this journal belongs to a different job (prompt, input, provider "
-                    "or label settings changed). Use --restart to discard it, or another --output."
-                )
-        else:
-            _atomic_write(meta_path, json.dumps({"fingerprint": fingerprint}))
-        journal = cls(root, schema)
-        for seg in journal._segments("results") + journal._segments("starts"):
-            _cut_torn_line(seg)
-        return journal
-
-    def _segments(self, kind: str) -> list[Path]:
-        return sorted(self.root.glob(f"{kind}-*.jsonl"))
-
-    def state(self, n_rows: int) -> JournalState:
-        finished = bytearray(n_rows)
-        frame = self.results_frame()
-        cost, seen = 0.0, pl.Series(ROW, [], pl.UInt32())
-        if frame is not None:
-            done = (pl.col("status") != "error") | pl.col("error_code").is_in(FINAL_ERROR_CODES)
-            last = (frame.select(ROW, done.alias("done")).unique(ROW, keep="last")
-                    .collect(engine="streaming"))
-            for row in last.filter(pl.col("done") & (pl.col(ROW) < n_rows))[ROW]:
-                finished[row] = 1
-            cost = float(frame.select(pl.col("cost").sum()).collect(engine="streaming").item() or 0.0)
-            seen = last[ROW]
-        started: set[int] = set()
-        for path in self._segments("starts"):
-            with path.open() as f:
-                started.update(int(line) for line in f if line.strip())
-        resent = len(started - set(seen.to_list()))
-        return JournalState(finished, sum(finished), cost, resent)
-
-    def totals(self) -> dict[str, float | int]:
-        """Whole-job totals over every run so far: rows by status (last result), tokens, cost."""
-        frame = self.results_frame()
-        if frame is None:
-            return {"ok": 0, "error": 0, "skipped": 0, "tokens": 0, "cost": 0.0}
-        last = frame.select(ROW, "status").unique(ROW, keep="last")
-        counts = dict(last.group_by("status").len().collect(engine="streaming").iter_rows())
-        spent = frame.select(pl.col("tokens_used").sum(), pl.col("cost").sum()).collect(engine="streaming").row(0)
-        return {
-            **({"unparsed": counts["unparsed"]} if "unparsed" in counts else {}),
-            "ok": counts.get("ok", 0),
-            "error": counts.get("error", 0),
-            "skipped": counts.get("skipped", 0),
-            "tokens": int(spent[0] or 0),
-            "cost": round(float(spent[1] or 0.0), 6),
-        }
-
-    def results_frame(self) -> pl.LazyFrame | None:
-        files = [p for p in self._segments("results") if p.stat().st_size > 0]
-        if not files:
-            return None
-        schema = {k: (pl.String() if k == "finished_at" else v) for k, v in self.schema.items()}
-        return pl.scan_ndjson(files, schema=schema).with_columns(
-            pl.col("finished_at").str.to_datetime(time_zone="UTC", time_unit="us")
-        )
-
-    # -- writing ---------------------------------------------------------------------------
-    def begin_segment(self) -> None:
-        n = len(self._segments("results"))
-        self._open_results()
-        self._starts = (self.root / f"starts-{n:05d}.jsonl").open("a", encoding="utf-8")
-
-    def _open_results(self) -> None:
-        if self._results is not None:
-            self._results.close()
-        n = len(self._segments("results"))
-        self._results = (self.root / f"results-{n:05d}.jsonl").open("a", encoding="utf-8")
-        self._in_segment = 0
-
-    def mark_started(self, rows: Iterable[int]) -> None:
-        assert self._starts is not None, "begin_segment first"
-        self._starts.write("".join(f"{r}\n" for r in rows))
-        self._starts.flush()
-
-    def append(self, results: Iterable[RowResult]) -> None:
-        assert self._results is not None, "begin_segment first"
-        if self._in_segment >= SEGMENT_RECORDS:
-            self._open_results()
-        # nulls are left out (the reader's schema restores them): skipped rows stay ~100 bytes
-        lines = [json.dumps({k: v for k, v in r.to_record().items() if v is not None}, ensure_ascii=False)
-                 for r in results]
-        if not lines:
-            return
-        self._results.write("\n".join(lines) + "\n")
-        self._results.flush()  # in the OS now: survives kill -9 of this process
-        self._in_segment += len(lines)
-
-    def close(self) -> None:
-        for f in (self._results, self._starts):
-            if f is not None:
-                f.close()
-        self._results = self._starts = None
+FINAL_CHUNK_ROWS = 8_192  # rows per batch and row group (65,536 took a 1 M-row finalise from 260 to 330 MB)
 
 
 def record_schema(extra: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
-    return {ROW: pl.UInt32(), **RESULT_SCHEMA, **TOKEN_SPLIT_SCHEMA, **extra}
+    """The columns of a row outcome as the ledger keeps it."""
+    return {**RESULT_SCHEMA, **TOKEN_SPLIT_SCHEMA, **extra, "cached": pl.Boolean()}
 
 
-@dataclass(frozen=True)
-class Unfinished:
-    """How rows with no final result are recorded: the reason the run stopped before them."""
+@dataclass
+class Totals:
+    """The whole job as the output shows it: rows by status, and what the distinct requests cost."""
 
-    code: str
-    message: str
+    statuses: Counter[str] = field(default_factory=Counter)
+    tokens: int = 0
+    cost: float = 0.0
+
+    def add(self, part: pl.DataFrame) -> None:
+        self.statuses.update(dict(part.group_by("status").len().iter_rows()))
+        paid = part.filter(~pl.col("duplicate").fill_null(False))
+        self.tokens += int(paid["tokens_used"].sum() or 0)
+        self.cost += float(part["cost"].sum() or 0.0)
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            **({"unparsed": self.statuses["unparsed"]} if self.statuses["unparsed"] else {}),
+            "ok": self.statuses["ok"],
+            "error": self.statuses["error"],
+            "skipped": self.statuses["skipped"],
+            "tokens": self.tokens,
+            "cost": round(self.cost, 6),
+        }
 
 
 def finalise(
-    dataset: Dataset,
-    journal: Journal,
+    plan: Plan,
+    ledger: Ledger,
     output: Path,
     *,
-    result_columns: list[str],
     unfinished: Unfinished,
-    metadata: dict[str, str],
-) -> None:
-    """Write every input row once, in input order, with its last result; atomically.
-
-    Memory stays bounded by ``FINAL_CHUNK_ROWS``, not the job: polars' ``unique``/``join`` over a
-    1 M-row journal peaked near 1 GB, so the journal is first bucketed by row range into
-    Arrow IPC files (one pass), then the input is read in order and each batch is joined with
-    its bucket only, and appended to the Parquet file as row groups.
-    """
-    output.parent.mkdir(parents=True, exist_ok=True)
+    metadata: Callable[[dict[str, Any]], dict[str, str]],
+) -> dict[str, float | int]:
+    """Write the output; returns the job's totals (also passed to ``metadata`` for the footer)."""
+    schema = record_schema(plan.task.extra_schema)
+    columns = [c for c in plan.dataset.schema().names() if c != ROW] + plan.result_columns
     tmp = output.with_name(f".{output.name}.tmp")
-    with tempfile.TemporaryDirectory(prefix="finalise-", dir=journal.root) as work:
-        buckets = _bucket_results(journal, Path(work))
-        columns = [c for c in dataset.schema().names() if c != ROW] + result_columns
-        writer: pq.ParquetWriter | None = None
-        try:
-            for batch in _input_batches(dataset):
-                part = _with_results(batch, buckets, journal.schema, unfinished).select(columns)
-                table = part.to_arrow()
-                if writer is None:
-                    schema = table.schema.with_metadata(metadata)
-                    writer = pq.ParquetWriter(tmp, schema, compression="zstd")
-                writer.write_table(table.cast(writer.schema))
-            if writer is None:  # no input rows at all: still a typed, empty file
-                empty = _with_results(dataset.scan().head(0).collect(), buckets, journal.schema, unfinished)
-                table = empty.select(columns).to_arrow()
-                writer = pq.ParquetWriter(tmp, table.schema.with_metadata(metadata), compression="zstd")
-                writer.write_table(table)
-        finally:
-            if writer is not None:
+    totals = Totals()
+    writer: pq.ParquetWriter | None = None
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        for batch in _keyed_input(plan):
+            part = _with_outcomes(batch, ledger, schema, unfinished).select(columns)
+            totals.add(part)
+            table = part.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+            writer.write_table(table.cast(writer.schema))
+        if writer is None:  # no input rows at all: still a typed, empty file
+            empty = plan.dataset.scan().head(0).collect().with_columns(
+                pl.lit(None, pl.String).alias(KEY), pl.lit(True).alias(FIRST))
+            table = _with_outcomes(empty, ledger, schema, unfinished).select(columns).to_arrow()
+            writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+            writer.write_table(table)
+        result = totals.as_dict()
+        writer.add_key_value_metadata(metadata(result))
+        writer.close()
+        writer = None
+        os.replace(tmp, output)
+    except OSError as exc:
+        raise WriteError(f"{output}: cannot write the output ({exc.strerror or exc}); every result is "
+                         "kept in the ledger: free the space and run again to write it") from None
+    finally:
+        if writer is not None:
+            with contextlib.suppress(OSError):
                 writer.close()
-    os.replace(tmp, output)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+    return result
 
 
-FINAL_CHUNK_ROWS = 65_536
-
-
-def _bucket_results(journal: Journal, work: Path) -> _Buckets:
-    """Spread the journal's records over IPC files by ``row // FINAL_CHUNK_ROWS``, in journal order."""
-    buckets = _Buckets(work, journal.schema)
-    results = journal.results_frame()
-    if results is None:
-        return buckets
-    for batch in results.collect_batches(chunk_size=FINAL_CHUNK_ROWS, maintain_order=True):
-        keyed = batch.with_columns((pl.col(ROW) // FINAL_CHUNK_ROWS).alias("__bucket"))
-        for (key,), part in keyed.partition_by("__bucket", as_dict=True, maintain_order=True).items():
-            buckets.append(int(key), part.drop("__bucket"))  # type: ignore[arg-type]
-    buckets.close()
-    return buckets
-
-
-class _Buckets:
-    """Append-only IPC files of journal records, one per row range; read back one at a time."""
-
-    def __init__(self, root: Path, schema: dict[str, pl.DataType]) -> None:
-        self.root = root
-        self.schema = schema
-        self._writers: dict[int, ipc.RecordBatchStreamWriter] = {}
-        self._files: dict[int, BinaryIO] = {}
-        self._schemas: dict[int, pa.Schema] = {}
-        self._cached: tuple[int, pl.DataFrame] | None = None
-
-    def append(self, key: int, frame: pl.DataFrame) -> None:
-        table = frame.to_arrow()
-        if key not in self._writers:
-            self._files[key] = (self.root / f"bucket-{key}.arrow").open("wb")
-            self._writers[key] = ipc.new_stream(self._files[key], table.schema)
-            self._schemas[key] = table.schema
-        self._writers[key].write_table(table.cast(self._schemas[key]))
-
-    def close(self) -> None:
-        for key, writer in self._writers.items():
-            writer.close()
-            self._files[key].close()
-
-    def last_results(self, key: int) -> pl.DataFrame:
-        """The last record of each row in bucket ``key`` (a later line wins: a resumed row)."""
-        if self._cached is not None and self._cached[0] == key:
-            return self._cached[1]
-        path = self.root / f"bucket-{key}.arrow"
-        if path.exists():
-            with ipc.open_stream(path) as reader:
-                frame = pl.from_arrow(reader.read_all())
-            assert isinstance(frame, pl.DataFrame)
-            frame = frame.unique(ROW, keep="last", maintain_order=True)
-        else:
-            frame = pl.DataFrame(schema=self.schema).with_columns(
-                pl.col("finished_at").cast(pl.Datetime("us", "UTC")))
-        self._cached = (key, frame)
-        return frame
+def _keyed_input(plan: Plan) -> Iterator[pl.DataFrame]:
+    """Every input column, in order, with each row's KEY and FIRST from the plan."""
+    offset = 0
+    keys = plan.keys.select(KEY, FIRST)
+    for batch in _input_batches(plan.dataset):
+        yield batch.hstack(keys.slice(offset, batch.height))
+        offset += batch.height
 
 
 def _input_batches(dataset: Dataset) -> Iterator[pl.DataFrame]:
@@ -290,51 +119,38 @@ def _input_batches(dataset: Dataset) -> Iterator[pl.DataFrame]:
         raise ConfigError(f"{dataset.path}: cannot read input ({exc})") from None
 
 
-def _with_results(batch: pl.DataFrame, buckets: _Buckets, schema: dict[str, pl.DataType],
-                  unfinished: Unfinished) -> pl.DataFrame:
-    """``batch`` with the last result of each of its rows; rows without one say why."""
-    if batch.height:
-        lo, hi = batch[ROW].min(), batch[ROW].max()
-        keys = range(int(lo) // FINAL_CHUNK_ROWS, int(hi) // FINAL_CHUNK_ROWS + 1)  # type: ignore[arg-type]
-        results = pl.concat([buckets.last_results(k) for k in keys], how="vertical_relaxed")
-    else:
-        results = buckets.last_results(-1)
-    joined = batch.join(results, on=ROW, how="left", maintain_order="left")
+def decode_outcomes(found: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """``[key, state, record]`` from the ledger → one typed column per output column."""
+    struct = pl.Struct({k: (pl.String() if k == "finished_at" else v) for k, v in schema.items()})
+    return found.select(
+        pl.col("key").alias(KEY), pl.col("record").str.json_decode(struct).alias("__r")
+    ).unnest("__r").with_columns(
+        pl.col("finished_at").str.to_datetime(time_zone="UTC", time_unit="us"))
+
+
+def _with_outcomes(batch: pl.DataFrame, ledger: Ledger, schema: dict[str, pl.DataType],
+                   unfinished: Unfinished) -> pl.DataFrame:
+    """``batch`` with its rows' outcomes; rows without one say why."""
+    keys = [k for k in batch[KEY].to_list() if k is not None]
+    outcomes = decode_outcomes(ledger.outcomes(keys), schema)
+    joined = batch.join(outcomes, on=KEY, how="left", maintain_order="left")
+    empty = pl.col(KEY).is_null()
     missing = pl.col("status").is_null()
+    duplicate = ~pl.col(FIRST) & ~empty
+
+    def fill(column: str, skipped: str, unrun: str) -> pl.Expr:
+        return (pl.when(empty).then(pl.lit(skipped)).when(missing).then(pl.lit(unrun))
+                .otherwise(pl.col(column)).alias(column))
+
     return joined.with_columns(
-        pl.when(missing).then(pl.lit("error")).otherwise(pl.col("status")).alias("status"),
-        pl.when(missing).then(pl.lit(unfinished.code)).otherwise(pl.col("error_code")).alias("error_code"),
-        pl.when(missing).then(pl.lit(unfinished.message)).otherwise(pl.col("error_message"))
-        .alias("error_message"),
+        fill("status", "skipped", "error"),
+        fill("error_code", "EMPTY_PROMPT", unfinished.code),
+        fill("error_message", "prompt is null or empty: not sent", unfinished.message),
         pl.col("attempts").fill_null(0),
+        pl.col("cached").fill_null(False),
+        # the first row asking it carries the cost: the column sums to what the job paid
+        pl.when(duplicate & pl.col("cost").is_not_null()).then(pl.lit(0.0)).otherwise(pl.col("cost"))
+        .alias("cost"),
+        duplicate.alias("duplicate"),
+        pl.col(KEY).alias("request_key"),
     )
-
-
-def check_collisions(dataset_columns: Iterable[str], result_columns: Iterable[str],
-                     path: Path) -> None:
-    clash = sorted(set(dataset_columns) & set(result_columns))
-    if clash:
-        raise ConfigError(
-            f"{path}: input column(s) {', '.join(map(repr, clash))} would be overwritten by "
-            "result columns of the same name; rename them in the input"
-        )
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _cut_torn_line(path: Path) -> None:
-    """Drop a last line that a killed writer left half-written."""
-    size = path.stat().st_size
-    if size == 0:
-        return
-    with path.open("rb+") as f:
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return
-        f.seek(0)
-        data = f.read()
-        f.truncate(data.rfind(b"\n") + 1)

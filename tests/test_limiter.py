@@ -182,20 +182,21 @@ async def test_unlimited_never_waits() -> None:
 
 
 async def test_concurrent_waiters_share_one_schedule() -> None:
-    lim = RateLimiter(600, 1.0)  # real clock, 1 s window: 600/s -> ~1.7 ms apart
+    clock = VirtualClock()  # one sleeper at a time: the limiter's lock holds the others
+    lim = RateLimiter(10, 1.0, clock=clock)
     times: list[float] = []
 
     async def worker() -> None:
         for _ in range(10):
             await lim.acquire()
-            times.append(anyio.current_time())
+            times.append(clock.now())
 
     async with anyio.create_task_group() as tg:
         for _ in range(8):
             tg.start_soon(worker)
-    times.sort()
-    assert max_in_any_window(times, 1.0) <= 600
-    assert times[-1] - times[0] >= 79 * (1.0 / 600) * 0.99
+    assert len(times) == 80 and max_in_any_window(times, 1.0 + 1e-9) <= 10  # eight windows' worth
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    assert gaps == pytest.approx([1.0 / 10 * 1.015] * 79)  # one grant per interval, never two at once
 
 
 # -- learning the server's window (issue 10, part 1) ---------------------------------------------

@@ -17,7 +17,9 @@ from pipeline.errors import (
     InvalidApiKey,
     InvalidParameters,
     MalformedResponse,
+    NoSuchApi,
     RateLimited,
+    RequestRejected,
     ServerError,
     Timeout,
 )
@@ -92,9 +94,16 @@ async def test_call_sends_the_key_and_reads_the_envelope() -> None:
     # the code wins over the status
     (envelope_error("RATE_LIMIT", 200), RateLimited, "RATE_LIMIT"),
     (envelope_error("INVALID_API_KEY", 500), InvalidApiKey, "INVALID_API_KEY"),
-    # success:false with HTTP 200 is an error; unknown codes fall back to the status
-    (envelope_error("INTERNAL_ERROR", 200), ServerError, "INTERNAL_ERROR"),
-    (envelope_error("SOMETHING_NEW", 400), InvalidParameters, "SOMETHING_NEW"),
+    # success:false with HTTP 200 is an error; unknown codes fall back to the status, and the
+    # error_code is always the contract's (the server's own code stays in the message)
+    (envelope_error("INTERNAL_ERROR", 200), ServerError, "SERVER_ERROR"),
+    (envelope_error("SOMETHING_NEW", 400), InvalidParameters, "INVALID_PARAMETERS"),
+    (envelope_error("400", 400), InvalidParameters, "INVALID_PARAMETERS"),
+    # an unknown 4xx fails its row (it is not retried, and does not stop the job)
+    (envelope_error("CONFLICT", 409), RequestRejected, "HTTP_409"),
+    (httpx.Response(409), RequestRejected, "HTTP_409"),
+    # a 404 that is not the API's own answer: the base URL is wrong
+    (httpx.Response(404, html="<html>Not Found</html>"), NoSuchApi, "NO_SUCH_API"),
     (httpx.Response(502, html="<html><body>Bad Gateway</body></html>"), ServerError, "SERVER_ERROR"),
     (httpx.Response(503), ServerError, "SERVER_ERROR"),
     (httpx.Response(429), RateLimited, "RATE_LIMIT"),

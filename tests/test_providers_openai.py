@@ -10,12 +10,15 @@ import pytest
 
 from pipeline.errors import (
     AgentNotFound,
+    APIError,
     ConnectionLost,
     InsufficientBalance,
     InvalidApiKey,
     InvalidParameters,
     MalformedResponse,
+    NoSuchApi,
     RateLimited,
+    RequestRejected,
     ServerError,
     TerminalError,
 )
@@ -115,8 +118,14 @@ def relay_error(status: int, code: str | None = None, message: str = "nope") -> 
     (relay_error(503), ServerError),
     (httpx.Response(502, html="<html>bad gateway</html>"), ServerError),
     (relay_error(400, "invalid_request_error"), InvalidParameters),
-    (relay_error(409, "conflict"), TerminalError),
+    (relay_error(409, "conflict"), RequestRejected),  # an unknown 4xx fails its row, like MOMO's
     (httpx.Response(200, text="{not json"), MalformedResponse),
+    # LiteLLM sends the status as the code, as a string: the status decides
+    (relay_error(400, "400", "This model's maximum context length is 128000 tokens"), InvalidParameters),
+    (relay_error(429, "429"), RateLimited),
+    (relay_error(401, "401"), InvalidApiKey),
+    (relay_error(400, "context_length_exceeded"), InvalidParameters),
+    (httpx.Response(404, json={"detail": "Not Found"}), NoSuchApi),  # not a relay at this URL
 ])
 async def test_relay_errors_are_classified(response: httpx.Response, expected: type) -> None:
     async with client(lambda req: response) as c:
@@ -139,11 +148,13 @@ async def test_billing_combines_subscription_and_usage_in_cents() -> None:
 
 async def test_billing_error_with_http_200_is_an_error() -> None:
     async with client(lambda req: relay_error(200)) as c:
-        with pytest.raises(TerminalError):
+        with pytest.raises(APIError):
             await c.billing()
     provider = OpenAIProvider(client(lambda req: relay_error(200)), "m", prompt_price_per_million=1,
                               completion_price_per_million=2)
-    assert (await provider.account()).remaining is None  # said as unknown, not invented
+    account = await provider.account()
+    assert account.remaining is None  # said as unknown, not invented
+    assert account.note and "balance unknown" in account.note
 
 
 async def test_user_self_sends_user_header_and_token() -> None:
@@ -182,6 +193,7 @@ async def test_provider_cost_from_price_table_and_model_check() -> None:
     res = await provider.complete(PromptRequest("hi"))
     assert res.cost == pytest.approx((12 * 0.15 + 30 * 0.6) / 1e6)
     assert (res.prompt_tokens, res.completion_tokens, res.cost_source) == (12, 30, "price_table")
-    with pytest.raises(AgentNotFound):
-        await OpenAIProvider(client(handler), "gpt-9", prompt_price_per_million=1,
-                             completion_price_per_million=1).price()
+    # a model the relay does not list is a warning, not a refusal: the first call decides
+    unlisted = await OpenAIProvider(client(handler), "gpt-9", prompt_price_per_million=1,
+                                    completion_price_per_million=1).price()
+    assert unlisted.prompt_per_million == 1 and unlisted.note and "gpt-9" in unlisted.note

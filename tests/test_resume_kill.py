@@ -6,12 +6,15 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import polars as pl
 
+from pipeline import Job
+from pipeline.plan import prepare
 from pipeline.sandbox import Sandbox, SandboxConfig
 
 from .helpers import calls, questions, sha, write_job_toml
@@ -29,16 +32,14 @@ def write_job(tmp: Path, url: str) -> Path:
     })
 
 
-def journaled_rows(out: Path) -> set[int]:
-    """Rows with a result in the journal (a torn last line is ignored, as the runner does)."""
-    rows: set[int] = set()
-    for part in sorted((out.parent / (out.name + ".journal")).glob("results-*.jsonl")):
-        for line in part.read_text().splitlines():
-            try:
-                rows.add(json.loads(line)["__row"])
-            except (ValueError, KeyError):
-                continue
-    return rows
+def recorded_prompts(job: Path, url: str) -> set[str]:
+    """Prompts whose row has a final outcome in the ledger (read as a user would, with sqlite3)."""
+    db = sqlite3.connect(f"file:{job.parent / 'out.parquet.ledger' / 'ledger.sqlite'}?mode=ro", uri=True)
+    final = {key for (key,) in db.execute("SELECT key FROM entries WHERE state = 2")}
+    db.close()
+    plan = prepare(Job.load(job), endpoint=url)
+    prompts = pl.read_csv(job.parent / "q.csv")["question"].to_list()
+    return {p for p, key in zip(prompts, plan.keys["__key"].to_list(), strict=True) if key in final}
 
 
 def start(job: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -53,7 +54,7 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
         job = write_job(tmp_path, sb.momo_url)
         env = {**os.environ, "MOMO_API_KEY": "momo-sandbox-enterprise"}
         prompts = pl.read_csv(tmp_path / "q.csv")["question"].to_list()
-        finished_at_kill: list[tuple[int, set[int]]] = []  # (log length, journaled rows) at each kill
+        finished_at_kill: list[tuple[int, set[str]]] = []  # (log length, recorded prompts) at each kill
         target = 0
         for _ in range(3):
             target += rng.randint(40, 110)
@@ -62,7 +63,7 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             assert reached, (tmp_path / "stderr.log").read_text()[-2000:]
-            finished_at_kill.append((len(sb.records()), journaled_rows(tmp_path / "out.parquet")))
+            finished_at_kill.append((len(sb.records()), recorded_prompts(job, sb.momo_url)))
         final = subprocess.run([sys.executable, "-m", "pipeline", "run", str(job), "--yes", "--json"],
                                env=env, capture_output=True, text=True, timeout=60)
         records = sb.records()
@@ -73,9 +74,9 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
     assert out["id"].to_list() == sorted(out["id"].to_list())
     assert (out["status"] == "ok").all()
     assert summary["already_done"] >= len(finished_at_kill[-1][1]) > 0
-    # no row that was finished (journaled) when a run was killed was called again afterwards
+    # no row that was finished (recorded) when a run was killed was called again afterwards
     for log_len, done in finished_at_kill:
-        done_shas = {sha(prompts[r]) for r in done}
+        done_shas = {sha(p) for p in done}
         again = [r for r in calls(records[log_len:]) if r["prompt_sha"] in done_shas]
         assert not again, f"{len(again)} finished rows called again after a kill"
     sent = {r["prompt_sha"] for r in calls(records)}

@@ -16,20 +16,21 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, Literal, Self
 
+import anyio
 import httpx
 from httpx_sse import EventSource, SSEError
 
 from ..errors import (
-    AgentNotFound,
     APIError,
     ConnectionLost,
-    InsufficientBalance,
-    InvalidApiKey,
-    InvalidParameters,
     MalformedResponse,
+    NoSuchApi,
     RateLimited,
     Timeout,
+    check_secret,
+    classify,
     redact,
+    server_code,
 )
 from .base import RateLimitInfo
 
@@ -49,7 +50,11 @@ class ClientBase:
     _http: httpx.AsyncClient
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={str(self._http.base_url)!r})"
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    @property
+    def base_url(self) -> str:
+        return str(self._http.base_url).rstrip("/")
 
     async def __aenter__(self) -> Self:
         return self
@@ -93,6 +98,8 @@ def build_http_client(
     transport: httpx.AsyncBaseTransport | TransportName | None = None,
 ) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` for ``base_url``; ``transport`` may be a ready transport (tests)."""
+    for value in headers.values():
+        check_secret(value.removeprefix("Bearer "), "the API key")
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
     if transport is None:
         transport = transport_name()
@@ -178,27 +185,49 @@ def describe_body(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}, {len(response.content)} bytes of {kind}"
 
 
-# What an HTTP status means when the body names no code we know (both services).
-STATUS_ERRORS: dict[int, type[APIError]] = {
-    400: InvalidParameters,
-    401: InvalidApiKey,
-    402: InsufficientBalance,
-    403: InvalidApiKey,
-    404: AgentNotFound,
-    408: Timeout,
-    422: InvalidParameters,
-    429: RateLimited,
-}
-
-
-def api_error(cls: type[APIError], message: str, *, status: int, code: str | None, headers: httpx.Headers,
-              details: str | None = None) -> APIError:
-    """An error of class ``cls``; a :class:`RateLimited` also carries the rate headers."""
+def error_from(status: int | None, err: Mapping[str, Any] | None, headers: httpx.Headers,
+               *secrets: str | None) -> APIError:
+    """The exception for an error answer (both services): :func:`~pipeline.errors.classify` picks the
+    class from ``err["code"]`` and ``status``; ``err`` is the body's error object (``None``: none)."""
+    err = err or {}
+    raw = server_code(err.get("code"))
+    message = redact(str(err.get("message") or (f"HTTP {status}" if status else "no message")), *secrets)
+    details = redact(str(err["details"]), *secrets) if err.get("details") else None
+    cls = classify(status, raw)
     if cls is RateLimited:
         info = rate_limit_info(headers)
-        return RateLimited(message, status=status, code=code, details=details, retry_after=retry_after(headers),
+        return RateLimited(message, status=status, details=details, server_code=raw, retry_after=retry_after(headers),
                            remaining=info.remaining if info else None, reset=info.reset if info else None)
-    return cls(message, status=status, code=code, details=details)
+    return cls(message, status=status, details=details, server_code=raw)
+
+
+# statuses that say something about the key even when the body is not the API's own
+_AUTH_OR_RATE = frozenset({401, 403, 429})
+
+
+def not_the_api(response: httpx.Response, *, discovery: bool) -> bool:
+    """A reply without the API's error body that means "no such API at this URL": a 404 anywhere, and
+    on a discovery endpoint (agents, models, balance, billing, user self) any reply but a 5xx or an
+    auth/rate status."""
+    status = response.status_code
+    return status == 404 or (discovery and status < 500 and status not in _AUTH_OR_RATE)
+
+
+def no_such_api(response: httpx.Response, api: str, *secrets: str | None) -> NoSuchApi:
+    """:class:`NoSuchApi` naming the URL that was asked (without its query) and what came back."""
+    url = redact(str(response.request.url.copy_with(query=None)), *secrets)
+    return NoSuchApi(f"no {api} API at {url} ({describe_body(response)}): check the base URL",
+                     status=response.status_code)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Bound a whole call, connect to last byte (httpx's timeout bounds each read only)."""
+    try:
+        with anyio.fail_after(seconds):
+            yield
+    except TimeoutError:
+        raise Timeout(f"no complete answer within {seconds:g} s (provider.timeout)") from None
 
 
 def is_event_stream(response: httpx.Response) -> bool:

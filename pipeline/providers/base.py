@@ -60,6 +60,8 @@ class Account:
     packages: dict[int, int] = field(default_factory=dict)
     # raw figures as the service reported them, for display and reconciliation
     raw: dict[str, float | int | str | None] = field(default_factory=dict)
+    # why ``remaining`` is unknown (a relay without billing endpoints), or where it was read from
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,8 @@ class Price:
     prompt_per_million: float
     completion_per_million: float
     currency: str
+    # a warning about the target (a relay model that /v1/models does not list)
+    note: str | None = None
 
 
 @runtime_checkable

@@ -1,56 +1,42 @@
 """MOMO AI agent API: a client for its four endpoints, and the provider the runner uses.
 
-Errors are classified by ``error.code`` first, then by HTTP status (contract §1); a body with
-``success: false`` is an error whatever the status.
+Errors are classified by ``error.code`` first, then by HTTP status (contract §1, one table for both
+services: :func:`pipeline.errors.classify`); a body with ``success: false`` is an error whatever
+the status. A listing or balance read that gets a 404 or a body that is not the envelope means
+the base URL is not the MOMO API (:class:`~pipeline.errors.NoSuchApi`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import contextlib
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from ..errors import (
-    AgentNotFound,
-    APIError,
-    InsufficientBalance,
-    InvalidApiKey,
-    InvalidParameters,
-    MalformedResponse,
-    RateLimited,
-    ServerError,
-    redact,
-)
+from ..errors import AgentNotFound, MalformedResponse
 from ._transport import (
-    STATUS_ERRORS,
     ClientBase,
     TransportName,
-    api_error,
     build_http_client,
+    deadline,
     describe_body,
+    error_from,
     is_event_stream,
     json_body,
     json_events,
+    no_such_api,
+    not_the_api,
     rate_limit_info,
     translated,
 )
 from .base import Account, CallResult, Price, PromptRequest
 
-__all__ = ["Agent", "Delta", "MomoClient", "MomoProvider", "StreamSummary"]
+__all__ = ["Agent", "Delta", "MomoClient", "MomoProvider", "StreamSummary", "more_pages", "streamed_result"]
 
 DEFAULT_BASE_URL = "https://api.momoai.pro/v1"
 MAX_PAGE_SIZE = 100
-
-_BY_CODE: dict[str, type[APIError]] = {
-    "INVALID_API_KEY": InvalidApiKey,
-    "INSUFFICIENT_BALANCE": InsufficientBalance,
-    "RATE_LIMIT": RateLimited,
-    "AGENT_NOT_FOUND": AgentNotFound,
-    "INVALID_PARAMETERS": InvalidParameters,
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Agent:
@@ -77,17 +63,6 @@ class StreamSummary:
     cost: float | None
 
 
-def error_from(status: int, body: object, headers: httpx.Headers, *secrets: str | None) -> APIError:
-    """The exception for an error answer: by ``error.code``, else by status; 5xx and unknowns are transient."""
-    err = body.get("error") if isinstance(body, Mapping) else None
-    err = err if isinstance(err, Mapping) else {}
-    code = str(err.get("code") or "") or None
-    message = redact(str(err.get("message") or f"HTTP {status}"), *secrets)
-    details = redact(str(err["details"]), *secrets) if err.get("details") else None
-    cls = _BY_CODE.get(code or "") or STATUS_ERRORS.get(status) or ServerError
-    return api_error(cls, message, status=status, code=code or cls.code, headers=headers, details=details)
-
-
 class MomoClient(ClientBase):
     """Async client for one MOMO API key. Use as ``async with MomoClient(key) as client``."""
 
@@ -101,32 +76,40 @@ class MomoClient(ClientBase):
         transport: httpx.AsyncBaseTransport | TransportName | None = None,
     ) -> None:
         self._key = api_key
+        self.timeout = timeout
         self._http = build_http_client(base_url, headers={"Authorization": f"Bearer {api_key}"},
                                        timeout=timeout, max_connections=max_connections, transport=transport)
 
     # -- endpoints ---------------------------------------------------------------------------
     async def agents_page(self, page: int = 1, page_size: int = 20) -> tuple[list[Agent], int]:
         """One page of agents and the total count."""
-        data, _ = await self._request("GET", "agents", params={"page": page, "page_size": page_size})
+        data, _ = await self._request("GET", "agents", params={"page": page, "page_size": page_size},
+                                      discovery=True)
         agents = [_agent(a) for a in _field(data, "agents", list)]
         return agents, int(data.get("total", len(agents)))
 
     async def list_agents(self, page_size: int = MAX_PAGE_SIZE) -> list[Agent]:
         """Every agent, walking the pages until ``total`` is reached (or a page comes back empty)."""
-        found: list[Agent] = []
-        page = 1
+        return [agent async for agent in self.iter_agents(page_size)]
+
+    async def iter_agents(self, page_size: int = MAX_PAGE_SIZE) -> AsyncGenerator[Agent, None]:
+        """Every agent, lazily: the next page is asked for only when this one is used up."""
+        fetched, page = 0, 1
         while True:
             agents, total = await self.agents_page(page, page_size)
-            found.extend(agents)
-            if not agents or len(found) >= total:
-                return found
+            for agent in agents:
+                yield agent
+            fetched += len(agents)
+            if not more_pages(fetched, len(agents), total):
+                return
             page += 1
 
     async def call(self, agent_id: int, prompt: str, *, temperature: float | None = None,
                    max_tokens: int | None = None) -> CallResult:
-        """One non-streaming call."""
-        data, headers = await self._request("POST", f"agents/{agent_id}",
-                                            json=_body(prompt, temperature, max_tokens, stream=False))
+        """One non-streaming call, within ``timeout`` from connect to last byte."""
+        with deadline(self.timeout):
+            data, headers = await self._request("POST", f"agents/{agent_id}",
+                                                json=_body(prompt, temperature, max_tokens, stream=False))
         try:
             return CallResult(content=str(data["content"]), request_id=_opt(data.get("id"), str),
                               tokens_used=_opt(data.get("tokens_used"), int), cost=_opt(data.get("cost"), float),
@@ -135,7 +118,7 @@ class MomoClient(ClientBase):
             raise MalformedResponse("agent call: data lacks content, tokens_used or cost") from None
 
     async def stream(self, agent_id: int, prompt: str, *, temperature: float | None = None,
-                     max_tokens: int | None = None) -> AsyncIterator[Delta | StreamSummary]:
+                     max_tokens: int | None = None) -> AsyncGenerator[Delta | StreamSummary, None]:
         """Streamed call: :class:`Delta` pieces, then a :class:`StreamSummary` if the server sends one."""
         body = _body(prompt, temperature, max_tokens, stream=True)
         with translated(self._key):
@@ -150,21 +133,23 @@ class MomoClient(ClientBase):
 
     async def call_streaming(self, agent_id: int, prompt: str, *, temperature: float | None = None,
                              max_tokens: int | None = None) -> CallResult:
-        """A streamed call collected into one result; tokens and cost stay ``None`` without a summary."""
+        """A streamed call collected into one result, within ``timeout`` from connect to last byte;
+        tokens and cost stay ``None`` without a summary."""
         pieces: list[str] = []
         summary: StreamSummary | None = None
-        async for item in self.stream(agent_id, prompt, temperature=temperature, max_tokens=max_tokens):
-            if isinstance(item, Delta):
-                pieces.append(item.text)
-            else:
-                summary = item
-        if summary is None:
-            return CallResult("".join(pieces), None, None, None, cost_source="unknown")
-        return CallResult("".join(pieces), summary.request_id, summary.tokens_used, summary.cost)
+        with deadline(self.timeout):
+            async with contextlib.aclosing(self.stream(agent_id, prompt, temperature=temperature,
+                                                       max_tokens=max_tokens)) as items:
+                async for item in items:
+                    if isinstance(item, Delta):
+                        pieces.append(item.text)
+                    else:
+                        summary = item
+        return streamed_result(pieces, summary)
 
     async def balance(self) -> Account:
         """Balance, currency and prepaid token packages."""
-        data, _ = await self._request("GET", "account/balance")
+        data, _ = await self._request("GET", "account/balance", discovery=True)
         try:
             packages = {int(p["agent_id"]): int(p["remaining_tokens"]) for p in data.get("agents") or []}
             return Account(remaining=float(data["balance"]), currency=str(data.get("currency") or "CNY"),
@@ -173,35 +158,58 @@ class MomoClient(ClientBase):
             raise MalformedResponse("account/balance: data lacks balance") from None
 
     # -- wire --------------------------------------------------------------------------------
-    async def _request(self, method: str, path: str, **kw: Any) -> tuple[dict[str, Any], httpx.Headers]:
+    async def _request(self, method: str, path: str, *, discovery: bool = False,
+                       **kw: Any) -> tuple[dict[str, Any], httpx.Headers]:
         with translated(self._key):
             response = await self._http.request(method, path, **kw)
-        return self._unwrap(response), response.headers
+        return self._unwrap(response, discovery=discovery), response.headers
 
-    def _unwrap(self, response: httpx.Response) -> dict[str, Any]:
+    def _unwrap(self, response: httpx.Response, *, discovery: bool = False) -> dict[str, Any]:
+        """The envelope's ``data``, or the error the answer means."""
         body = json_body(response)
         if isinstance(body, Mapping) and body.get("success") is True and response.is_success:
             data = body.get("data")
             if isinstance(data, dict):
                 return data
+            if discovery:
+                raise no_such_api(response, "MOMO", self._key)
             raise MalformedResponse(f"{response.request.url.path}: success without a data object")
         if isinstance(body, Mapping) and (body.get("success") is False or "error" in body):
-            raise error_from(response.status_code, body, response.headers, self._key)
+            if discovery and response.status_code == 404:
+                raise no_such_api(response, "MOMO", self._key)
+            err = body.get("error")
+            raise error_from(response.status_code, err if isinstance(err, Mapping) else None, response.headers,
+                             self._key)
+        if not_the_api(response, discovery=discovery):
+            raise no_such_api(response, "MOMO", self._key)
         if response.is_success:
             raise MalformedResponse(f"not the contract's JSON envelope ({describe_body(response)})")
         raise error_from(response.status_code, None, response.headers, self._key)
 
 
-async def _momo_events(response: httpx.Response, key: str) -> AsyncIterator[Delta | StreamSummary]:
+async def _momo_events(response: httpx.Response, key: str) -> AsyncGenerator[Delta | StreamSummary, None]:
     """Interpret MOMO's events: deltas, a summary, or an error."""
     async for payload in json_events(response):
         if "error" in payload:
-            raise error_from(500, payload, response.headers, key)
+            err = payload["error"]
+            raise error_from(None, err if isinstance(err, Mapping) else None, response.headers, key)
         if payload.get("done"):
             yield StreamSummary(_opt(payload.get("id"), str), _opt(payload.get("tokens_used"), int),
                                 _opt(payload.get("cost"), float))
         elif "delta" in payload:
             yield Delta(str(payload["delta"] or ""))
+
+
+def streamed_result(pieces: list[str], summary: StreamSummary | None) -> CallResult:
+    """A streamed call as one result; without a summary, tokens and cost stay unknown (never invented)."""
+    if summary is None:
+        return CallResult("".join(pieces), None, None, None, cost_source="unknown")
+    return CallResult("".join(pieces), summary.request_id, summary.tokens_used, summary.cost)
+
+
+def more_pages(fetched: int, page_len: int, total: int) -> bool:
+    """Whether to ask for another page of agents: the last one was not empty and ``total`` is not reached."""
+    return page_len > 0 and fetched < total
 
 
 def _body(prompt: str, temperature: float | None, max_tokens: int | None, *, stream: bool) -> dict[str, Any]:
@@ -247,7 +255,18 @@ class MomoProvider:
         self.client = client
         self.agent_id = int(agent_id)
         self.target = str(self.agent_id)
+        self.endpoint = client.base_url  # part of every request key (see pipeline.keys)
         self._agent: Agent | None = None
+        self._owns_client = True
+
+    def retarget(self, target: str, *, prompt_price_per_million: float | None = None,
+                 completion_price_per_million: float | None = None) -> MomoProvider:
+        """Another agent behind the same key and client (a label job's escalation); MOMO reports
+        each call's cost, so no price is taken. Closing it leaves the shared client open."""
+        twin = MomoProvider(self.client, int(target))
+        twin.endpoint = self.endpoint
+        twin._owns_client = False
+        return twin
 
     async def complete(self, request: PromptRequest) -> CallResult:
         call = self.client.call_streaming if request.stream else self.client.call
@@ -261,10 +280,11 @@ class MomoProvider:
         if self._agent is None:
             found = [a for a in await self.client.list_agents() if a.id == self.agent_id]
             if not found:
-                raise AgentNotFound(f"agent {self.agent_id} is not in the agent list", code="AGENT_NOT_FOUND")
+                raise AgentNotFound(f"agent {self.agent_id} is not in the agent list")
             self._agent = found[0]
         per_million = self._agent.price_per_1k_tokens * 1000
         return Price(per_million, per_million, "CNY")
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._owns_client:
+            await self.client.aclose()

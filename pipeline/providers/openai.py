@@ -2,38 +2,36 @@
 
 Relays send errors in several shapes (contract §2): an ``{"error": {...}}`` body with or without a
 ``code``, an empty 429, HTML from upstream, and HTTP 200 with an error body on billing. All of
-them end up in the one error tree.
+them end up in the one error tree, through the same table as MOMO's
+(:func:`pipeline.errors.classify`): a code that is a number (LiteLLM sends ``"code": "400"``) or
+missing is mapped by the HTTP status. A 404 or a body that is not the API's from ``/v1/models``,
+billing or ``/api/user/self`` means the base URL is not such a relay
+(:class:`~pipeline.errors.NoSuchApi`); a relay without billing or ``/api/user/self`` runs with its
+balance unknown, and :class:`Account` says why.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+import contextlib
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
 
-from ..errors import (
-    AgentNotFound,
-    APIError,
-    InsufficientBalance,
-    InvalidApiKey,
-    MalformedResponse,
-    RateLimited,
-    ServerError,
-    TerminalError,
-    redact,
-)
+from ..errors import APIError, InvalidApiKey, MalformedResponse, NoSuchApi, check_secret, redact
 from ._transport import (
-    STATUS_ERRORS,
     ClientBase,
     TransportName,
-    api_error,
     build_http_client,
+    deadline,
     describe_body,
+    error_from,
     is_event_stream,
     json_body,
     json_events,
+    no_such_api,
+    not_the_api,
     rate_limit_info,
     translated,
 )
@@ -44,15 +42,6 @@ __all__ = ["Billing", "ChatDelta", "ChatResult", "OpenAIClient", "OpenAIProvider
 
 DEFAULT_BASE_URL = "https://api.moka-ai.com"
 QUOTA_PER_USD = 500_000  # new-api: 500000 quota units = 1 US dollar
-
-_QUOTA_CODES = frozenset({"insufficient_user_quota", "pre_consume_token_quota_failed", "insufficient_quota"})
-_BY_CODE: dict[str, type[APIError]] = {
-    **{code: InsufficientBalance for code in _QUOTA_CODES},
-    "model_not_found": AgentNotFound,
-    "invalid_api_key": InvalidApiKey,
-    "rate_limit_exceeded": RateLimited,
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Usage:
@@ -100,20 +89,6 @@ class UserSelf:
         return self.quota / QUOTA_PER_USD
 
 
-def error_from(status: int, body: object, headers: httpx.Headers, *secrets: str | None) -> APIError:
-    """Classify a relay error by ``error.code``, then by status; 5xx, HTML and unknowns are transient."""
-    err: Mapping[str, Any] = {}
-    if isinstance(body, Mapping):
-        inner = body.get("error")
-        err = inner if isinstance(inner, Mapping) else body  # {"success": false, "message": ...}
-    code = str(err.get("code") or "") or None
-    message = redact(str(err.get("message") or f"HTTP {status}"), *secrets)
-    cls = _BY_CODE.get(code or "") or STATUS_ERRORS.get(status)
-    if cls is None:
-        cls = ServerError if status >= 500 or status == 200 and not err else TerminalError
-    return api_error(cls, message, status=status, code=code or cls.code, headers=headers)
-
-
 class OpenAIClient(ClientBase):
     """Async client for one relay key (and, optionally, its system access token for ``/api/user/self``)."""
 
@@ -129,6 +104,9 @@ class OpenAIClient(ClientBase):
         transport: httpx.AsyncBaseTransport | TransportName | None = None,
     ) -> None:
         self._key, self._token, self._user = api_key, access_token, user_id
+        self.timeout = timeout
+        if access_token:
+            check_secret(access_token, "the relay access token")
         root = base_url.rstrip("/")
         root = root[: -len("/v1")] if root.endswith("/v1") else root  # accept either form of base URL
         self._http = build_http_client(root, headers={"Authorization": f"Bearer {api_key}"},
@@ -140,25 +118,27 @@ class OpenAIClient(ClientBase):
 
     # -- endpoints ---------------------------------------------------------------------------
     async def models(self) -> list[str]:
-        body, _ = await self._request("GET", "v1/models")
+        body, response = await self._request("GET", "v1/models", discovery=True)
         data = body.get("data")
         if not isinstance(data, list):
-            raise MalformedResponse("models: no data list")
+            raise no_such_api(response, "OpenAI-compatible", self._key)
         return [str(m["id"]) for m in data if isinstance(m, Mapping) and "id" in m]
 
     async def chat(self, model: str, messages: list[dict[str, str]], *, temperature: float | None = None,
                    max_tokens: int | None = None) -> ChatResult:
-        body, headers = await self._request("POST", "v1/chat/completions",
-                                            json=_chat_body(model, messages, temperature, max_tokens, False))
+        with deadline(self.timeout):
+            body, response = await self._request("POST", "v1/chat/completions",
+                                                 json=_chat_body(model, messages, temperature, max_tokens, False))
         try:
             content = body["choices"][0]["message"].get("content") or ""
         except (KeyError, IndexError, TypeError, AttributeError):
             raise MalformedResponse("chat completion without choices[0].message") from None
-        return ChatResult(str(content), _str(body.get("id")), _usage(body.get("usage")), rate_limit_info(headers))
+        return ChatResult(str(content), _str(body.get("id")), _usage(body.get("usage")),
+                          rate_limit_info(response.headers))
 
     async def chat_stream(self, model: str, messages: list[dict[str, str]], *, temperature: float | None = None,
                           max_tokens: int | None = None, include_usage: bool = True
-                          ) -> AsyncIterator[ChatDelta | Usage | str]:
+                          ) -> AsyncGenerator[ChatDelta | Usage | str, None]:
         """Streamed chat: :class:`ChatDelta` pieces, the completion id (a ``str``), and :class:`Usage` if sent."""
         body = _chat_body(model, messages, temperature, max_tokens, True)
         if include_usage:
@@ -175,63 +155,86 @@ class OpenAIClient(ClientBase):
 
     async def chat_streaming(self, model: str, messages: list[dict[str, str]], *,
                              temperature: float | None = None, max_tokens: int | None = None) -> ChatResult:
+        """A streamed chat collected into one result, within ``timeout`` from connect to last byte."""
         pieces: list[str] = []
         usage: Usage | None = None
         chat_id: str | None = None
-        async for item in self.chat_stream(model, messages, temperature=temperature, max_tokens=max_tokens):
-            if isinstance(item, ChatDelta):
-                pieces.append(item.text)
-            elif isinstance(item, Usage):
-                usage = item
-            else:
-                chat_id = chat_id or item
+        with deadline(self.timeout):
+            async with contextlib.aclosing(self.chat_stream(model, messages, temperature=temperature,
+                                                            max_tokens=max_tokens)) as items:
+                async for item in items:
+                    if isinstance(item, ChatDelta):
+                        pieces.append(item.text)
+                    elif isinstance(item, Usage):
+                        usage = item
+                    else:
+                        chat_id = chat_id or item
         return ChatResult("".join(pieces), chat_id, usage)
 
     async def billing(self) -> Billing:
-        sub, _ = await self._request("GET", "v1/dashboard/billing/subscription")
-        use, _ = await self._request("GET", "v1/dashboard/billing/usage")
+        sub, sub_response = await self._request("GET", "v1/dashboard/billing/subscription", discovery=True)
+        use, use_response = await self._request("GET", "v1/dashboard/billing/usage", discovery=True)
         try:
-            return Billing(float(sub["hard_limit_usd"]), float(use["total_usage"]) / 100)  # usage is in cents
+            limit = float(sub["hard_limit_usd"])
         except (KeyError, TypeError, ValueError):
-            raise MalformedResponse("billing: no hard_limit_usd or total_usage") from None
+            raise no_such_api(sub_response, "billing", self._key) from None
+        try:
+            return Billing(limit, float(use["total_usage"]) / 100)  # usage is in cents
+        except (KeyError, TypeError, ValueError):
+            raise no_such_api(use_response, "billing", self._key) from None
 
     async def user_self(self) -> UserSelf:
         if not self.has_user_self:
             raise InvalidApiKey("/api/user/self needs a system access token and a user id")
-        body, _ = await self._request("GET", "api/user/self", headers={
-            "Authorization": f"Bearer {self._token}", "New-Api-User": str(self._user)})
-        data = body.get("data")
+        path = "api/user/self"
+        with translated(self._key, self._token):
+            response = await self._http.get(path, headers={"Authorization": f"Bearer {self._token}",
+                                                           "New-Api-User": str(self._user)})
+        body = json_body(response)
+        if isinstance(body, Mapping) and body.get("success") is False and response.status_code != 404:
+            message = redact(str(body.get("message") or ""), self._key, self._token)
+            raise InvalidApiKey(f"/api/user/self refused the access token or user id: {message}",
+                                status=response.status_code)
+        self._check(response, body, discovery=True)
+        data = body.get("data") if isinstance(body, Mapping) else None
         try:
             return UserSelf(int(data["quota"]), int(data["used_quota"]),  # type: ignore[index]
                             _int(data.get("request_count")))  # type: ignore[union-attr]
         except (KeyError, TypeError, ValueError, AttributeError):
-            raise MalformedResponse("/api/user/self: no data.quota") from None
+            raise no_such_api(response, "new-api user", self._key, self._token) from None
 
     # -- wire --------------------------------------------------------------------------------
-    async def _request(self, method: str, path: str, **kw: Any) -> tuple[dict[str, Any], httpx.Headers]:
+    async def _request(self, method: str, path: str, *, discovery: bool = False,
+                       **kw: Any) -> tuple[dict[str, Any], httpx.Response]:
         with translated(self._key, self._token):
             response = await self._http.request(method, path, **kw)
         body = json_body(response)
-        self._check(response, body)
+        self._check(response, body, discovery=discovery)
         if not isinstance(body, dict):
+            if discovery:
+                raise no_such_api(response, "OpenAI-compatible", self._key, self._token)
             raise MalformedResponse(f"{path}: {describe_body(response)}")
-        return body, response.headers
+        return body, response
 
-    def _check(self, response: httpx.Response, body: object) -> None:
+    def _check(self, response: httpx.Response, body: object, *, discovery: bool = False) -> None:
         """Raise for an error answer, including HTTP 200 with an error body."""
-        is_error_body = isinstance(body, Mapping) and (
-            isinstance(body.get("error"), Mapping) or body.get("success") is False)
-        if response.is_success and not is_error_body:
+        err: Mapping[str, Any] | None = None
+        if isinstance(body, Mapping):
+            inner = body.get("error")
+            err = inner if isinstance(inner, Mapping) else body if body.get("success") is False else None
+        if response.is_success and err is None:
             return
-        raise error_from(response.status_code, body, response.headers, self._key, self._token)
+        if (err is None or discovery and response.status_code == 404) and not_the_api(response, discovery=discovery):
+            raise no_such_api(response, "OpenAI-compatible", self._key, self._token)
+        raise error_from(response.status_code, err, response.headers, self._key, self._token)
 
 
-async def _chunks(response: httpx.Response, key: str) -> AsyncIterator[ChatDelta | Usage | str]:
+async def _chunks(response: httpx.Response, key: str) -> AsyncGenerator[ChatDelta | Usage | str, None]:
     """Interpret chat chunks: the completion id once, content deltas, and the usage chunk."""
     seen_id = False
     async for chunk in json_events(response):
         if isinstance(chunk.get("error"), Mapping):
-            raise error_from(500, chunk, response.headers, key)
+            raise error_from(None, chunk["error"], response.headers, key)
         if not seen_id and chunk.get("id"):
             seen_id = True
             yield str(chunk["id"])
@@ -287,8 +290,23 @@ class OpenAIProvider:
                  completion_price_per_million: float, currency: str = "USD") -> None:
         self.client = client
         self.model = self.target = model
+        self.endpoint = client.base_url  # part of every request key (see pipeline.keys)
         self._price = Price(prompt_price_per_million, completion_price_per_million, currency)
-        self._checked = False
+        self._listed: bool | None = None
+        self._owns_client = True
+
+    def retarget(self, target: str, *, prompt_price_per_million: float | None = None,
+                 completion_price_per_million: float | None = None) -> OpenAIProvider:
+        """Another model behind the same key and client, priced from the given table (a label job's
+        escalation). Closing it leaves the shared client open."""
+        if prompt_price_per_million is None or completion_price_per_million is None:
+            raise ValueError("a relay model needs its prompt and completion prices")
+        twin = OpenAIProvider(self.client, target, prompt_price_per_million=prompt_price_per_million,
+                              completion_price_per_million=completion_price_per_million,
+                              currency=self._price.currency)
+        twin.endpoint = self.endpoint
+        twin._owns_client = False
+        return twin
 
     def cost(self, usage: Usage) -> float:
         p = self._price
@@ -307,26 +325,38 @@ class OpenAIProvider:
                           cost_source="price_table", rate_limit=result.rate_limit)
 
     async def account(self) -> Account:
-        """Quota from ``/api/user/self`` when a system token is set, else the billing endpoints."""
+        """Quota from ``/api/user/self`` when a system token is set, else the billing endpoints; a relay
+        with neither gives an :class:`Account` whose balance is unknown and whose ``note`` says why."""
+        missing = ""
         if self.client.has_user_self:
-            me = await self.client.user_self()
-            return Account(me.remaining_usd, "USD", raw={"quota": me.quota, "used_quota": me.used_quota,
-                                                          "request_count": me.request_count})
+            try:
+                me = await self.client.user_self()
+            except NoSuchApi as exc:
+                missing = f"no /api/user/self ({exc.message}); "
+            else:
+                return Account(me.remaining_usd, "USD", raw={"quota": me.quota, "used_quota": me.used_quota,
+                                                              "request_count": me.request_count})
         try:
             bill = await self.client.billing()
-        except (TerminalError, MalformedResponse) as exc:  # many relays have no billing endpoints
-            if isinstance(exc, InvalidApiKey):
-                raise
-            return Account(None, "USD", raw={"unavailable": str(exc)})
+        except InvalidApiKey:
+            raise
+        except APIError as exc:  # many relays have no billing endpoints
+            reason = exc.message if isinstance(exc, NoSuchApi) else str(exc)
+            return Account(None, "USD", note=f"balance unknown: {missing}no billing ({reason})")
         return Account(bill.remaining_usd, "USD", raw={"hard_limit_usd": bill.hard_limit_usd,
-                                                        "used_usd": bill.used_usd})
+                                                        "used_usd": bill.used_usd},
+                       note=f"{missing}balance read from billing" if missing else None)
 
     async def price(self) -> Price:
-        if not self._checked:
-            if self.model not in await self.client.models():
-                raise AgentNotFound(f"model {self.model!r} is not offered by this relay", code="model_not_found")
-            self._checked = True
-        return self._price
+        """The job's price table; a model the relay does not list is a warning (``Price.note``), not a
+        refusal: wildcard routes (LiteLLM) serve models they do not list, and the first call decides."""
+        if self._listed is None:
+            self._listed = self.model in await self.client.models()
+        if self._listed:
+            return self._price
+        return replace(self._price, note=f"model {self.model!r} is not in this relay's /v1/models: "
+                                         "running anyway, the first call decides")
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._owns_client:
+            await self.client.aclose()

@@ -4,6 +4,7 @@
 seed = 7
 window_seconds = 2.0          # a rate-limit "minute" lasts 2 s
 algorithm = "sliding_log"
+label_truth = "data/reviews-gold.csv"   # gold labels the labelling agents know (see .labeller)
 
 [keys.momo-sandbox-free]
 tier = "free"
@@ -21,21 +22,30 @@ rpm = 30                      # per window_seconds (the key's own, else the serv
 [faults]
 server_error = 0.1
 reset = 0.05
+
+[labellers.301]               # the cheap labelling agent is right this often per call
+easy = 0.92
+hard = 0.6
 ```
+
+``relay_numeric_codes``, ``hidden_models`` and ``missing_endpoints`` imitate relays that are not
+quite new-api (LiteLLM's numeric codes, wildcard routes, no billing endpoints).
 """
 
 from __future__ import annotations
 
+import csv
 import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "DEFAULT_KEYS",
     "DEFAULT_RELAY_KEYS",
     "FAULT_NAMES",
+    "POST_CHARGE_FAULTS",
     "STREAM_FAULTS",
     "TIER_LIMITS",
     "Algorithm",
@@ -43,6 +53,7 @@ __all__ = [
     "KeyConfig",
     "RelayKeyConfig",
     "SandboxConfig",
+    "SkillConfig",
     "Tier",
 ]
 
@@ -56,8 +67,11 @@ TIER_LIMITS: dict[str, int | None] = {"free": 10, "basic": 60, "pro": 300, "ente
 FAULT_NAMES: tuple[str, ...] = (
     "rate_limit", "server_error", "bad_gateway_html", "reset", "hang", "malformed", "success_false",
     "stream_mid_error", "stream_drop", "stream_no_summary", "stream_split", "stream_crlf", "stream_keepalive",
+    "conflict", "context_window", "trickle", "echo_key", "charged_reset", "charged_malformed",
 )
 STREAM_FAULTS = frozenset(name for name in FAULT_NAMES if name.startswith("stream_"))
+# faults that strike after the call was charged: the client pays and gets no answer
+POST_CHARGE_FAULTS = frozenset({"charged_reset", "charged_malformed"})
 
 
 class _Strict(BaseModel):
@@ -114,6 +128,13 @@ class FaultConfig(_Strict):
     stream_split: float = _Prob
     stream_crlf: float = _Prob
     stream_keepalive: float = _Prob
+    # What real servers also do, though the contract does not name it:
+    conflict: float = _Prob  # HTTP 409, a 4xx no contract code names
+    context_window: float = _Prob  # HTTP 400: the prompt is over the model's context window
+    trickle: float = _Prob  # HTTP 200 whose body comes a byte at a time for hang_seconds, then drops
+    echo_key: float = _Prob  # HTTP 400 whose message quotes the key without its first 3 characters ("sk-")
+    charged_reset: float = _Prob  # charged, then the connection is reset before the answer
+    charged_malformed: float = _Prob  # charged, then HTTP 200 whose JSON breaks off half-way
     # After this many faults for one (key, prompt) it always succeeds, so a client's retries converge.
     max_faults_per_prompt: int = Field(default=3, ge=0)
     apply_to: Literal["all", "calls"] = "calls"
@@ -124,6 +145,26 @@ class FaultConfig(_Strict):
         if total > 1.0 + 1e-9:
             raise ValueError(f"fault probabilities add up to {total:.3f}; at most one fault per request (≤ 1)")
         return self
+
+
+class SkillConfig(_Strict):
+    """How often a labelling target is right per call, on easy rows and on hard ones."""
+
+    easy: float = Field(ge=0.0, le=1.0)
+    hard: float = Field(ge=0.0, le=1.0)
+
+
+# MOMO 301 is the cheap labelling agent, 302 the strong one (and 15 times its price); relay models
+# are ranked as their prices suggest. Other targets get ``default_labeller``.
+DEFAULT_LABELLERS: dict[str, SkillConfig] = {
+    "301": SkillConfig(easy=0.92, hard=0.6),
+    "302": SkillConfig(easy=0.98, hard=0.9),
+    "gpt-4o-mini": SkillConfig(easy=0.92, hard=0.6),
+    "gpt-4.1-mini": SkillConfig(easy=0.94, hard=0.7),
+    "deepseek-chat": SkillConfig(easy=0.94, hard=0.7),
+    "claude-3-5-haiku": SkillConfig(easy=0.93, hard=0.65),
+    "gpt-4o": SkillConfig(easy=0.98, hard=0.9),
+}
 
 
 def _default_keys() -> dict[str, KeyConfig]:
@@ -151,6 +192,35 @@ class SandboxConfig(_Strict):
     request_log: Path | None = None
     agent_count: int = Field(default=45, ge=2, le=1000)
     hang_seconds: float = Field(default=30.0, ge=0)
+    # Servers that are not quite new-api: LiteLLM sends the HTTP status as the error code ("code": "400");
+    # wildcard routes serve models /v1/models does not list; some relays lack billing or /api/user/self.
+    relay_numeric_codes: bool = False
+    hidden_models: list[str] = Field(default_factory=list)
+    missing_endpoints: list[str] = Field(default_factory=list)  # paths answered 404, e.g. "/api/user/self"
+    # Labelling targets (see .labeller): gold labels they know (a CSV with text, gold, optional case),
+    # and how often each is right per call; the draws follow ``seed``.
+    label_truth: Path | None = None
+    labellers: dict[str, SkillConfig] = Field(default_factory=lambda: dict(DEFAULT_LABELLERS))
+    default_labeller: SkillConfig = SkillConfig(easy=0.9, hard=0.6)
+
+    @field_validator("label_truth")
+    @classmethod
+    def _truth_readable(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                header = next(csv.reader(fh), [])
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {path} ({exc})") from None
+        if not {"text", "gold"} <= set(header):
+            raise ValueError(f"{path} needs the columns text and gold (it has {header})")
+        return path
+
+    @field_validator("labellers")
+    @classmethod
+    def _over_defaults(cls, given: dict[str, SkillConfig]) -> dict[str, SkillConfig]:
+        return {**DEFAULT_LABELLERS, **given}  # [labellers.301] changes 301 and keeps the others
 
     @classmethod
     def from_toml(cls, path: str | Path) -> SandboxConfig:

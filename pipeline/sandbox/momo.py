@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from .answers import PROMPT_OVERHEAD, answer, completion_tokens, count_tokens
-from .catalog import LABEL_AGENT_ID, Agent
+from .catalog import LABEL_AGENT_IDS, Agent
 from .handlers import Handlers
 from .ratelimit import Decision
 from .state import MomoAccount
@@ -111,7 +111,13 @@ class MomoApi(Handlers):
             headers["Retry-After"] = reset
         return headers
 
-    def _error_reply(self, rec: dict[str, Any], fault: str) -> web.StreamResponse:
+    def _error_reply(self, rec: dict[str, Any], fault: str, key: str = "") -> web.StreamResponse:
+        if fault == "conflict":
+            return self._fail(rec, 409, "CONFLICT", "请求冲突", "同一请求正在处理中")
+        if fault == "context_window":
+            return self._fail(rec, 400, "INVALID_PARAMETERS", "参数错误", "prompt 超出模型的上下文窗口")
+        if fault == "echo_key":
+            return self._fail(rec, 400, "INVALID_PARAMETERS", "参数错误", f"密钥 {key[3:]} 无权设置该参数")
         if fault == "rate_limit":  # an injected 429 says "wait one (scaled) second"
             headers = {"Retry-After": _seconds(self.cfg.window_seconds / 60)} if self.cfg.rate_headers else {}
             return self._fail(rec, 429, "RATE_LIMIT", "请求过于频繁", "稍后重试,遵守限流规则", headers)
@@ -191,9 +197,12 @@ class MomoApi(Handlers):
         rid = request_id("req_")
         rec.update(charged=True, cost=charge.cost, tokens_used=tokens, package_tokens=charge.package_tokens,
                    request_id=rid)
-        content = answer(agent.id, prompt, params.temperature, rec["n"], labelling=agent.id == LABEL_AGENT_ID)
+        labeller = self.state.labeller if agent.id in LABEL_AGENT_IDS else None
+        content = answer(agent.id, prompt, params.temperature, rec["n"], labeller=labeller)
+        data = {"id": rid, "content": content, "tokens_used": tokens, "cost": charge.cost}
+        if (lost := await self._after_charge(request, rec, {"success": True, "data": data}, params.stream)):
+            return lost
         if not params.stream:
-            data = {"id": rid, "content": content, "tokens_used": tokens, "cost": charge.cost}
             return self._finish(rec, json_reply({"success": True, "data": data}, headers=headers))
         fault = rec["fault"]
         summary = {"done": True, "id": rid, "tokens_used": tokens, "cost": charge.cost}

@@ -109,14 +109,30 @@ class RelayApi(Handlers):
     # -- shared steps -----------------------------------------------------------------------------
     def _fail(self, rec: dict[str, Any], status: int, body: dict[str, Any], log_code: str | None = None,
               ) -> web.StreamResponse:
-        """An error body; the log records its ``code``, or ``log_code`` where the body has none."""
-        return self._finish(rec, json_reply(body, status), body["error"]["code"] or log_code)
+        """An error body; the log records its ``code``, or ``log_code`` where the body has none.
+
+        With ``relay_numeric_codes`` the body's code is the HTTP status as a string, as LiteLLM sends it.
+        """
+        code = body["error"]["code"] or log_code
+        if self.cfg.relay_numeric_codes:
+            body = {"error": {**body["error"], "code": str(status)}}
+        return self._finish(rec, json_reply(body, status), code)
 
     def _authorize(self, request: web.Request) -> tuple[dict[str, Any], RelayKey | None]:
         key = bearer(request)
         return self._record(request, key), self.state.relay.get(key) if key else None
 
-    def _error_reply(self, rec: dict[str, Any], fault: str) -> web.StreamResponse:
+    def _error_reply(self, rec: dict[str, Any], fault: str, key: str = "") -> web.StreamResponse:
+        if fault == "conflict":
+            return self._fail(rec, 409, _error("request conflict: a request with this id is in progress", "conflict"))
+        if fault == "context_window":
+            return self._fail(rec, 400, _error(
+                "This model's maximum context length is 128000 tokens. However, your messages resulted in "
+                "131072 tokens. Please reduce the length of the messages.", "context_length_exceeded",
+                "invalid_request_error"))
+        if fault == "echo_key":
+            return self._fail(rec, 400, _error(f"token {key[3:]} may not set this parameter", "invalid_request",
+                                               "invalid_request_error"))
         if fault == "rate_limit":  # as relays do: no body, no Retry-After
             return self._finish(rec, web.Response(status=429), "rate_limit")
         if fault == "hang":
@@ -136,7 +152,7 @@ class RelayApi(Handlers):
         if (reply := await self._other_fault(request, rec)) is not None:
             return reply
         data = [{"id": name, "object": "model", "created": 0, "owned_by": price.owned_by}
-                for name, price in RELAY_PRICES.items()]
+                for name, price in RELAY_PRICES.items() if name not in self.cfg.hidden_models]
         return self._finish(rec, json_reply({"object": "list", "data": data}))
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -176,9 +192,13 @@ class RelayApi(Handlers):
         rid = request_id("chatcmpl-")
         rec.update(charged=True, cost=quota / QUOTA_PER_USD, tokens_used=prompt_tokens + completion, quota=quota,
                    request_id=rid)
-        content = answer(params.model, params.messages[-1][1], params.temperature, rec["n"], labelling=True)
+        content = answer(params.model, params.messages[-1][1], params.temperature, rec["n"],
+                         labeller=self.state.labeller)
+        body = _completion(rid, params.model, content, prompt_tokens, completion)
+        if (lost := await self._after_charge(request, rec, body, params.stream)):
+            return lost
         if not params.stream:
-            return self._finish(rec, json_reply(_completion(rid, params.model, content, prompt_tokens, completion)))
+            return self._finish(rec, json_reply(body))
         return await self._stream(request, rec, rid, params, content, _usage(prompt_tokens, completion))
 
     async def _stream(self, request: web.Request, rec: dict[str, Any], rid: str, params: ChatParams, content: str,

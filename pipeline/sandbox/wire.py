@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 __all__ = ["BAD_GATEWAY_HTML", "EventStream", "abort", "bearer", "json_reply", "new_record", "pieces", "request_id",
-           "stream_reply", "truncated"]
+           "stream_reply", "trickle", "truncated"]
 
 BAD_GATEWAY_HTML = (
     "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -127,6 +127,25 @@ async def truncated(request: web.Request, body: Any, stream: bool) -> web.Stream
     await events.start()
     await events.response.write(f"data: {cut}\n\n".encode())
     return await events.finish()
+
+
+async def trickle(request: web.Request, seconds: float, stream: bool, every: float = 0.05) -> web.StreamResponse:
+    """HTTP 200 whose body never completes: a filler byte (a comment line for a stream, JSON whitespace
+    otherwise) every ``every`` seconds for ``seconds``, then the connection drops. Each read is quick;
+    only a deadline on the whole call ends it sooner."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream" if stream else "application/json"})
+    filler = b": keep-alive\n\n" if stream else b" "
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    try:
+        await response.prepare(request)
+        while loop.time() < end:
+            await response.write(filler)
+            await asyncio.sleep(every)
+    except ConnectionError:  # the client gave up: nothing left to do
+        return response
+    abort(request)
+    return response
 
 
 async def stream_reply(stream: EventStream, deltas: list[Any], tail: list[Any], fault: str | None,

@@ -1,0 +1,281 @@
+"""The ledger: every request of a job, by what it asks, in one SQLite file beside the output.
+
+A row finds its result through its content key (:mod:`pipeline.keys`), never its position, so
+an edited input reruns exactly the requests that are new. One table, ``entries``:
+
+====== ==================================================================================
+key    hex content key: a call's request key, or a row's key (a plain row: the same key)
+state  0 sent, outcome unknown · 1 a call's answer · 2 a row's final outcome ·
+       3 a row's outcome worth retrying (a transient error)
+run    the run that wrote it (``runs`` table: when, which process)
+cost   what the job paid for this entry's call(s), counted once: the job's spend is ``SUM(cost)``
+held   worst cases held for sends whose outcome is unknown (may have been charged)
+record JSON: a call's answer (state 1) or the row's output columns (states 2, 3)
+====== ==================================================================================
+
+Why SQLite (standard library, WAL mode): a per-call lookup by key and a per-batch join at the
+end need an index, which JSON lines do not have; a committed transaction survives ``kill -9``
+at any instant (WAL, ``synchronous=NORMAL``); readers (``estimate``, a user's ``sqlite3``) do
+not block the writer. It costs more CPU per result than the JSON lines it replaces (measured by
+``bench/ledger.py``; see the README), which buys the index. A rowid table with a unique key is
+used, not ``WITHOUT ROWID``: answers are large rows, and random keys split pages of a table
+clustered on them (~30 % more CPU per result here).
+
+One writer per job: :class:`Ledger` holds an exclusive ``flock`` on ``lock`` beside the
+database while it is open; the lock dies with its process, so ``kill -9`` needs no clean-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from .errors import JobBusy, WriteError
+
+SENT, ANSWER, FINAL, RETRY = 0, 1, 2, 3
+DB_NAME = "ledger.sqlite"
+LOCK_NAME = "lock"
+# SQLite's default limit on bound parameters is 32766; lookups go in chunks well below it
+CHUNK = 8_192
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key    TEXT NOT NULL UNIQUE,
+    state  INTEGER NOT NULL,
+    run    INTEGER NOT NULL,
+    cost   REAL NOT NULL DEFAULT 0,
+    held   REAL NOT NULL DEFAULT 0,
+    record TEXT
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run        INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    pid        INTEGER NOT NULL
+);
+"""
+
+
+def ledger_dir(output: Path) -> Path:
+    return output.with_name(output.name + ".ledger")
+
+
+@dataclass(frozen=True)
+class Entry:
+    state: int
+    run: int
+    record: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class LedgerTotals:
+    """What earlier runs left that the money side must know."""
+
+    spent: float  # SUM(cost) + SUM(held): every cent the job may have been charged
+    unknown: int  # sends whose outcome is unknown (in flight when a run died)
+
+
+def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=10)
+    if not readonly:
+        db.execute("PRAGMA journal_mode=WAL")
+        # a commit is in the OS once write() returns: survives kill -9 of this process (not a
+        # power cut, which would need FULL and an fsync per result)
+        db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
+class _Store:
+    """The parts a ledger and a cache share: a connection and guarded writes."""
+
+    db: sqlite3.Connection
+    path: Path
+
+    def _write(self, sql: str, args: Sequence[Any] | Iterable[Sequence[Any]], *, many: bool = False) -> None:
+        try:
+            if many:
+                self.db.executemany(sql, args)  # type: ignore[arg-type]
+            else:
+                self.db.execute(sql, args)  # type: ignore[arg-type]
+        except sqlite3.Error as exc:
+            raise WriteError(f"{self.path}: cannot record ({exc}); the ledger keeps what it "
+                                   "already has: free the space and run again to resume") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()
+
+
+class Ledger(_Store):
+    """The job's record of every request and row outcome. Open it with :meth:`open`."""
+
+    def __init__(self, root: Path, db: sqlite3.Connection, lock: int | None, run: int) -> None:
+        self.root = root
+        self.path = root / DB_NAME
+        self.db = db
+        self._lock = lock
+        self.run = run
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, output: Path, *, restart: bool = False) -> Ledger:
+        """Take the job's lock (or raise :class:`JobBusy`) and open its ledger for writing."""
+        root = ledger_dir(output)
+        root.mkdir(parents=True, exist_ok=True)
+        lock = _take_lock(root / LOCK_NAME)
+        try:
+            if restart:
+                for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
+                    (root / name).unlink(missing_ok=True)
+            db = _connect(root / DB_NAME)
+            db.executescript(_SCHEMA)
+            cur = db.execute("INSERT INTO runs(started_at, pid) VALUES (?, ?)",
+                             (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), os.getpid()))
+            assert cur.lastrowid is not None
+            return cls(root, db, lock, cur.lastrowid)
+        except sqlite3.Error as exc:
+            os.close(lock)
+            raise WriteError(f"{root / DB_NAME}: cannot open the ledger ({exc})") from None
+        except BaseException:
+            os.close(lock)
+            raise
+
+    @classmethod
+    def peek(cls, output: Path) -> Ledger | None:
+        """Read-only, without the lock (``estimate``): ``None`` when the job never ran."""
+        path = ledger_dir(output) / DB_NAME
+        if not path.exists():
+            return None
+        try:
+            return cls(path.parent, _connect(path, readonly=True), None, 0)
+        except sqlite3.Error:
+            return None
+
+    def close(self) -> None:
+        """Fold the write-ahead log into the database (no ``-wal`` file left) and unlock."""
+        if self._lock is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        super().close()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, key: str) -> Entry | None:
+        row = self.db.execute("SELECT state, run, record FROM entries WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        return Entry(row[0], row[1], json.loads(row[2]) if row[2] else None)
+
+    def states(self, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """``key → (state, run)`` for those of ``keys`` that have an entry."""
+        found: dict[str, tuple[int, int]] = {}
+        for part in _chunks(list(dict.fromkeys(keys))):
+            marks = ",".join("?" * len(part))
+            for key, state, run in self.db.execute(
+                    f"SELECT key, state, run FROM entries WHERE key IN ({marks})", part):
+                found[key] = (state, run)
+        return found
+
+    def outcomes(self, keys: Sequence[str]) -> pl.DataFrame:
+        """``[key, state, record]`` of the row outcomes (states 2 and 3) among ``keys``."""
+        rows: list[tuple[str, int, str]] = []
+        for part in _chunks(list(dict.fromkeys(keys))):
+            marks = ",".join("?" * len(part))
+            rows += self.db.execute(
+                f"SELECT key, state, record FROM entries WHERE state >= 2 AND key IN ({marks})", part
+            ).fetchall()
+        return pl.DataFrame(rows, schema={"key": pl.String, "state": pl.Int64, "record": pl.String},
+                            orient="row")
+
+    def totals(self) -> LedgerTotals:
+        spent, unknown = self.db.execute(
+            "SELECT COALESCE(SUM(cost) + SUM(held), 0), COALESCE(SUM(state = 0), 0) FROM entries").fetchone()
+        return LedgerTotals(float(spent), int(unknown))
+
+    # -- writing ---------------------------------------------------------------------------
+    def sent(self, key: str, held: float) -> None:
+        """A call is about to go out: until it is settled, its outcome is unknown."""
+        self._write(
+            "INSERT INTO entries(key, state, run, held) VALUES (?, 0, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET state = 0, run = excluded.run, held = held + excluded.held",
+            (key, self.run, held))
+
+    def not_charged(self, key: str, held: float) -> None:
+        """The call failed in a way that cannot have been charged (a 4xx, a 429)."""
+        self._write("UPDATE entries SET held = MAX(0, held - ?) WHERE key = ?", (held, key))
+
+    def answered(self, key: str, answer: dict[str, Any], paid: float, held: float) -> None:
+        """A call's answer (label votes and re-asks; plain rows record their outcome instead)."""
+        self._write(
+            "INSERT INTO entries(key, state, run, cost, held, record) VALUES (?, 1, ?, ?, 0, ?) "
+            "ON CONFLICT(key) DO UPDATE SET state = 1, run = excluded.run, cost = cost + excluded.cost, "
+            "held = MAX(0, held - ?), record = excluded.record",
+            (key, self.run, paid, json.dumps(answer, ensure_ascii=False), held))
+
+    def outcome(self, key: str, record: dict[str, Any], *, final: bool, paid: float, held: float) -> None:
+        """A row's outcome: its output columns, and what its own (unrecorded) calls cost."""
+        self._write(
+            "INSERT INTO entries(key, state, run, cost, held, record) VALUES (?, ?, ?, ?, 0, ?) "
+            "ON CONFLICT(key) DO UPDATE SET state = excluded.state, run = excluded.run, "
+            "cost = cost + excluded.cost, held = MAX(0, held - ?), record = excluded.record",
+            (key, FINAL if final else RETRY, self.run, paid, json.dumps(record, ensure_ascii=False), held))
+
+
+class Cache(_Store):
+    """Answers shared across jobs (``--cache DIR``): request key → answer, never a row outcome."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.path = root / "cache.sqlite"
+        try:
+            self.db = _connect(self.path)
+            self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, record TEXT NOT NULL) "
+                            "WITHOUT ROWID")
+        except sqlite3.Error as exc:
+            raise WriteError(f"{self.path}: cannot open the cache ({exc})") from None
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT record FROM answers WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, answer: dict[str, Any]) -> None:
+        self._write("INSERT OR REPLACE INTO answers(key, record) VALUES (?, ?)",
+                    (key, json.dumps(answer, ensure_ascii=False)))
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for i in range(0, len(items), CHUNK):
+        yield items[i:i + CHUNK]
+
+
+def _take_lock(path: Path) -> int:
+    """An exclusive ``flock`` that dies with this process; the holder's pid is in the file."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise JobBusy(f"{path.parent}: this job is running in process {holder}; wait for it to "
+                      "finish or stop it, then run again") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd

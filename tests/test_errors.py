@@ -1,0 +1,146 @@
+"""The error tree: one classification for both services, each class's action and exit code, the
+README's exit-code table, and redaction of any piece of a key a server echoes."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.errors import (
+    Action,
+    AgentNotFound,
+    APIError,
+    BudgetExceeded,
+    ConfigError,
+    ConnectionLost,
+    InsufficientBalance,
+    InvalidApiKey,
+    InvalidParameters,
+    JobBusy,
+    MalformedResponse,
+    NoSuchApi,
+    PreflightRefused,
+    RateLimited,
+    RequestRejected,
+    ServerError,
+    Timeout,
+    WriteError,
+    classify,
+    redact,
+)
+from pipeline.outcome import EXIT_MEANINGS, STOP_EXIT, ExitCode
+from pipeline.result import FINAL_ERROR_CODES
+
+from .helpers import ROOT
+
+
+@pytest.mark.parametrize(("status", "code", "expected"), [
+    # the contract's codes, MOMO's and the relays', win over the status
+    (401, "INVALID_API_KEY", InvalidApiKey),
+    (200, "RATE_LIMIT", RateLimited),
+    (403, "insufficient_user_quota", InsufficientBalance),
+    (429, "pre_consume_token_quota_failed", InsufficientBalance),
+    (503, "model_not_found", AgentNotFound),
+    (400, "context_length_exceeded", InvalidParameters),
+    (200, "invalid_token", InvalidApiKey),
+    # a code that is a number (LiteLLM: "code": "400") or missing: the status decides
+    (400, "400", InvalidParameters),
+    (429, "429", RateLimited),
+    (401, "401", InvalidApiKey),
+    (402, None, InsufficientBalance),
+    (404, "", AgentNotFound),
+    (422, "422", InvalidParameters),
+    (413, None, InvalidParameters),
+    # an unknown 4xx fails its row; 5xx and error bodies with 200 are transient
+    (409, "conflict", RequestRejected),
+    (409, None, RequestRejected),
+    (418, "teapot", RequestRejected),
+    (500, "INTERNAL_ERROR", ServerError),
+    (502, None, ServerError),
+    (200, "INTERNAL_ERROR", ServerError),
+    (None, "SERVER_ERROR", ServerError),
+])
+def test_one_table_for_both_services(status: int | None, code: str | None, expected: type[APIError]) -> None:
+    assert classify(status, code) is expected
+
+
+@pytest.mark.parametrize(("cls", "action", "exit_code"), [
+    (InvalidApiKey, Action.STOP_NOW, ExitCode.TERMINAL),
+    (AgentNotFound, Action.STOP_NOW, ExitCode.TERMINAL),
+    (NoSuchApi, Action.STOP_NOW, ExitCode.UNREACHABLE),
+    (InsufficientBalance, Action.STOP_SOFT, ExitCode.INSUFFICIENT_BALANCE),
+    (BudgetExceeded, Action.STOP_SOFT, ExitCode.BUDGET),
+    (InvalidParameters, Action.FAIL_ROW, ExitCode.TERMINAL),
+    (RequestRejected, Action.FAIL_ROW, ExitCode.TERMINAL),
+    (RateLimited, Action.RETRY, ExitCode.UNREACHABLE),
+    (ServerError, Action.RETRY, ExitCode.UNREACHABLE),
+    (Timeout, Action.RETRY, ExitCode.UNREACHABLE),
+    (ConnectionLost, Action.RETRY, ExitCode.UNREACHABLE),
+    (MalformedResponse, Action.RETRY, ExitCode.UNREACHABLE),
+    (ConfigError, Action.STOP_NOW, ExitCode.BAD_INPUT),
+    (WriteError, Action.STOP_SOFT, ExitCode.WRITE),
+    (JobBusy, Action.STOP_NOW, ExitCode.BUSY),
+    (PreflightRefused, Action.STOP_NOW, ExitCode.REFUSED),
+])
+def test_each_class_carries_its_action_and_exit_code(cls: type, action: Action, exit_code: ExitCode) -> None:
+    assert cls.action is action and cls.exit_code is exit_code
+
+
+def test_a_stopping_error_exits_with_its_own_code() -> None:
+    """A run stopped by an error exits with that error class's code (``RunReport`` reads STOP_EXIT)."""
+    for cls in (InsufficientBalance, BudgetExceeded, WriteError, NoSuchApi, InvalidApiKey, AgentNotFound):
+        assert STOP_EXIT.get(cls.code, ExitCode.TERMINAL) == cls.exit_code
+
+
+def test_error_codes_are_the_contracts_and_a_bad_request_is_final() -> None:
+    err = InvalidParameters("too long", status=400, server_code="context_length_exceeded")
+    assert err.code == "INVALID_PARAMETERS" and err.code in FINAL_ERROR_CODES
+    assert "context_length_exceeded" in str(err) and "HTTP 400" in str(err)
+    assert RequestRejected("busy", status=409).code == "HTTP_409"
+    assert RequestRejected("busy", status=409).code not in FINAL_ERROR_CODES  # a rerun tries it again
+    assert InvalidParameters("x", server_code="INVALID_PARAMETERS").server_code is None  # not repeated
+
+
+def test_readme_exit_code_table_is_the_code() -> None:
+    """The README quotes :data:`EXIT_MEANINGS`, row for row."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| (.+) \|$", section, re.M)
+    assert {int(code): meaning for code, meaning in rows} == {int(k): v for k, v in EXIT_MEANINGS.items()}
+    assert set(EXIT_MEANINGS) == set(ExitCode)
+
+
+KEY = "sk-Zq81vR0aLmN3pXy7TbW2"
+
+
+@pytest.mark.parametrize("echoed", [
+    KEY,
+    KEY.removeprefix("sk-"),  # the key without its prefix
+    KEY[3:14],  # any 8+ characters of it
+    f"{KEY[5:13]}",
+])
+def test_any_piece_of_the_key_is_masked(echoed: str) -> None:
+    text = redact(f"invalid token {echoed} for this request", KEY)
+    assert echoed not in text and "***" in text
+    assert text.startswith("invalid token ") and text.endswith(" for this request")
+
+
+def test_short_pieces_and_other_text_stay() -> None:
+    assert redact("error at sk-Zq81 line 7", KEY) == "error at sk-Zq81 line 7"  # 7 characters: too short to mask
+    assert redact("plain words", KEY, None, "") == "plain words"
+
+
+KEY_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+
+
+@given(st.text(KEY_CHARS, min_size=8, max_size=40), st.text(max_size=30), st.text(max_size=30),
+       st.integers(0, 40), st.integers(8, 40))
+def test_no_8_characters_of_a_key_survive(key: str, before: str, after: str, start: int, length: int) -> None:
+    piece = key[start:start + length]
+    if len(piece) < 8:
+        return
+    text = redact(before + piece + after, key)
+    assert not any(key[i:i + 8] in text for i in range(len(key) - 7))

@@ -1,0 +1,189 @@
+"""The ledger on its own: one writer, crash-safe, money counted once; finalise joins by content key."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipeline import Job
+from pipeline.errors import JobBusy, WriteError
+from pipeline.ledger import FINAL, RETRY, SENT, Cache, Ledger, ledger_dir
+from pipeline.plan import KEY, prepare
+from pipeline.result import RESULT_SCHEMA, RowResult, Unfinished
+from pipeline.sink import finalise
+
+
+def _job(tmp: Path, texts: list[str | None], *, dedup: bool = True) -> Job:
+    src = tmp / "in.csv"
+    pl.DataFrame({"text": texts}, schema={"text": pl.String}).write_csv(src)
+    return Job.from_dict({
+        "input": {"path": str(src)}, "prompt": {"template": "say {text}"},
+        "provider": {"kind": "momo", "agent_id": 1}, "output": {"path": str(tmp / "out.parquet")},
+        "reuse": {"dedup": dedup},
+    })
+
+
+def _record(**fields: object) -> dict[str, object]:
+    return RowResult(row=0, **fields).to_record()  # type: ignore[arg-type]
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path: Path) -> None:
+    out = tmp_path / "out.parquet"
+    with Ledger.open(out), pytest.raises(JobBusy, match=rf"process {__import__('os').getpid()}\b"):
+        Ledger.open(out)
+    Ledger.open(out).close()  # free again once closed
+
+
+def test_the_lock_dies_with_a_killed_process(tmp_path: Path) -> None:
+    out = tmp_path / "out.parquet"
+    code = ("import sys; from pathlib import Path; from pipeline.ledger import Ledger; "
+            f"Ledger.open(Path({str(out)!r})); print('locked', flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    with pytest.raises(JobBusy, match=str(proc.pid)):
+        Ledger.open(out)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()  # reaps it and closes both pipes
+    Ledger.open(out).close()
+
+
+def test_kill_9_mid_writes_keeps_every_committed_entry(tmp_path: Path) -> None:
+    """A writer killed at an arbitrary point: every entry it reported as written is still there."""
+    out = tmp_path / "out.parquet"
+    code = ("import sys; from pathlib import Path; from pipeline.ledger import Ledger\n"
+            f"led = Ledger.open(Path({str(out)!r}))\n"
+            "for i in range(10**9):\n"
+            "    led.outcome(f'k{i}', {'status': 'ok', 'response': 'x' * 300}, final=True, paid=0.5, held=0)\n"
+            "    print(i, flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    last = -1
+    for line in proc.stdout:  # kill once it has written a few thousand, mid-stream
+        last = int(line)
+        if last >= 3000:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    proc.stdout.close()
+    with Ledger.open(out) as led:
+        have = led.states([f"k{i}" for i in range(last + 1)])
+        assert len(have) == last + 1 and {s for s, _ in have.values()} == {FINAL}
+        assert led.totals().spent == pytest.approx(0.5 * led.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+
+
+def test_spent_counts_paid_calls_once_and_unknown_outcomes_at_their_worst(tmp_path: Path) -> None:
+    with Ledger.open(tmp_path / "out.parquet") as led:
+        led.sent("a", 0.3)
+        led.outcome("a", _record(status="ok", response="A", cost=0.1), final=True, paid=0.1, held=0.3)
+        led.sent("b", 0.3)  # in flight when the process "died"
+        led.sent("c", 0.3)
+        led.not_charged("c", 0.3)  # a 429: never charged
+        led.sent("d", 0.3)
+        led.answered("d", {"response": "D", "cost": 0.05}, paid=0.05, held=0.3)
+        assert led.totals().spent == pytest.approx(0.1 + 0.3 + 0.05)
+        assert led.totals().unknown == 2  # b, and c (sent, then refused: outcome known, nothing held)
+        assert led.get("b") is not None and led.get("b").state == SENT  # type: ignore[union-attr]
+
+
+def test_finalise_joins_by_content_key_not_position(tmp_path: Path) -> None:
+    job = _job(tmp_path, ["a", "b", "c"])
+    plan = prepare(job)
+    keys = plan.keys[KEY].to_list()
+    with Ledger.open(job.output.path) as led:
+        led.outcome(keys[2], _record(status="ok", response="C", tokens_used=3, cost=0.1, attempts=1),
+                    final=True, paid=0.1, held=0)
+        led.outcome(keys[0], _record(status="error", error_code="SERVER_ERROR", attempts=6),
+                    final=False, paid=0, held=0)
+    # the input is edited: a new row on top, the rest shifted down by one
+    edited = _job(tmp_path, ["new", "a", "b", "c"])
+    plan = prepare(edited)
+    with Ledger.open(job.output.path) as led:
+        totals = finalise(plan, led, job.output.path, unfinished=Unfinished("NOT_RUN", "not run"),
+                          metadata=lambda t: {"totals": json.dumps(t)})
+    df = pl.read_parquet(job.output.path)
+    assert df["text"].to_list() == ["new", "a", "b", "c"]
+    assert df["status"].to_list() == ["error", "error", "error", "ok"]
+    assert df["error_code"].to_list() == ["NOT_RUN", "SERVER_ERROR", "NOT_RUN", None]
+    assert df["response"].to_list() == [None, None, None, "C"]
+    assert df["request_key"].to_list() == plan.keys[KEY].to_list()
+    for name, dtype in RESULT_SCHEMA.items():
+        assert df.schema[name] == dtype, name
+    assert totals == {"ok": 1, "error": 3, "skipped": 0, "tokens": 3, "cost": 0.1}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_duplicates_share_one_answer_and_the_first_carries_the_cost(tmp_path: Path) -> None:
+    job = _job(tmp_path, ["a", None, "a", "b", "a"])
+    plan = prepare(job)
+    assert (plan.n_rows, plan.sendable, plan.distinct) == (5, 4, 2)
+    key_a = plan.keys[KEY][0]
+    with Ledger.open(job.output.path) as led:
+        led.outcome(key_a, _record(status="ok", response="A", tokens_used=5, cost=0.2), final=True, paid=0.2, held=0)
+        finalise(plan, led, job.output.path, unfinished=Unfinished("NOT_RUN", "x"), metadata=lambda t: {})
+    df = pl.read_parquet(job.output.path)
+    assert df["response"].to_list() == ["A", None, "A", None, "A"]
+    assert df["status"].to_list() == ["ok", "skipped", "ok", "error", "ok"]
+    assert df["duplicate"].to_list() == [False, False, True, False, True]
+    assert df["cost"].to_list() == [0.2, None, 0.0, None, 0.0]
+
+
+def test_dedup_off_gives_each_repeat_a_key_of_its_own(tmp_path: Path) -> None:
+    keys = prepare(_job(tmp_path, ["a", "b", "a", "a"], dedup=False)).keys
+    assert keys[KEY].n_unique() == 4 and keys["__first"].all()
+    # the repeat keys follow the prompt, not the position: a row inserted above changes nothing
+    moved = prepare(_job(tmp_path, ["z", "a", "b", "a", "a"], dedup=False)).keys
+    assert moved[KEY].to_list()[1:] == keys[KEY].to_list()
+
+
+def test_all_error_output_still_has_typed_columns(tmp_path: Path) -> None:
+    job = _job(tmp_path, ["a"])
+    with Ledger.open(job.output.path) as led:
+        finalise(prepare(job), led, job.output.path, unfinished=Unfinished("INVALID_API_KEY", "not run"),
+                 metadata=lambda t: {})
+    df = pl.read_parquet(job.output.path)
+    assert df.schema["tokens_used"] == pl.Int64 and df.schema["cost"] == pl.Float64
+    assert df.schema["cached"] == pl.Boolean and df["status"].to_list() == ["error"]
+
+
+def test_a_failing_disk_is_one_clear_error(tmp_path: Path) -> None:
+    with Ledger.open(tmp_path / "out.parquet") as led:
+        led.db.execute("PRAGMA max_page_count = 8")  # a tiny disk: it fills up at once
+        with pytest.raises(WriteError, match="cannot record"):
+            for i in range(1000):
+                led.outcome(f"k{i}", {"response": "x" * 4000}, final=True, paid=0, held=0)
+        assert led.get("k0") is not None  # what was recorded stays readable
+
+
+def test_restart_discards_the_ledger_but_not_the_lock(tmp_path: Path) -> None:
+    out = tmp_path / "out.parquet"
+    with Ledger.open(out) as led:
+        led.outcome("k", {"response": "x"}, final=True, paid=1.0, held=0)
+    with Ledger.open(out, restart=True) as led:
+        assert led.get("k") is None and led.totals().spent == 0
+    assert (ledger_dir(out) / "lock").exists()
+
+
+def test_the_ledger_is_a_plain_sqlite_file_users_can_query(tmp_path: Path) -> None:
+    out = tmp_path / "out.parquet"
+    with Ledger.open(out) as led:
+        led.outcome("k", _record(status="ok", response="hi", cost=0.5), final=True, paid=0.5, held=0)
+        led.outcome("r", _record(status="error", error_code="TIMEOUT"), final=False, paid=0, held=0)
+    assert not (ledger_dir(out) / "ledger.sqlite-wal").exists()  # folded in on close
+    db = sqlite3.connect(ledger_dir(out) / "ledger.sqlite")
+    rows = db.execute("SELECT key, state, json_extract(record, '$.response') FROM entries ORDER BY key").fetchall()
+    db.close()
+    assert rows == [("k", FINAL, "hi"), ("r", RETRY, None)]
+
+
+def test_cache_round_trip(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    cache.put("k", {"response": "A", "cost": 0.1})
+    assert Cache(tmp_path / "cache").get("k") == {"response": "A", "cost": 0.1}
+    assert cache.get("other") is None
