@@ -95,7 +95,7 @@ class ServerWindow:
         self.window = 0.0
         self._times: list[float] = []  # ring of grant times by grant number, once a limit is known
         self._first = 0  # the first grant number logged
-        self._last = 0  # the latest grant number logged (older ones are overwritten past the ring)
+        self._last = 0  # the latest grant number (older ones are overwritten past the ring)
 
     @property
     def quota(self) -> Quota | None:
@@ -106,9 +106,9 @@ class ServerWindow:
 
     def sent(self, grant: int, now: float) -> None:
         """Log a grant's time (only once the server has shown a limit: until then nothing reads it)."""
+        self._last = grant
         if self._times:
             self._times[grant % len(self._times)] = now
-            self._last = grant
 
     def observe(self, grant: int, limit: int | None, remaining: int | None,
                 *spans: float | None) -> None:
@@ -117,15 +117,15 @@ class ServerWindow:
             if span is not None and 0 < span < _LONGEST_WINDOW:
                 self.window = max(self.window, span)
         if limit is not None and limit > 0:
-            self._know_limit(limit, grant)
+            self._know_limit(limit)
             if remaining is not None:
                 self._refill_span(grant, limit - remaining)
 
-    def _know_limit(self, limit: int, grant: int) -> None:
+    def _know_limit(self, limit: int) -> None:
         self.limit = limit
         size = min(limit + 1, _MAX_GRANT_LOG)
-        if len(self._times) < size:  # grants before now were not logged: start from the next one
-            self._times, self._first = [0.0] * size, grant + 1
+        if len(self._times) < size:  # grants so far (some still in flight) were not logged: from the next
+            self._times, self._first = [0.0] * size, self._last + 1
 
     def _refill_span(self, grant: int, counted: int) -> None:
         # The server counted ``counted`` requests in its window when it answered this grant; they
@@ -134,7 +134,8 @@ class ServerWindow:
         if counted < 1 or oldest < max(self._first, self._last - len(self._times) + 1) or grant > self._last:
             return
         span = self._times[grant % len(self._times)] - self._times[oldest % len(self._times)]
-        self.window = max(self.window, span)
+        if span < _LONGEST_WINDOW:
+            self.window = max(self.window, span)
 
 
 # Successes a cycle needs before what the server admitted in it may hold the found rate down.

@@ -247,6 +247,21 @@ async def test_the_window_is_learned_from_how_remaining_refills_without_reset() 
     assert refused <= 5
 
 
+async def test_grants_in_flight_when_the_limit_is_first_seen_are_not_read_as_logged() -> None:
+    """Answers come back out of order: grants made before the first ``Limit`` header were never
+    timed, so a later answer must not measure a span from them."""
+    clock = VirtualClock()
+    lim = RateLimiter(300, 60.0, clock=clock)
+    grants = []
+    for _ in range(5):  # five in flight
+        grants.append(await lim.acquire())
+    lim.on_success(limit=300, remaining=299, reset=1.0, grant=grants[0])  # the first answer
+    later = await lim.acquire()
+    lim.on_success(limit=300, remaining=298, reset=1.0, grant=later)  # counted: this one and the one before
+    assert lim.server.window == pytest.approx(1.0)
+    assert lim.target == 300
+
+
 # -- finding the rate when none is given (issue 10, part 2) --------------------------------------
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 async def test_header_less_429s_find_the_rate_from_an_unlimited_start(algorithm: str) -> None:
