@@ -344,10 +344,14 @@ class RateLimiter:
         self._interval = max(spacings, default=None)
         if self._interval is None:
             return
-        # catch-up allowed for lateness: below each quota's slack (limit × interval − window), halved,
-        # keeps every window of every quota under its limit
-        slack = [(q.limit * self._interval - q.window) / 2 for q in quotas]
-        self._tau = max(0.0, min([self._interval, *slack]))
+        # catch-up allowed for lateness: half the safety margin of each quota's window keeps every
+        # window of it under its limit, whatever the interval is now or was (AIMD changes it), as
+        # long as no interval is shorter than the quota's spacing. A quota more than twice as fast
+        # as the slowest (a token bucket's short-looking window) is far from binding: left out,
+        # it does not take the catch-up away.
+        slowest = min((q.per_second for q in quotas), default=None)
+        near = [q for q in quotas if slowest is not None and q.per_second <= 2 * slowest]
+        self._tau = min([self._interval, *(self._safety * q.window / 2 for q in near)])
 
     # -- granting ----------------------------------------------------------------------------
     async def acquire(self) -> int:

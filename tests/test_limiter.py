@@ -199,6 +199,22 @@ async def test_concurrent_waiters_share_one_schedule() -> None:
     assert gaps == pytest.approx([1.0 / 10 * 1.015] * 79)  # one grant per interval, never two at once
 
 
+async def test_a_slowdown_does_not_let_the_next_grant_catch_up_past_the_limit() -> None:
+    """Paced at the tier, then a 429 slows the pace: the longer interval must not bring a longer
+    catch-up that lets the next grant come early, into a window already full."""
+    clock = VirtualClock()
+    lim = RateLimiter(10, 1.0, clock=clock)
+    times = []
+    for i in range(40):
+        grant = await lim.acquire()
+        times.append(clock.now())
+        if i == 9:
+            lim.on_rate_limited(retry_after=0.001, grant=grant)  # a blip: the pace drops to 0.8x
+        else:
+            lim.on_success(grant=grant)
+    assert max_in_any_window(times, 1.0 + 1e-9) <= 10
+
+
 # -- learning the server's window (issue 10, part 1) ---------------------------------------------
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 async def test_a_shorter_server_window_is_learned_and_the_told_rate_kept(algorithm: str) -> None:
