@@ -47,13 +47,14 @@ lint: $(STAMP) ## ruff, and mypy on pipeline/
 	$(VENV)/bin/ruff check pipeline tests bench
 	$(VENV)/bin/mypy pipeline
 
-bench: $(STAMP) ## throughput, CPU per row, peak RSS, ledger CPU per result, estimate, sandbox and transport req/s, % of each tier, rate limits
+bench: $(STAMP) ## throughput, CPU per row, peak RSS, ledger, estimate, sandbox, transport, tiers, rate limits, Ray workers
 	$(PY) bench/run.py
 	$(PY) bench/ledger.py
 	$(PY) bench/sandbox_rps.py
 	$(PY) bench/transport.py
 	$(PY) bench/tiers.py
 	$(PY) bench/rate_limits.py
+	$(PY) bench/ray_run.py
 
 eval: $(STAMP) ## accuracy and cost of each labelling strategy (1 vote, 3 votes, escalation) on the gold sample
 	$(PY) bench/eval.py

@@ -11,6 +11,8 @@ The public surface (everything else is private and may change)::
 polars DataFrame in a notebook; ``estimate`` says what a job will cost before it runs;
 ``evaluate`` measures a labelled output against a gold column. ``MomoAI`` / ``AsyncMomoAI`` call
 one agent at a time, the way the MOMO documentation shows.
+``pipeline.ray.run_job`` runs a job on Ray Data, with one rate limit, budget and ledger for all
+its workers (the ``ray`` extra; not imported here).
 """
 
 from __future__ import annotations

@@ -105,6 +105,24 @@ def _sandbox_for(cfg: ProviderConfig, tier: str, enabled: bool, *,
             yield sb.relay_url, Credentials("sk-sandbox-relay", "sandbox-system-token", "1")
 
 
+def _ray_options(on_ray: bool, address: str | None, workers: int, parts_rows: int | None, fmt: str) -> Any:
+    if not on_ray:
+        if address is not None or parts_rows is not None:
+            raise _fail("--address and --parts-rows need --ray", ExitCode.BAD_INPUT)
+        return None
+    if parts_rows is not None and fmt != "parquet":
+        raise _fail("--format exports one file; with --parts-rows the output is a directory of Parquet parts",
+                    ExitCode.BAD_INPUT)
+    try:
+        import ray  # noqa: F401  (the optional extra)
+    except ImportError:
+        raise _fail("--ray needs Ray: pip install 'momo-batch[ray]'", ExitCode.BAD_INPUT) from None
+    from .ray import RayOptions
+
+    return RayOptions(address=address or os.environ.get("RAY_ADDRESS") or None, workers=workers,
+                      parts_rows=parts_rows)
+
+
 def _momo_cfg() -> ProviderConfig:
     return ProviderConfig(kind="momo", agent_id=0)
 
@@ -127,6 +145,13 @@ def run(
         help="Reuse answers any job recorded in this directory, at no charge (and add this job's).")] = None,
     with_report: Annotated[bool, typer.Option("--report", help="Also write the HTML report beside the output "
                                                                "and print its path.")] = False,
+    on_ray: Annotated[bool, typer.Option("--ray", help="Run on Ray Data: one rate limit, budget and ledger for "
+                                                       "all workers (needs momo-batch[ray]).")] = False,
+    address: Annotated[str | None, typer.Option(help="With --ray: the cluster to join (default RAY_ADDRESS, "
+                                                     "else a local Ray on this machine).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="With --ray: worker processes.")] = 2,
+    parts_rows: Annotated[int | None, typer.Option(
+        "--parts-rows", min=1, help="With --ray: write the output as a directory of Parquet parts of N rows.")] = None,
 ) -> None:
     """Run a job: every request not yet answered is sent once; safe to run again after any stop."""
     if fmt not in ("parquet", "jsonl", "csv"):
@@ -140,6 +165,7 @@ def run(
         quiet=quiet, credentials=_credentials, sandbox_for=_sandbox_for, console=out, errors=err,
         cache=cache,
         with_report=with_report,
+        ray_options=_ray_options(on_ray, address, workers, parts_rows, fmt),
     ))
     raise typer.Exit(code)
 

@@ -87,20 +87,25 @@ def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: i
                 max_cost: float | None, restart: bool, yes: bool, sandbox: bool, fmt: str,
                 as_json: bool, quiet: bool, credentials: Any, sandbox_for: Any,
                 console: Console, errors: Console, cache: Path | None = None,
-                with_report: bool = False) -> int:
+                with_report: bool = False, ray_options: Any = None) -> int:
     cfg = job.provider
     if output is not None:
         job = job.with_overrides(output=OutputConfig(path=output))
-    check_output(job.output.path, job.input.path, formats=[fmt])  # before anything is paid
+    parts = getattr(ray_options, "parts_rows", None) is not None
+    check_output(job.output.path, job.input.path, formats=[fmt], parts=parts)  # before anything is paid
     if cache is not None:
         job = job.with_overrides(reuse=job.reuse.model_copy(update={"cache": cache}))
     with sandbox_for(cfg, job.limits.tier, sandbox, label_truth=sandbox_truth(job)) as (sb_url, sb_creds):
         provider = _provider(job, sb_url, sb_creds, base_url, credentials)
-        report = anyio.run(lambda: _run(job, provider, quiet=quiet, errors=errors, yes=yes,
-                                        limit=limit, restart=restart, max_cost=max_cost))
-    if fmt != "parquet" and report.output.exists():
+        if ray_options is not None:
+            report = _run_on_ray(job, provider, sb_creds or credentials(cfg), sb_url or base_url, ray_options,
+                                 limit=limit, restart=restart, max_cost=max_cost, errors=errors)
+        else:
+            report = anyio.run(lambda: _run(job, provider, quiet=quiet, errors=errors, yes=yes,
+                                            limit=limit, restart=restart, max_cost=max_cost))
+    if fmt != "parquet" and report.output.is_file():
         export(report.output, fmt)
-    page = _write_report(report.output) if with_report and report.output.exists() else None
+    page = _write_report(report.output) if with_report and report.output.is_file() else None
     if as_json:
         print(json.dumps({**report.as_dict(), **({"report": str(page)} if page else {})}, ensure_ascii=False))
     else:
@@ -122,6 +127,26 @@ def sandbox_truth(job: Job) -> Path | None:
     except (OSError, UnicodeDecodeError):
         return None
     return path if {"text", "gold"} <= set(header) else None
+
+
+def _run_on_ray(job: Job, provider: Any, creds: Any, base_url: str | None, options: Any, *,
+                limit: int | None, restart: bool, max_cost: float | None, errors: Console) -> RunReport:
+    """``--ray``: the key and the target are checked here (``price``) before any worker starts;
+    the workers open their own clients. The estimate is ``momo-batch estimate`` (one machine)."""
+    from .ray import run_job as run_on_ray
+
+    async def check() -> Any:
+        try:
+            price = await provider.price()
+        finally:
+            await provider.aclose()
+        if price.note:
+            errors.print(f"[yellow]warning:[/yellow] {price.note}", highlight=False)
+        return price
+
+    price = anyio.run(check)
+    return run_on_ray(job, creds, base_url=base_url, endpoint=endpoint_of(provider), price=price,
+                      options=options, limit=limit, restart=restart, max_cost=max_cost, stop_on_signals=True)
 
 
 def _provider(job: Job, sb_url: str | None, sb_creds: Any, base_url: str | None, credentials: Any) -> Any:

@@ -151,6 +151,8 @@ async def run_job(
     stats = stats or RunStats()
     stop = stop or Stop()
     with Ledger.open(out, restart=restart) as ledger, _open_cache(job.reuse.cache) as shared:
+        for shard in ledger.shards():  # left by workers of a distributed run (pipeline.ray) that died
+            ledger.absorb(shard)
         stats.total = prep.n_rows
         limits = job.limits
         budget = Budget(cap, spent=ledger.totals().spent,
@@ -201,7 +203,7 @@ async def run_job(
 
         def footer(totals: dict[str, Any]) -> dict[str, str]:
             report.extra["job_totals"] = totals
-            return _provenance(job, provider, report)
+            return provenance(job, provider.target, report)
 
         finalise(prep, ledger, out, unfinished=reason, metadata=footer)
     summarise = getattr(prep.task, "summarise", None)
@@ -258,14 +260,14 @@ def _steady_gc() -> Iterator[None]:
         gc.unfreeze()
 
 
-def _provenance(job: Job, provider: Provider, report: RunReport) -> dict[str, str]:
+def provenance(job: Job, target: str, report: RunReport) -> dict[str, str]:
     """Parquet key-value metadata: how this file was made. Never a key or a URL with one."""
     totals = {k: v for k, v in report.as_dict().items() if k not in ("output", "stop_message")}
     return {
         "momo_batch.version": __version__,
         "momo_batch.job_sha256": job.fingerprint,
         "momo_batch.provider": job.provider.kind,
-        "momo_batch.target": provider.target,
+        "momo_batch.target": target,
         "momo_batch.totals": json.dumps(totals),
         "momo_batch.cost_source": "server" if job.provider.kind == "momo" else "price_table",
     }

@@ -31,6 +31,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -62,7 +63,14 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at TEXT NOT NULL,
     pid        INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS merged (
+    shard TEXT PRIMARY KEY
+);
 """
+SHARDS = "shards"  # workers of a distributed run write here, one file each (see :meth:`Ledger.shard`)
+# how final an entry is, for merging the same key from several files: an outcome beats an answer,
+# an answer beats a transient error, anything beats "sent"
+_RANK = "(CASE {0} WHEN 2 THEN 3 WHEN 1 THEN 2 WHEN 3 THEN 1 ELSE 0 END)"
 
 
 def ledger_dir(output: Path) -> Path:
@@ -84,8 +92,11 @@ class LedgerTotals:
     unknown: int  # sends whose outcome is unknown (in flight when a run died)
 
 
-def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+def _connect(path: Path, *, readonly: bool = False, immutable: bool = False) -> sqlite3.Connection:
+    """``immutable``: read a file nobody writes while it is open, with no lock and no shared memory
+    (safe on a network filesystem: how workers on other machines read the job's ledger)."""
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    uri += "&immutable=1" if readonly and immutable else ""
     db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=10)
     if not readonly:
         db.execute("PRAGMA journal_mode=WAL")
@@ -119,9 +130,10 @@ class _Store:
 class Ledger(_Store):
     """The job's record of every request and row outcome. Open it with :meth:`open`."""
 
-    def __init__(self, root: Path, db: sqlite3.Connection, lock: int | None, run: int) -> None:
+    def __init__(self, root: Path, db: sqlite3.Connection, lock: int | None, run: int, *,
+                 path: Path | None = None) -> None:
         self.root = root
-        self.path = root / DB_NAME
+        self.path = path or root / DB_NAME
         self.db = db
         self._lock = lock
         self.run = run
@@ -137,6 +149,7 @@ class Ledger(_Store):
             if restart:
                 for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
                     (root / name).unlink(missing_ok=True)
+                shutil.rmtree(root / SHARDS, ignore_errors=True)
             db = _connect(root / DB_NAME)
             db.executescript(_SCHEMA)
             cur = db.execute("INSERT INTO runs(started_at, pid) VALUES (?, ?)",
@@ -151,6 +164,66 @@ class Ledger(_Store):
             raise
 
     @classmethod
+    def shard(cls, path: Path, run: int) -> Ledger:
+        """A worker's own file in a distributed run: written by that process alone (its name is
+        unique to it), so it takes no lock; entries carry the driver's ``run``."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():  # made aside, then renamed: other workers read every *.sqlite here
+                draft = path.with_name(f".{path.name}.new")
+                made = _connect(draft)
+                made.executescript(_SCHEMA)
+                made.close()
+                os.replace(draft, path)
+            db = _connect(path)
+        except (sqlite3.Error, OSError) as exc:
+            raise WriteError(f"{path}: cannot open the ledger shard ({exc})") from None
+        return cls(path.parent, db, None, run, path=path)
+
+    def fold(self) -> None:
+        """Fold the write-ahead log into the database file, for readers that open it immutable."""
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            raise WriteError(f"{self.path}: cannot write the ledger ({exc})") from None
+
+    def shards(self) -> list[Path]:
+        """Worker shards beside this ledger that are not merged into it yet."""
+        folder = self.root / SHARDS
+        done = {name for (name,) in self.db.execute("SELECT shard FROM merged")}
+        return sorted(p for p in folder.glob("*.sqlite") if p.name not in done) if folder.is_dir() else []
+
+    def absorb(self, shard: Path) -> None:
+        """Merge a worker's shard into this ledger, once (a crash after the merge and before the
+        file is removed does not count it twice), then remove the shard's files."""
+        try:
+            self.db.execute("ATTACH DATABASE ? AS shard", (f"file:{shard}",))
+        except sqlite3.Error:  # an empty or torn file: nothing was recorded in it
+            _remove_db(shard)
+            return
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            if self.db.execute("SELECT 1 FROM merged WHERE shard = ?", (shard.name,)).fetchone() is None:
+                newer = _RANK.format("excluded.state") + " >= " + _RANK.format("state")
+                self.db.execute(
+                    "INSERT INTO entries(key, state, run, cost, held, record) "
+                    "SELECT key, state, run, cost, held, record FROM shard.entries WHERE true "
+                    "ON CONFLICT(key) DO UPDATE SET cost = cost + excluded.cost, held = held + excluded.held, "
+                    f"state = CASE WHEN {newer} THEN excluded.state ELSE state END, "
+                    f"run = CASE WHEN {newer} THEN excluded.run ELSE run END, "
+                    f"record = CASE WHEN {newer} THEN COALESCE(excluded.record, record) ELSE record END")
+                self.db.execute("INSERT INTO merged(shard) VALUES (?)", (shard.name,))
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            raise WriteError(f"{shard}: cannot merge the ledger shard ({exc})") from None
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("DETACH DATABASE shard")
+        _remove_db(shard)
+
+    @classmethod
     def peek(cls, output: Path) -> Ledger | None:
         """Read-only, without the lock (``estimate``): ``None`` when the job never ran."""
         path = ledger_dir(output) / DB_NAME
@@ -163,7 +236,7 @@ class Ledger(_Store):
 
     def close(self) -> None:
         """Fold the write-ahead log into the database (no ``-wal`` file left) and unlock."""
-        if self._lock is not None:
+        if self._lock is not None or self.path.parent.name == SHARDS:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         super().close()
@@ -259,6 +332,12 @@ class Cache(_Store):
     def put(self, key: str, answer: dict[str, Any]) -> None:
         self._write("INSERT OR REPLACE INTO answers(key, record) VALUES (?, ?)",
                     (key, json.dumps(answer, ensure_ascii=False)))
+
+
+def _remove_db(path: Path) -> None:
+    for name in (path.name, path.name + "-wal", path.name + "-shm"):
+        with contextlib.suppress(OSError):
+            (path.parent / name).unlink()
 
 
 def _chunks(items: list[str]) -> Iterator[list[str]]:

@@ -26,8 +26,13 @@ def export_path(parquet: Path, fmt: str) -> Path:
     return parquet.with_suffix(EXPORT_FORMATS[fmt])
 
 
-def check_output(output: Path, input_path: Path, *, formats: Iterable[str] = ()) -> None:
-    """Raise :class:`ConfigError` unless ``output`` (and each export) can be written and is not the input."""
+def check_output(output: Path, input_path: Path, *, formats: Iterable[str] = (), parts: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``output`` (and each export) can be written and is not the input.
+
+    ``parts``: the output is a directory of Parquet parts (``run --ray --parts-rows``)."""
+    if parts:
+        _check_parts(output, input_path)
+        return
     targets = [("output", output)]
     targets += [(f"--format {fmt} export", export_path(output, fmt)) for fmt in formats if fmt in EXPORT_FORMATS]
     for what, path in targets:
@@ -38,6 +43,23 @@ def check_output(output: Path, input_path: Path, *, formats: Iterable[str] = ())
             raise ConfigError(f"{what} {path} is a directory: give a file path, e.g. {path / 'results.parquet'}")
         if path.exists() and not path.is_file():
             raise ConfigError(f"{what} {path} exists and is not a regular file")
+    ledger = ledger_dir(output)
+    if ledger.exists() and not ledger.is_dir():
+        raise ConfigError(f"{ledger} (where the output's results are recorded) exists and is not a directory")
+    _check_creatable(output.parent, f"output {output}")
+
+
+PARTS_MARK = "_momo_batch.json"  # written last into a directory of parts: the provenance and totals
+
+
+def _check_parts(output: Path, input_path: Path) -> None:
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"output {output} is a file: --parts-rows writes a directory of Parquet parts")
+    if output.is_dir() and any(output.iterdir()) and not (output / PARTS_MARK).is_file():
+        raise ConfigError(f"output {output} is a directory this program did not write (no {PARTS_MARK}): "
+                          "give a new or empty one")
+    if input_path.resolve().is_relative_to(output.resolve()):
+        raise ConfigError(f"output {output} holds the input {input_path}: it would be replaced")
     ledger = ledger_dir(output)
     if ledger.exists() and not ledger.is_dir():
         raise ConfigError(f"{ledger} (where the output's results are recorded) exists and is not a directory")

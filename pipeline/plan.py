@@ -44,6 +44,12 @@ def make_task(job: Job) -> RowTask:
     return PromptTask()
 
 
+def output_columns(job: Job, task: RowTask) -> list[str]:
+    """The result columns a job adds to its input's, in output order."""
+    split = TOKEN_SPLIT_SCHEMA if job.provider.kind == "openai" else {}
+    return list(RESULT_SCHEMA) + list(split) + list(task.extra_schema) + list(REUSE_SCHEMA)
+
+
 def make_keyer(job: Job, endpoint: str, target: str | None = None) -> Keyer:
     p = job.provider
     return Keyer(service=p.kind, endpoint=endpoint.rstrip("/"), target=target or p.target,
@@ -98,8 +104,7 @@ def prepare(job: Job, *, endpoint: str = "", limit: int | None = None) -> Plan:
     needed = columns + ([job.input.id_column] if job.input.id_column else [])
     schema = dataset.check_columns(needed)
     task = make_task(job)
-    split = TOKEN_SPLIT_SCHEMA if job.provider.kind == "openai" else {}
-    result_columns = list(RESULT_SCHEMA) + list(split) + list(task.extra_schema) + list(REUSE_SCHEMA)
+    result_columns = output_columns(job, task)
     check_collisions(schema.names(), result_columns, job.input.path)
     keyer = make_keyer(job, endpoint)
     keys = _key_rows(dataset, columns, expr, keyer, dedup=job.reuse.dedup)
@@ -134,4 +139,4 @@ def check_collisions(dataset_columns: list[str], result_columns: list[str], path
         )
 
 
-__all__ = ["FIRST", "KEY", "OCC", "ROW", "Plan", "make_task", "prepare", "prompt_expr"]
+__all__ = ["FIRST", "KEY", "OCC", "ROW", "Plan", "make_task", "output_columns", "prepare", "prompt_expr"]

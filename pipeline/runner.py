@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,7 +20,6 @@ import polars as pl
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from tenacity import RetryCallState
 
-from .budget import Budget
 from .dataset import PROMPT, ROW
 from .errors import (
     Action,
@@ -34,8 +33,7 @@ from .errors import (
     WriteError,
 )
 from .keys import KEY, OCC, Keyer
-from .ledger import FINAL, SENT, Cache, Ledger
-from .limiter import RateLimiter
+from .ledger import FINAL, SENT, Cache, Entry
 from .providers.base import CallResult, PromptRequest, Provider
 from .result import RowResult, Unfinished
 from .retry import retry_policy, worth_retrying
@@ -182,6 +180,62 @@ class Stop:
             await anyio.sleep(seconds)
 
 
+class Pacer(Protocol):
+    """When a call may go out, and what the server said about the pace: a
+    :class:`~pipeline.limiter.RateLimiter` in one process, a lease from a shared one across processes."""
+
+    @property
+    def patience(self) -> float:
+        """How long a row keeps retrying 429s before it gives up."""
+        ...
+
+    async def acquire(self) -> int:
+        """Wait for a grant; returns its number (handed back with what the server said)."""
+        ...
+
+    def on_success(self, limit: int | None = None, remaining: int | None = None,
+                   reset: float | None = None, *, grant: int | None = None) -> None: ...
+
+    def on_rate_limited(self, retry_after: float | None = None, limit: int | None = None,
+                        remaining: int | None = None, reset: float | None = None, *,
+                        grant: int | None = None) -> None: ...
+
+    def learned(self) -> dict[str, float | int | None]:
+        """What the pacing learned of the server, for the run report."""
+        ...
+
+
+class Purse(Protocol):
+    """Reservations against ``max_cost``: a :class:`~pipeline.budget.Budget`, or a shared one."""
+
+    cap: float | None
+
+    async def reserve(self, worst: float) -> float: ...
+
+    def settle(self, held: float, actual: float | None) -> None: ...
+
+    def release(self, held: float) -> None: ...
+
+
+class Record(Protocol):
+    """What the runner reads and writes by content key: a :class:`~pipeline.ledger.Ledger`, or a
+    worker's view of a job's ledger and its shards."""
+
+    run: int
+
+    def get(self, key: str) -> Entry | None: ...
+
+    def states(self, keys: Sequence[str]) -> dict[str, tuple[int, int]]: ...
+
+    def sent(self, key: str, held: float) -> None: ...
+
+    def not_charged(self, key: str, held: float) -> None: ...
+
+    def answered(self, key: str, answer: dict[str, Any], paid: float, held: float) -> None: ...
+
+    def outcome(self, key: str, record: dict[str, Any], *, final: bool, paid: float, held: float) -> None: ...
+
+
 class _NotSent(Exception):
     """The job stopped before this call was sent."""
 
@@ -225,14 +279,14 @@ class Caller:
         self,
         provider: Provider,
         *,
-        limiter: RateLimiter,
-        budget: Budget,
+        limiter: Pacer,
+        budget: Purse,
         stats: RunStats,
         stop: Stop,
         max_attempts: int,
         request: PromptRequest,
         keyer: Keyer,
-        ledger: Ledger,
+        ledger: Record,
         cache: Cache | None = None,
         worst_cost: WorstCost | None = None,
         backoff: tuple[float, float] = (0.5, 30.0),
@@ -445,7 +499,7 @@ class Fanout:
 
     task: RowTask
     caller: Caller
-    ledger: Ledger
+    ledger: Record
     batches: Batches  # input batches with KEY and OCC (see :meth:`pipeline.plan.Plan.batches`)
     concurrency: int
     on_result: Callable[[RowResult], None] = lambda r: None

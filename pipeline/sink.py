@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -74,7 +74,7 @@ def finalise(
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         for batch in _keyed_input(plan):
-            part = _with_outcomes(batch, ledger, schema, unfinished).select(columns)
+            part = with_outcomes(batch, ledger, schema, unfinished).select(columns)
             totals.add(part)
             table = part.to_arrow()
             if writer is None:
@@ -83,7 +83,7 @@ def finalise(
         if writer is None:  # no input rows at all: still a typed, empty file
             empty = plan.dataset.scan().head(0).collect().with_columns(
                 pl.lit(None, pl.String).alias(KEY), pl.lit(True).alias(FIRST))
-            table = _with_outcomes(empty, ledger, schema, unfinished).select(columns).to_arrow()
+            table = with_outcomes(empty, ledger, schema, unfinished).select(columns).to_arrow()
             writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
             writer.write_table(table)
         result = totals.as_dict()
@@ -128,7 +128,13 @@ def decode_outcomes(found: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.D
         pl.col("finished_at").str.to_datetime(time_zone="UTC", time_unit="us"))
 
 
-def _with_outcomes(batch: pl.DataFrame, ledger: Ledger, schema: dict[str, pl.DataType],
+class Outcomes(Protocol):
+    """Where row outcomes are read by key: the job's ledger, or a worker's view of it and its shards."""
+
+    def outcomes(self, keys: Sequence[str]) -> pl.DataFrame: ...
+
+
+def with_outcomes(batch: pl.DataFrame, ledger: Outcomes, schema: dict[str, pl.DataType],
                    unfinished: Unfinished) -> pl.DataFrame:
     """``batch`` with its rows' outcomes; rows without one say why."""
     keys = [k for k in batch[KEY].to_list() if k is not None]

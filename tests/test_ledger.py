@@ -187,3 +187,38 @@ def test_cache_round_trip(tmp_path: Path) -> None:
     cache.put("k", {"response": "A", "cost": 0.1})
     assert Cache(tmp_path / "cache").get("k") == {"response": "A", "cost": 0.1}
     assert cache.get("other") is None
+
+
+def test_worker_shards_merge_once_and_the_most_final_entry_wins(tmp_path: Path) -> None:
+    """A distributed run's workers each write a shard; the driver merges them into the ledger:
+    money adds up (paid and held), the most final state of a key wins, a shard counts once."""
+    import shutil
+
+    from pipeline.ledger import SHARDS
+
+    out = tmp_path / "out.parquet"
+    with Ledger.open(out) as main:
+        main.sent("a", 0.1)  # an earlier run died with this call in flight
+        run = main.run
+    shards = ledger_dir(out) / SHARDS
+    one = Ledger.shard(shards / "host-1-aa.sqlite", run)
+    one.outcome("a", _record(status="ok", response="A", cost=0.2), final=True, paid=0.2, held=0.0)
+    one.sent("b", 0.3)  # this worker was killed with "b" in flight
+    one.close()
+    two = Ledger.shard(shards / "host-2-bb.sqlite", run)
+    two.outcome("b", _record(status="error", error_code="SERVER_ERROR"), final=False, paid=0.0, held=0.0)
+    two.close()
+    kept = tmp_path / "copy.sqlite"
+    shutil.copy(shards / "host-1-aa.sqlite", kept)
+    with Ledger.open(out) as main:
+        assert [p.name for p in main.shards()] == ["host-1-aa.sqlite", "host-2-bb.sqlite"]
+        for shard in main.shards():
+            main.absorb(shard)
+        assert main.shards() == [] and not list(shards.glob("*.sqlite*"))
+        a, b = main.get("a"), main.get("b")
+        assert a is not None and a.state == FINAL and a.record is not None and a.record["response"] == "A"
+        assert b is not None and b.state == RETRY
+        assert main.totals().spent == pytest.approx(0.2 + 0.1 + 0.3)
+        shutil.copy(kept, shards / "host-1-aa.sqlite")  # as if the driver died before removing it
+        main.absorb(shards / "host-1-aa.sqlite")
+        assert main.totals().spent == pytest.approx(0.6)  # merged once

@@ -264,3 +264,30 @@ async def test_a_write_error_stops_sending_and_the_resume_pays_for_nothing_recor
     assert {prompt_of[rid] for rid in written}.isdisjoint(twice)  # nothing recorded was paid again
     assert twice <= {prompt_of[rid] for rid in failed if rid}  # only answers the full disk lost
     assert len(charged_per_prompt(records)) == 120
+
+
+async def test_a_local_run_takes_up_what_a_distributed_runs_workers_recorded(tmp_path: Path, sandbox: Any) -> None:
+    """Shards left by workers of a ``--ray`` run that died are merged before a local run sends anything."""
+    from pipeline.ledger import SHARDS
+    from pipeline.plan import KEY as ROW_KEY
+    from pipeline.plan import endpoint_of, prepare
+    from pipeline.result import RowResult
+
+    data = write_questions(tmp_path / "q.csv", BASE[:10])
+    job = momo_job(data, tmp_path / "out.parquet", sandbox.momo_url)
+    provider = provider_for(job, KEY, sandbox.momo_url)
+    keys = prepare(job, endpoint=endpoint_of(provider)).keys[ROW_KEY].to_list()
+    await provider.aclose()
+    with Ledger.open(tmp_path / "out.parquet") as ledger:
+        run_no = ledger.run
+    shard = Ledger.shard(tmp_path / "out.parquet.ledger" / SHARDS / "node-7-ab.sqlite", run_no)
+    for key in keys[:4]:
+        done = RowResult(row=0, status="ok", response="from a worker", cost=0.5).to_record()
+        shard.outcome(key, done, final=True, paid=0.5, held=0.0)
+    shard.close()
+    report = await run(job, KEY, sandbox.momo_url)
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    assert report.stats.calls == 6 and report.stats.already_done == 4
+    assert out["response"].to_list()[:4] == ["from a worker"] * 4
+    assert out["cost"].head(4).sum() == pytest.approx(2.0)
+    assert not charged_per_prompt(sandbox.records()).keys() & {sha(p) for p in BASE[:4]}

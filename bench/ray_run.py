@@ -1,0 +1,242 @@
+"""``make bench``: a job on Ray Data (2 workers) against the single-process run, and the limiter actor's capacity.
+
+    .venv/bin/python bench/ray_run.py [--rows 40000] [--latency-ms 50] [--workers 2] [--quick]
+
+1. The sandbox in its own process, 50 ms per call, enterprise tier (unlimited), 100 calls in
+   flight per process. Nothing is pinned: the Ray workers need both cores, and the single-process
+   run gets the same machine for a fair comparison.
+2. The single-process run (``pipeline.run_job``) and the Ray run (``pipeline.ray.run_job``, a local
+   Ray started before the clock starts) over the same input, each in a child process. Two figures
+   each: rows/s over the whole ``run_job`` call (for Ray: worker start-up and the driver writing the
+   output included), and rows/s between the first and the last call (steady state).
+3. The coordinator actor alone: 8 concurrent callers ask for leases of 1, 16 and 64 grants from a
+   limiter that never binds, for 3 s each; grants/s and lease round trips/s. Then what a capped
+   job adds per call (a reservation and its settlement): calls/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "momo-sandbox-enterprise"
+CONCURRENCY = 100
+
+
+def _job(data: Path, out: Path, url: str) -> Any:
+    from pipeline import Job
+
+    return Job.from_dict({
+        "input": {"path": str(data), "id_column": "id"},
+        "prompt": {"template": "{question}"},
+        "provider": {"kind": "momo", "base_url": url, "agent_id": 159, "max_tokens": 300},
+        "limits": {"tier": "enterprise", "concurrency": CONCURRENCY},
+        "output": {"path": str(out)},
+    })
+
+
+def _figures(report: Any, wall: float) -> dict[str, float]:
+    d = report.as_dict()
+    s = report.stats
+    steady = (s.calls - 1) / (s.last_call - s.first_call) if s.calls > 1 else 0.0
+    return {"rows": d["rows"], "ok": d["ok"], "calls": d["calls"], "wall": wall, "steady": steady}
+
+
+def child_local(url: str, data: Path, out: Path) -> dict[str, float]:
+    import anyio
+
+    from pipeline import Credentials, open_provider, run_job
+
+    job = _job(data, out, url)
+
+    async def go() -> Any:
+        provider = open_provider(job.provider, Credentials(KEY), base_url=url, max_connections=CONCURRENCY)
+        try:
+            return await run_job(job, provider)
+        finally:
+            await provider.aclose()
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    report = anyio.run(go)
+    return {**_figures(report, time.perf_counter() - t0), "cpu": time.process_time() - cpu0}
+
+
+def _cpu_by_kind() -> dict[str, float]:
+    """CPU seconds so far of this machine's Ray processes: the workers, and Ray's own."""
+    tick = os.sysconf("SC_CLK_TCK")
+    kinds: dict[str, float] = {"workers": 0.0, "ray": 0.0}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used = (int(fields[11]) + int(fields[12])) / tick
+        if "MapBatches(Worker)" in cmd:
+            kinds["workers"] += used
+        elif "ray::" in cmd or "/ray/" in cmd:
+            kinds["ray"] += used
+    return kinds
+
+
+def child_ray(url: str, data: Path, out: Path, workers: int) -> dict[str, float]:
+    import ray
+
+    from pipeline import Credentials
+    from pipeline.ray import RayOptions, run_job
+
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    started = time.perf_counter() - t0
+    before, cpu0 = _cpu_by_kind(), time.process_time()
+    t0 = time.perf_counter()
+    report = run_job(_job(data, out, url), Credentials(KEY), base_url=url, options=RayOptions(workers=workers))
+    wall = time.perf_counter() - t0
+    driver = time.process_time() - cpu0
+    after = _cpu_by_kind()  # before shutdown: the workers are gone after it
+    ray.shutdown()
+    return {**_figures(report, wall), "ray_init": started, "dropped": report.extra["ray"]["dropped_grants"],
+            "cpu_workers": after["workers"] - before["workers"], "cpu_ray": after["ray"] - before["ray"],
+            "cpu_driver": driver}
+
+
+def child_leases(seconds: float) -> dict[str, dict[str, float]]:
+    import ray
+
+    from pipeline.ray.coordinator import Coordinator
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    results: dict[str, dict[str, float]] = {}
+    for size in (1, 16, 64):
+        coord: Any = ray.remote(Coordinator).options(num_cpus=0).remote(1e9, 1.0, None, 0.0, 10.0)
+        ray.get(coord.lease.remote(1))  # started
+
+        async def caller(until: float, size: int = size, coord: Any = coord) -> tuple[int, int]:
+            grants = leases = 0
+            while time.perf_counter() < until:
+                lease = await coord.lease.remote(size, [(None, None, None)] * size)
+                grants += len(lease.slots)
+                leases += 1
+            return grants, leases
+
+        async def go() -> list[tuple[int, int]]:
+            until = time.perf_counter() + seconds
+            return await asyncio.gather(*(caller(until) for _ in range(8)))
+
+        got = asyncio.run(go())
+        results[str(size)] = {"grants_per_s": sum(g for g, _ in got) / seconds,
+                              "leases_per_s": sum(n for _, n in got) / seconds}
+        ray.kill(coord)
+    coord = ray.remote(Coordinator).options(num_cpus=0).remote(None, 1.0, 1e9, 0.0)
+    ray.get(coord.reserve.remote(0.0))
+
+    async def spender(until: float) -> int:  # what a capped job does per call: reserve, then settle
+        calls = 0
+        while time.perf_counter() < until:
+            held = await coord.reserve.remote(0.001)
+            await coord.settle.remote(held, 0.0005)
+            calls += 1
+        return calls
+
+    async def spend() -> list[int]:
+        until = time.perf_counter() + seconds
+        return await asyncio.gather(*(spender(until) for _ in range(8)))
+
+    results["budget"] = {"calls_per_s": sum(asyncio.run(spend())) / seconds}
+    ray.shutdown()
+    return results
+
+
+# -- parent -----------------------------------------------------------------------------------
+def _child(*args: str) -> Any:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"bench child {args[0]} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _start_sandbox(latency_ms: float) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "sandbox", "--port", "0", "--latency-ms",
+                             str(latency_ms)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # "sandbox listening on http://127.0.0.1:PORT"
+    if "listening on" not in line:
+        proc.kill()
+        raise SystemExit(f"sandbox did not start: {line!r}")
+    return proc, line.rsplit(" ", 1)[-1].strip() + "/v1"
+
+
+def _input(path: Path, rows: int) -> Path:
+    import polars as pl
+
+    questions = pl.read_csv(ROOT / "data" / "questions.csv")["question"].drop_nulls().to_list()
+    idx = pl.int_range(0, rows, eager=True)
+    text = pl.Series(questions).gather(idx % len(questions))
+    pl.DataFrame({"id": idx, "question": "Q" + idx.cast(pl.String) + ": " + text}).write_parquet(path)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=40_000)
+    ap.add_argument("--latency-ms", type=float, default=50)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--lease-seconds", type=float, default=3.0)
+    ap.add_argument("--quick", action="store_true", help="5,000 rows, 1 s per lease size")
+    args = ap.parse_args()
+    if args.quick:
+        args.rows, args.lease_seconds = 5_000, 1.0
+    with tempfile.TemporaryDirectory(prefix="momo-bench-ray-") as name:
+        tmp = Path(name)
+        data = _input(tmp / "in.parquet", args.rows)
+        server, url = _start_sandbox(args.latency_ms)
+        try:
+            print(f"sandbox: {url}, {args.latency_ms:g} ms per call, enterprise tier, {CONCURRENCY} in flight "
+                  f"per process, {args.rows:,} rows", flush=True)
+            local = _child("local", url, str(data), str(tmp / "local.parquet"))
+            on_ray = _child("ray", url, str(data), str(tmp / "ray.parquet"), str(args.workers))
+        finally:
+            server.terminate()
+            server.wait(10)
+    leases = _child("leases", str(args.lease_seconds))
+    print(f"\n{'':<34}{'rows':>9}{'rows/s whole':>14}{'rows/s steady':>15}")
+    for label, r in (("single process (pipeline.run_job)", local),
+                     (f"Ray, {args.workers} workers (pipeline.ray)", on_ray)):
+        print(f"{label:<34}{r['rows']:>9,}{r['rows'] / r['wall']:>14,.0f}{r['steady']:>15,.0f}")
+    print(f"Ray / single process: {on_ray['rows'] / on_ray['wall'] / (local['rows'] / local['wall']):.2f}x whole, "
+          f"{on_ray['steady'] / local['steady']:.2f}x steady (ray.init took {on_ray['ray_init']:.1f} s, "
+          "not counted)")
+    rows = on_ray["rows"]
+    print(f"CPU per row: single process {local['cpu'] / rows * 1000:.2f} ms; Ray workers "
+          f"{on_ray['cpu_workers'] / rows * 1000:.2f} ms + Ray's own processes {on_ray['cpu_ray'] / rows * 1000:.2f} ms"
+          f" + driver {on_ray['cpu_driver'] / rows * 1000:.2f} ms")
+    print("\ncoordinator actor, 8 concurrent callers, a limiter that never binds:")
+    budget = leases.pop("budget")
+    for size, r in leases.items():
+        print(f"  leases of {size:>2}: {r['grants_per_s']:>10,.0f} grants/s  ({r['leases_per_s']:,.0f} leases/s)")
+    print(f"  with a cap, reserve + settle per call: {budget['calls_per_s']:,.0f} calls/s")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in ("local", "ray", "leases"):
+        kind, *rest = sys.argv[1:]
+        if kind == "local":
+            result: Any = child_local(rest[0], Path(rest[1]), Path(rest[2]))
+        elif kind == "ray":
+            result = child_ray(rest[0], Path(rest[1]), Path(rest[2]), int(rest[3]))
+        else:
+            result = child_leases(float(rest[0]))
+        print(json.dumps(result))
+    else:
+        main()

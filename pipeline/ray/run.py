@@ -1,0 +1,329 @@
+"""``run_job`` on Ray Data: the driver of a distributed run.
+
+The driver holds the job's ledger (and its lock), starts the :class:`~.coordinator.Coordinator`
+actor, lets Ray Data read the input in blocks and pass them through an actor pool of
+:class:`~.worker.Worker` processes, and writes what comes back, in input order, into one Parquet
+file (or a directory of parts). Workers record into shards of the ledger; the driver merges
+them into the ledger when the run ends, and merges any a crashed run left when the next starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from ..config import Job, OutputConfig
+from ..connect import Credentials
+from ..errors import ConfigError, WriteError
+from ..job import RunReport, provenance
+from ..ledger import Ledger
+from ..output_path import PARTS_MARK
+from ..plan import check_collisions, make_task, output_columns, prompt_expr
+from ..providers.base import Price
+from ..runner import RunStats
+from ..sink import Totals
+from .coordinator import Coordinator, lateness
+from .worker import Worker, WorkerSpec
+
+WORKER_CPUS = 0.25  # a worker waits on the network: a fraction of a core leaves room for Ray Data's reads
+READ_CPUS = 0.25  # reading a block is short: a full core each would make the workers wait for CPU slots
+BATCH_PER_CONCURRENCY = 4  # rows per batch handed to a worker, per call it keeps in flight
+# batches a worker holds at once: while one drains (its last calls finishing), the next feed the runner
+BATCHES_IN_FLIGHT = 3
+
+
+@dataclass
+class RayOptions:
+    """How the job runs on Ray (the rest is the job file)."""
+
+    address: str | None = None  # a cluster (``ray start --head``); None: RAY_ADDRESS, else a local Ray
+    workers: int = 2
+    worker_cpus: float = WORKER_CPUS
+    batch_rows: int | None = None  # rows per batch; default: concurrency × 4, at least 256
+    parts_rows: int | None = None  # write a directory of Parquet parts of this many rows
+    backoff: tuple[float, float] = (0.5, 30.0)
+    init: dict[str, Any] = field(default_factory=dict)  # more ``ray.init`` arguments
+
+
+def run_job(job: Job | str | Path, credentials: Credentials, *, base_url: str | None = None,
+            endpoint: str | None = None, price: Price | None = None, options: RayOptions | None = None,
+            output: Path | None = None, limit: int | None = None, restart: bool = False,
+            max_cost: float | None = None, stop_on_signals: bool = False) -> RunReport:
+    """Run ``job`` on Ray Data with one rate limit, one budget and one ledger for all workers.
+
+    Like :func:`pipeline.run_job`, safe to run again after any stop or crash: every answer is kept
+    by content key. ``price`` (from the provider) is needed with a cap (``max_cost`` or
+    ``limits.max_cost``): a call reserves its worst case. ``endpoint`` is what request keys call
+    the service (default: ``base_url``), as :func:`pipeline.plan.endpoint_of` says for a provider.
+    """
+    import ray
+
+    opts = options or RayOptions()
+    job = job if isinstance(job, Job) else Job.load(job)
+    if output is not None:
+        job = job.with_overrides(output=OutputConfig(path=output))
+    _check(job)
+    cap = max_cost if max_cost is not None else job.limits.max_cost
+    if cap is not None and price is None:
+        raise ConfigError("a cost cap needs the target's price (the worst case of a call)")
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        # Ray's own chatter (execution plans, progress) stays in its log files, errors still show
+        ray.init(address=opts.address, **{"include_dashboard": False, "logging_level": logging.WARNING,
+                                          "log_to_driver": False, **opts.init})
+    try:
+        with Ledger.open(job.output.path, restart=restart) as ledger:
+            for shard in ledger.shards():  # a run that died left these: merge before anything is sent
+                ledger.absorb(shard)
+            ledger.fold()  # workers read it as it is now: it does not change until they are done
+            return _drive(job, ledger, credentials, base_url=base_url, endpoint=endpoint or base_url or "",
+                          price=price, cap=cap, opts=opts, limit=limit, stop_on_signals=stop_on_signals)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _check(job: Job) -> None:
+    if not job.reuse.dedup:
+        raise ConfigError("reuse.dedup = false is not supported with --ray yet (the n-th repeat of a prompt "
+                          "is counted in input order, which the workers do not see)")
+    if job.reuse.cache is not None:
+        raise ConfigError("reuse.cache (--cache) is not supported with --ray yet")
+
+
+def _drive(job: Job, ledger: Ledger, credentials: Credentials, *, base_url: str | None, endpoint: str,
+           price: Price | None, cap: float | None, opts: RayOptions, limit: int | None,
+           stop_on_signals: bool) -> RunReport:
+    import ray
+    import ray.data
+
+    limits = job.limits
+    coordinator: Any = ray.remote(Coordinator).options(num_cpus=0).remote(
+        limits.rate_per_window, limits.window_seconds, cap, ledger.totals().spent,
+        stall=2 * job.provider.timeout)
+    concurrency = limits.concurrency
+    spec = WorkerSpec(job=job, credentials=credentials, base_url=base_url, endpoint=endpoint,
+                      coordinator=coordinator, ledger_root=ledger.root.resolve(), run=ledger.run,
+                      price=price, cap=cap, concurrency=concurrency, lateness=lateness(limits.window_seconds),
+                      backoff=opts.backoff)
+    batch_rows = opts.batch_rows or max(256, concurrency * BATCH_PER_CONCURRENCY)
+    ds = _dataset(job, limit, batch_rows).map_batches(
+        Worker, fn_constructor_kwargs={"spec": spec}, batch_size=None, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=opts.workers, max_concurrent_calls_per_actor=BATCHES_IN_FLIGHT),
+        num_cpus=_worker_cpus(opts))
+    out = job.output.path
+    report = RunReport(out, RunStats(), None, None, 0.0, limits.rate_per_window, limits.window_seconds)
+    started = time.monotonic()
+    with _signals(coordinator, stop_on_signals), warnings.catch_warnings():
+        # a job smaller than a batch per worker: Ray Data says so; it is not a problem
+        warnings.filterwarnings("ignore", "The minimum number of concurrent actors", UserWarning)
+        writer = _Writer(out, opts.parts_rows)
+        totals, seen, rows, sendable = Totals(), set[str](), 0, 0
+        try:
+            for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                part = _first_pays(pl.from_arrow(table), seen)  # type: ignore[arg-type]
+                rows += part.height
+                sendable += part.height - part["request_key"].null_count()
+                totals.add(part)
+                writer.write(part.to_arrow())
+            if rows == 0:
+                raise ConfigError(f"{job.input.path}: input has no rows")
+            got = ray.get(coordinator.report.remote())
+            report = _report(report, got, rows, time.monotonic() - started)
+            report.extra["requests"] = {"rows_with_prompt": sendable, "distinct_requests": len(seen),
+                                        "dedup_saved_requests": sendable - len(seen),
+                                        "cache_answers": 0, "cache_saved_cost": 0.0}
+            report.extra["ray"] = {"workers": opts.workers, "granted": got["granted"],
+                                   "dropped_grants": int(got["counters"].get("dropped_grants", 0))}
+            report.extra["job_totals"] = totals.as_dict()
+            writer.close(provenance(job, job.provider.target, report))
+        finally:
+            writer.abort()
+            ray.kill(coordinator)
+    for shard in ledger.shards():
+        ledger.absorb(shard)
+    summarise = getattr(make_task(job), "summarise", None)
+    if summarise is not None:
+        report.extra["labels"] = summarise(pl.scan_parquet(out / "part-*.parquet" if opts.parts_rows else out))
+    return report
+
+
+def _worker_cpus(opts: RayOptions) -> float:
+    """What each worker claims: ``worker_cpus``, or less when that would leave the cluster no room
+    for Ray Data's reads and re-blocking (a task of one CPU): workers that claim every CPU wait
+    for input that never comes."""
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    return max(0.01, min(opts.worker_cpus, (total - 1.0 - READ_CPUS) / opts.workers))
+
+
+def _dataset(job: Job, limit: int | None, batch_rows: int) -> Any:
+    """The input as a Ray dataset, in blocks of ``batch_rows`` (one batch per worker call)."""
+    import ray.data
+
+    ray.data.DataContext.get_current().execution_options.preserve_order = True  # every row once, in order
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # plans and progress: in Ray's log files
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    path = str(job.input.path)
+    reader = ray.data.read_csv if path.lower().endswith(".csv") else ray.data.read_parquet
+    try:  # the schema from pyarrow (a file's footer or a CSV's first block), not a Ray job
+        names = pads.dataset(path, format="csv" if reader is ray.data.read_csv else "parquet").schema.names
+        ds = reader(path, num_cpus=READ_CPUS)
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read input ({str(exc).strip().splitlines()[0]})") from None
+    _, needed = prompt_expr(job)
+    for column in needed + ([job.input.id_column] if job.input.id_column else []):
+        if column not in names:
+            raise ConfigError(f"{path}: column {column!r} is named by the job but the file has only "
+                              f"{', '.join(repr(c) for c in names)}")
+    check_collisions(list(names), output_columns(job, make_task(job)), path)
+    if limit is not None:
+        ds = ds.limit(limit)
+    return ds.repartition(target_num_rows_per_block=batch_rows)
+
+
+def _first_pays(part: pl.DataFrame, seen: set[str]) -> pl.DataFrame:
+    """As in a local run: the first row (in input order) asking a request carries its cost; the
+    rows after it are duplicates at no cost, so the cost column sums to what the job paid."""
+    first = []
+    for key in part["request_key"].to_list():
+        first.append(key is None or key not in seen)
+        if key is not None:
+            seen.add(key)
+    duplicate = ~pl.Series(first) & part["request_key"].is_not_null()
+    return part.with_columns(
+        duplicate.alias("duplicate"),
+        pl.when(duplicate & pl.col("cost").is_not_null()).then(pl.lit(0.0)).otherwise(pl.col("cost")).alias("cost"))
+
+
+def _report(report: RunReport, got: dict[str, Any], rows: int, wall: float) -> RunReport:
+    counters = got["counters"]
+    stats = RunStats(total=rows)
+    for name in ("already_done", "ok", "error", "skipped", "unparsed", "tokens", "calls", "retries",
+                 "rate_limited", "resent", "unknown_cost_calls", "unknown_outcomes", "duplicates", "cached"):
+        setattr(stats, name, int(counters.get(name, 0)))
+    stats.cost = float(counters.get("cost", 0.0))
+    stats.first_call = counters.get("first_call_min")
+    stats.last_call = counters.get("last_call_max")
+    stopped = got["stopped"]
+    return RunReport(report.output, stats, stopped[0] if stopped else None, stopped[1] if stopped else None,
+                     wall, report.rate_target, report.window_seconds, report.extra)
+
+
+class _Writer:
+    """Output Parquet: one file, or a directory of parts; written aside and renamed when whole."""
+
+    def __init__(self, output: Path, parts_rows: int | None) -> None:
+        self.output = output
+        self.parts_rows = parts_rows
+        self.tmp = output.with_name(f".{output.name}.tmp")
+        self._writer: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+        self._part = 0
+        self._in_part = 0
+
+    def write(self, table: pa.Table) -> None:
+        try:
+            if self._schema is None:
+                self._schema = table.schema
+                self.output.parent.mkdir(parents=True, exist_ok=True)
+                if self.parts_rows:
+                    shutil.rmtree(self.tmp, ignore_errors=True)
+                    self.tmp.mkdir()
+            table = table.cast(self._schema)
+            while table.num_rows:
+                room = table.num_rows if not self.parts_rows else self.parts_rows - self._in_part
+                self._open().write_table(table.slice(0, room))
+                self._in_part += min(room, table.num_rows)
+                table = table.slice(room)
+                if self.parts_rows and self._in_part >= self.parts_rows:
+                    self._next_part()
+        except OSError as exc:
+            raise WriteError(f"{self.output}: cannot write the output ({exc.strerror or exc}); every result "
+                             "is kept in the ledger: free the space and run again to write it") from None
+
+    def _open(self) -> pq.ParquetWriter:
+        if self._writer is None:
+            assert self._schema is not None
+            path = self.tmp / f"part-{self._part:05d}.parquet" if self.parts_rows else self.tmp
+            self._writer = pq.ParquetWriter(path, self._schema, compression="zstd")
+        return self._writer
+
+    def _next_part(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._part += 1
+        self._in_part = 0
+
+    def close(self, metadata: dict[str, str]) -> None:
+        """The footer (or, for parts, ``_momo_batch.json`` beside them), then the rename."""
+        try:
+            if self.parts_rows:
+                self._next_part()
+                (self.tmp / PARTS_MARK).write_text(json.dumps(metadata, indent=1))
+                if self.output.is_dir():
+                    shutil.rmtree(self.output)
+            else:
+                self._open().add_key_value_metadata(metadata)
+                self._next_part()
+            os.replace(self.tmp, self.output)
+        except OSError as exc:
+            raise WriteError(f"{self.output}: cannot write the output ({exc.strerror or exc}); every result "
+                             "is kept in the ledger: free the space and run again to write it") from None
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            if self._writer is not None:
+                self._writer.close()
+            if self.tmp.is_dir():
+                shutil.rmtree(self.tmp)
+            else:
+                self.tmp.unlink(missing_ok=True)
+
+
+_SIGNALS = {signal.SIGINT: ("INTERRUPTED", "Ctrl-C"), signal.SIGTERM: ("TERMINATED", "SIGTERM")}
+
+
+@contextlib.contextmanager
+def _signals(coordinator: Any, enabled: bool) -> Iterator[None]:
+    """First signal: no new calls anywhere, calls in flight finish, the output is written; the
+    second: calls in flight are abandoned too; the third: the default."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    count = 0
+
+    def handle(signum: int, _frame: object) -> None:
+        nonlocal count
+        count += 1
+        code, name = _SIGNALS[signal.Signals(signum)]
+        if count > 2:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        coordinator.stop.remote(code, f"stopped by {name}", count > 1)
+
+    previous = {sig: signal.signal(sig, handle) for sig in _SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,429 @@
+"""A worker of a distributed run: the local runner, fed by Ray Data, sharing one pace and one budget.
+
+Each worker is one process of a Ray Data actor pool. It runs one :class:`~pipeline.runner.Fanout`
+for its whole life (so its ``concurrency`` calls stay in flight across batch boundaries), fed
+batch by batch by :meth:`Worker.__call__`, with three parts swapped for shared ones:
+
+- :class:`LeasedLimiter`: grants leased from the coordinator actor, a few at a time;
+- :class:`SharedBudget`: ``max_cost`` reservations held by the coordinator (only with a cap);
+- :class:`LedgerView`: writes go to the worker's own shard of the job's ledger; reads see the
+  ledger and every shard, so a batch that Ray runs again (its worker died) finds what was paid.
+
+A batch's rows come back with the same result columns as a local run's output, read from the
+ledger by content key once every row of the batch has its outcome (or the job stopped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import queue
+import secrets
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import polars as pl
+import pyarrow as pa
+
+from ..config import Job
+from ..connect import Credentials, open_provider
+from ..dataset import PROMPT, ROW
+from ..errors import BudgetExceeded, MomoError
+from ..ledger import DB_NAME, FINAL, RETRY, SHARDS, Entry, Ledger, _connect
+from ..plan import FIRST, KEY, OCC, make_keyer, make_task, output_columns, prompt_expr
+from ..providers.base import Price, PromptRequest
+from ..result import RowResult, Unfinished
+from ..runner import Caller, Fanout, RunStats, Stop
+from ..sink import record_schema, with_outcomes
+from .coordinator import Headers
+
+# how final an entry is when the same key is in several files (as in Ledger.absorb)
+_RANK = {FINAL: 3, 1: 2, RETRY: 1, 0: 0}
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, sent once to each worker process (the key stays in ``credentials``,
+    whose repr hides it)."""
+
+    job: Job
+    credentials: Credentials
+    base_url: str | None
+    endpoint: str  # what request keys call the service (see pipeline.plan.endpoint_of)
+    coordinator: Any  # the coordinator's actor handle
+    ledger_root: Path  # <output>.ledger, on storage every worker can reach
+    run: int  # the driver's run number in the job's ledger
+    price: Price | None  # for the worst case of a call, when there is a cap
+    cap: float | None
+    concurrency: int
+    lateness: float  # how late a leased grant may still be used (see coordinator.lateness)
+    lease: int = 64  # grants asked for at a time (the coordinator also bounds a lease in time)
+    backoff: tuple[float, float] = (0.5, 30.0)
+
+
+class LeasedLimiter:
+    """The :class:`~pipeline.runner.Pacer` of a worker: grants leased from the coordinator.
+
+    Successes (with their rate-limit headers) ride along with the next lease; a 429 goes at once,
+    and the grants still held are dropped, as they were computed before the slow-down."""
+
+    def __init__(self, coordinator: Any, stop: SharedStop, *, size: int, lateness: float) -> None:
+        self._coordinator = coordinator
+        self._stop = stop
+        self._size = size
+        self._lateness = lateness
+        self._slots: collections.deque[float] = collections.deque()
+        self._refill = anyio.Lock()
+        self._successes: list[Headers] = []
+        self.pending: list[Any] = []
+        self.dropped = 0  # grants that came too late to use
+        self._granted = 0
+
+    @property
+    def patience(self) -> float:
+        """429s are the coordinator's to pace; a row keeps retrying them this long (5 minutes)."""
+        return 300.0
+
+    def learned(self) -> dict[str, float | int | None]:
+        return {}  # the coordinator's limiter learns; a worker only holds leases
+
+    async def acquire(self) -> int:
+        while True:
+            if not self._slots:
+                async with self._refill:  # one lease at a time; the others wait for its grants
+                    if not self._slots:
+                        await self._lease()
+                continue
+            slot = self._slots.popleft()
+            wait = slot - time.time()
+            if wait > 0:
+                await anyio.sleep(wait)
+            if time.time() - slot <= self._lateness:
+                self._granted += 1
+                return self._granted
+            self.dropped += 1  # sent now, it would crowd the window of the grants after it
+
+    async def _lease(self) -> None:
+        successes, self._successes = self._successes, []
+        lease = await self._coordinator.lease.remote(self._size, successes)
+        if lease.stop is not None:
+            self._stop.learn(*lease.stop)
+            await anyio.lowlevel.checkpoint()  # the stop cancelled the wait this runs in
+        self._slots.extend(lease.slots)
+
+    def on_success(self, limit: int | None = None, remaining: int | None = None,
+                   reset: float | None = None, *, grant: int | None = None) -> None:
+        self._successes.append((limit, remaining, reset))
+
+    def on_rate_limited(self, retry_after: float | None = None, limit: int | None = None,
+                        remaining: int | None = None, reset: float | None = None, *,
+                        grant: int | None = None) -> None:
+        self._slots.clear()
+        self.pending.append(self._coordinator.rate_limited.remote(retry_after, limit, remaining, reset))
+
+
+class SharedBudget:
+    """The :class:`~pipeline.runner.Purse` of a worker: reservations held by the coordinator."""
+
+    def __init__(self, coordinator: Any, cap: float | None) -> None:
+        self.cap = cap
+        self._coordinator = coordinator
+        self.pending: list[Any] = []
+
+    async def reserve(self, worst: float) -> float:
+        if self.cap is None:
+            return 0.0
+        held = await self._coordinator.reserve.remote(worst)
+        if isinstance(held, str):
+            raise BudgetExceeded(held)
+        return float(held)
+
+    def settle(self, held: float, actual: float | None) -> None:
+        if self.cap is not None:
+            self.pending.append(self._coordinator.settle.remote(held, actual))
+
+    def release(self, held: float) -> None:
+        self.settle(held, 0.0)
+
+
+class SharedStop(Stop):
+    """A worker's :class:`~pipeline.runner.Stop` that tells the coordinator, and learns from it."""
+
+    def __init__(self, coordinator: Any) -> None:
+        super().__init__()
+        self._coordinator = coordinator
+        self.pending: list[Any] = []
+
+    def soft(self, code: str, exc: MomoError) -> None:
+        first = self.reason is None
+        super().soft(code, exc)
+        if first:
+            self.pending.append(self._coordinator.stop.remote(code, str(exc), False))
+
+    def now(self, code: str, exc: MomoError) -> None:
+        super().now(code, exc)
+        self.pending.append(self._coordinator.stop.remote(code, str(exc), True))
+
+    def learn(self, code: str, message: str, hard: bool) -> None:
+        """Another worker (or the driver) stopped the job."""
+        exc = MomoError(message)
+        if hard and not self.hard:
+            Stop.now(self, code, exc)
+        elif not self.stopped:
+            Stop.soft(self, code, exc)
+
+
+class LedgerView:
+    """A worker's :class:`~pipeline.runner.Record`: its own shard for writing; for reading, the
+    job's ledger and the shards of the workers on this machine (the most final entry of a key wins).
+
+    The job's ledger does not change while workers run (the driver folds it first), so it is read
+    immutable: no lock, no shared memory, safe on a network filesystem. A shard changes all the
+    time and SQLite's write-ahead log needs its readers on the writer's machine: shards of other
+    machines are not read (a batch that Ray runs again elsewhere may pay again for what the dead
+    worker had finished of it; the driver merges every shard when the run ends)."""
+
+    def __init__(self, own: Ledger, root: Path, machine: str) -> None:
+        self.own = own
+        self.run = own.run
+        self.root = root
+        self.machine = machine  # shard names start with it
+        self._others: dict[Path, Ledger] = {}
+
+    def _stores(self, *, look: bool = False) -> list[Ledger]:
+        """The files to read; ``look``: see whether workers started since (once per batch)."""
+        if look:
+            main = self.root / DB_NAME
+            if main not in self._others and main.exists():
+                self._others[main] = Ledger(self.root, _connect(main, readonly=True, immutable=True), None, 0)
+            for path in sorted((self.root / SHARDS).glob(f"{self.machine}-*.sqlite")):
+                if path != self.own.path and path not in self._others:
+                    self._others[path] = Ledger(path.parent, _connect(path, readonly=True), None, 0, path=path)
+        return [self.own, *self._others.values()]
+
+    # -- reading across the files ------------------------------------------------------------
+    def get(self, key: str) -> Entry | None:
+        best: Entry | None = None
+        for store in self._stores():
+            entry = store.get(key)
+            if entry is not None and (best is None or _RANK[entry.state] > _RANK[best.state]):
+                best = entry
+        return best
+
+    def states(self, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
+        found: dict[str, tuple[int, int]] = {}
+        for store in self._stores(look=True):
+            for key, state in store.states(keys).items():
+                if key not in found or _RANK[state[0]] > _RANK[found[key][0]]:
+                    found[key] = state
+        return found
+
+    def outcomes(self, keys: Sequence[str]) -> pl.DataFrame:
+        parts = [store.outcomes(keys) for store in self._stores()]
+        both = pl.concat(parts)
+        # a final outcome (2) beats one worth retrying (3)
+        return both.sort(pl.col("state") == FINAL, descending=True).unique("key", keep="first")
+
+    # -- writing to the worker's own shard ---------------------------------------------------
+    def sent(self, key: str, held: float) -> None:
+        self.own.sent(key, held)
+
+    def not_charged(self, key: str, held: float) -> None:
+        self.own.not_charged(key, held)
+
+    def answered(self, key: str, answer: dict[str, Any], paid: float, held: float) -> None:
+        self.own.answered(key, answer, paid, held)
+
+    def outcome(self, key: str, record: dict[str, Any], *, final: bool, paid: float, held: float) -> None:
+        self.own.outcome(key, record, final=final, paid=paid, held=held)
+
+    def close(self) -> None:
+        for store in self._others.values():
+            store.close()
+        self.own.close()
+
+
+class _Waiter:
+    """Batches waiting for one key's outcome."""
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.batches = 0
+
+
+_COUNTED = [f.name for f in fields(RunStats) if f.name not in ("total", "started", "first_call", "last_call")]
+
+
+class Engine:
+    """One worker's runner: a Fanout that lives as long as the process, and the batches it serves."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        job = spec.job
+        coordinator = spec.coordinator
+        self.spec = spec
+        self.provider = open_provider(job.provider, spec.credentials, base_url=spec.base_url,
+                                      max_connections=spec.concurrency)
+        self.keyer = make_keyer(job, spec.endpoint)
+        self.prompt, _ = prompt_expr(job)
+        task = make_task(job)
+        self.schema = record_schema(task.extra_schema)
+        self.result_columns = output_columns(job, task)
+        self.stop = SharedStop(coordinator)
+        self.stats = RunStats()
+        machine = socket.gethostname()
+        name = f"{machine}-{os.getpid()}-{secrets.token_hex(4)}.sqlite"
+        self.ledger = LedgerView(Ledger.shard(spec.ledger_root / SHARDS / name, spec.run), spec.ledger_root,
+                                 machine)
+        self.limiter = LeasedLimiter(coordinator, self.stop, size=spec.lease, lateness=spec.lateness)
+        self.budget = SharedBudget(coordinator, spec.cap)
+        worst = None
+        if spec.price is not None and spec.cap is not None:
+            from ..estimator import worst_cost_fn  # the tokenizer: only for capped jobs
+
+            worst = worst_cost_fn(job, spec.price)
+        p = job.provider
+        caller = Caller(self.provider, limiter=self.limiter, budget=self.budget, stats=self.stats,
+                        stop=self.stop, max_attempts=job.limits.max_attempts,
+                        request=PromptRequest(prompt="", temperature=p.temperature, max_tokens=p.max_tokens,
+                                              stream=p.stream),
+                        keyer=self.keyer, ledger=self.ledger, worst_cost=worst, backoff=spec.backoff)
+        self.inbox: queue.Queue[pl.DataFrame | None] = queue.Queue()
+        self.fan = Fanout(task, caller, self.ledger, lambda: _drain(self.inbox), spec.concurrency,
+                          on_result=self._finished)
+        self.waiters: dict[str, _Waiter] = {}
+        self.row_keys: dict[int, str] = {}
+        self.next_row = 0
+        self.failure: BaseException | None = None
+        self._reported = {name: 0.0 for name in _COUNTED}
+
+    async def serve(self) -> None:
+        """Run the Fanout until the job stops (it ends when its reader sees the stop)."""
+        try:
+            await self.fan.run()
+        except BaseException as exc:  # a bug: wake every batch, and fail them (Ray reports it)
+            self.failure = exc
+            raise
+        finally:  # this worker only: the job goes on in the others (Ray reports a failure)
+            self.stop.learn("WORKER_ENDED", "the worker's runner ended", False)
+            for waiter in self.waiters.values():
+                waiter.event.set()
+
+    async def close(self) -> None:
+        """End the runner (its reader takes no more batches), then close the client and the files."""
+        self.inbox.put(None)
+        with contextlib.suppress(Exception):
+            await self.provider.aclose()
+        self.ledger.close()
+
+    def _finished(self, result: RowResult) -> None:
+        key = self.row_keys.get(result.row)
+        waiter = self.waiters.get(key) if key else None
+        if waiter is not None:
+            waiter.event.set()
+
+    async def run_batch(self, batch: pa.Table) -> pa.Table:
+        """The batch's rows with their result columns, once each has an outcome or the job stopped."""
+        if not self.stop.stopped:
+            reason = await self.spec.coordinator.stop_reason.remote()
+            if reason is not None:
+                self.stop.learn(*reason)
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        prompts = frame.select(self.prompt)[PROMPT].to_list()
+        keys = [self.keyer.row(p) if p is not None and p.strip() else None for p in prompts]
+        rows = list(range(self.next_row, self.next_row + frame.height))
+        self.next_row += frame.height
+        wanted = list(dict.fromkeys(k for k in keys if k is not None))
+        try:
+            await self._wait_for(wanted, rows, prompts, keys)
+        finally:
+            self._forget(wanted, rows)
+        await self._report()
+        if self.failure is not None:
+            raise RuntimeError("the worker's runner failed") from self.failure
+        keyed = frame.with_columns(pl.Series(KEY, keys, pl.String), pl.lit(True).alias(FIRST))
+        reason = self.stop.reason or Unfinished("NOT_RUN", "not run (job ended before this row)")
+        out = with_outcomes(keyed, self.ledger, self.schema, reason)
+        return out.select(*batch.column_names, *self.result_columns).to_arrow()
+
+    async def _wait_for(self, wanted: list[str], rows: list[int], prompts: list[str | None],
+                        keys: list[str | None]) -> None:
+        for key in wanted:  # before the ledger is read: an outcome recorded from now on wakes it
+            self.waiters.setdefault(key, _Waiter()).batches += 1
+        for row, row_key in zip(rows, keys, strict=True):
+            if row_key is not None:
+                self.row_keys[row] = row_key
+        if not self.stop.stopped:
+            self.inbox.put(pl.DataFrame({ROW: rows, PROMPT: prompts, KEY: keys, OCC: [0] * len(rows)},
+                                        schema={ROW: pl.UInt32, PROMPT: pl.String, KEY: pl.String,
+                                                OCC: pl.UInt32}))
+        run = self.ledger.run
+        for key, (state, by) in self.ledger.states(wanted).items():
+            if state == FINAL or (state == RETRY and by == run):  # what the Fanout will not send again
+                self.waiters[key].event.set()
+        with self.stop.waiting():
+            for key in wanted:
+                await self.waiters[key].event.wait()
+
+    def _forget(self, wanted: list[str], rows: list[int]) -> None:
+        for row in rows:
+            self.row_keys.pop(row, None)
+        for key in wanted:
+            waiter = self.waiters[key]
+            waiter.batches -= 1
+            if waiter.batches == 0:
+                del self.waiters[key]
+
+    async def _report(self) -> None:
+        """Counters since the last batch, and every message still on its way to the coordinator."""
+        s = self.stats
+        delta = {name: float(getattr(s, name)) - self._reported[name] for name in _COUNTED}
+        self._reported = {name: float(getattr(s, name)) for name in _COUNTED}
+        delta["dropped_grants"] = self.limiter.dropped
+        self.limiter.dropped = 0
+        if s.first_call is not None and s.last_call is not None:
+            offset = time.time() - time.monotonic()  # the driver compares wall-clock times
+            delta["first_call_min"] = s.first_call + offset
+            delta["last_call_max"] = s.last_call + offset
+        pending = [*self.limiter.pending, *self.budget.pending, *self.stop.pending,
+                   self.spec.coordinator.add.remote(delta)]
+        self.limiter.pending, self.budget.pending, self.stop.pending = [], [], []
+        for ref in pending:
+            await ref
+
+
+def _drain(inbox: queue.Queue[pl.DataFrame | None]) -> Iterator[pl.DataFrame]:
+    """Batches as they arrive (the Fanout's reader waits for them in a thread)."""
+    while (batch := inbox.get()) is not None:
+        yield batch
+
+
+class Worker:
+    """The Ray Data callable class (``map_batches`` with an actor pool). No I/O until the first batch."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self._engine: Engine | None = None
+        self._serving: asyncio.Task[None] | None = None
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        if self._engine is None:
+            self._engine = Engine(self.spec)
+            # the engine outlives each call: it runs on the event loop Ray Data keeps for this actor
+            self._serving = asyncio.get_running_loop().create_task(self._engine.serve())
+        return await self._engine.run_batch(batch)
+
+    async def close(self) -> None:
+        """For a caller that runs the worker itself (tests): stop its runner and wait for it."""
+        if self._engine is not None and self._serving is not None:
+            self._engine.inbox.put(None)
+            await self._serving
+            await self._engine.close()

@@ -1,0 +1,179 @@
+"""Jobs on a local Ray (started once for this module) against the sandbox: one tier, one cap and one
+ledger for every worker, and a worker killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import Credentials, Job, Price
+from pipeline.ledger import FINAL, SHARDS, Ledger
+from pipeline.ray import RayOptions, run_job
+from pipeline.sandbox import KeyConfig, Sandbox, SandboxConfig
+
+from .helpers import (
+    calls,
+    charged_per_prompt,
+    cli,
+    max_in_any_window,
+    momo_job,
+    provider_for,
+    questions,
+    write_job_toml,
+)
+
+ray = pytest.importorskip("ray")
+
+pytestmark = [pytest.mark.timeout(150), pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One local Ray for the module: starting one takes 3-4 s on this machine, its workers more.
+    Its home (where Ray keeps the cluster's auth token) is the module's own folder."""
+    home = tmp_path_factory.mktemp("ray-home")
+    before = os.environ.get("HOME")
+    os.environ["HOME"] = str(home)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield home
+    finally:
+        ray.shutdown()
+        if before is not None:
+            os.environ["HOME"] = before
+
+
+def _every_row_once(out: pl.DataFrame, n: int) -> None:
+    assert out.height == n and out["id"].to_list() == [f"q{i:04d}" for i in range(n)]
+
+
+async def _price(job: Job, key: str, url: str) -> Price:
+    provider = provider_for(job, key, url)
+    try:
+        return await provider.price()
+    finally:
+        await provider.aclose()
+
+
+def test_four_workers_share_one_tier(tmp_path: Path) -> None:
+    """4 workers at pro (300 per window, time scaled to 2 s windows): no window of the server's
+    log holds more than the tier, and no call is refused."""
+    window, n = 2.0, 450
+    with Sandbox(SandboxConfig(window_seconds=window, algorithm="sliding_log")).running() as sb:
+        job = momo_job(questions(tmp_path / "q.csv", n, blank=[5]), tmp_path / "out.parquet", sb.momo_url,
+                       tier="pro", window_seconds=window, concurrency=16)
+        report = run_job(job, Credentials("momo-sandbox-pro"), base_url=sb.momo_url,
+                         options=RayOptions(workers=4))
+        records = calls(sb.records())
+    assert report.exit_code == 0, report.as_dict()
+    assert max_in_any_window([r["ts"] for r in records], window) <= 300
+    assert not [r for r in records if r["status"] == 429]
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    _every_row_once(out, n)
+    assert out["status"].value_counts().sort("status").rows() == [("ok", n - 1), ("skipped", 1)]
+    assert max(charged_per_prompt(records).values()) == 1
+    assert report.as_dict()["requests"]["distinct_requests"] == n - 1
+
+
+def test_a_cap_holds_across_workers_and_a_raised_cap_resumes(tmp_path: Path) -> None:
+    key, cap, n = "momo-nopkg", 0.05, 200
+    cfg = SandboxConfig(keys={key: KeyConfig(tier="enterprise", balance=100.0, packages={})}, latency_ms=10)
+    with Sandbox(cfg).running() as sb:
+        job = momo_job(questions(tmp_path / "q.csv", n), tmp_path / "out", sb.momo_url, concurrency=8)
+        price = anyio.run(_price, job, key, sb.momo_url)
+        opts = RayOptions(workers=4, parts_rows=64)  # and the output as a directory of parts
+        first = run_job(job, Credentials(key), base_url=sb.momo_url, price=price, max_cost=cap, options=opts)
+        capped = pl.read_parquet(tmp_path / "out" / "part-*.parquet")
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+            "_momo_batch.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet",
+            "part-00003.parquet"]
+        charged_first = sum(r["cost"] for r in calls(sb.records()) if r["charged"])
+        second = run_job(job, Credentials(key), base_url=sb.momo_url, price=price, max_cost=10.0, options=opts)
+        records = calls(sb.records())
+    assert first.exit_code == 4 and first.stop_code == "BUDGET_EXCEEDED"
+    assert charged_first <= cap and capped["cost"].sum() == pytest.approx(charged_first)
+    _every_row_once(capped, n)
+    assert capped.filter(pl.col("status") == "ok").height > 10
+    assert set(capped.filter(pl.col("status") == "error")["error_code"].unique()) == {"BUDGET_EXCEEDED"}
+    assert second.exit_code == 0 and second.stats.already_done > 10
+    assert max(charged_per_prompt(records).values()) == 1  # nothing recorded was paid again
+    final = pl.read_parquet(tmp_path / "out" / "part-*.parquet")
+    assert final["cost"].sum() == pytest.approx(sum(r["cost"] for r in records if r["charged"]))
+
+
+def test_a_killed_worker_loses_no_row_and_repays_at_most_its_calls_in_flight(tmp_path: Path) -> None:
+    n, concurrency = 600, 4
+    shards = tmp_path / "out.parquet.ledger" / SHARDS
+    killed: list[int] = []
+
+    def kill_one_worker(sb: Sandbox) -> None:
+        if not sb.wait_for_requests(150, timeout=90):
+            return
+        shard = sorted(shards.glob("*.sqlite"))[0]  # <host>-<pid>-<token>.sqlite, one per worker process
+        pid = int(shard.name.rsplit("-", 2)[1])
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    with Sandbox(SandboxConfig(latency_ms=40)).running() as sb:
+        job = momo_job(questions(tmp_path / "q.csv", n), tmp_path / "out.parquet", sb.momo_url,
+                       concurrency=concurrency)
+        killer = threading.Thread(target=kill_one_worker, args=(sb,))
+        killer.start()
+        report = run_job(job, Credentials("momo-sandbox-enterprise"), base_url=sb.momo_url,
+                         options=RayOptions(workers=2))
+        killer.join()
+        records = calls(sb.records())
+    assert killed, "no worker was killed"
+    assert report.exit_code == 0, report.as_dict()
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    _every_row_once(out, n)
+    assert (out["status"] == "ok").all()
+    paid = charged_per_prompt(records)
+    assert len(paid) == n
+    assert sum(times - 1 for times in paid.values()) <= concurrency  # the calls the dead worker had in flight
+    with Ledger.open(tmp_path / "out.parquet") as ledger:  # the shards were merged into the ledger
+        assert not ledger.shards()
+        finals = ledger.states(out["request_key"].to_list())
+        assert len(finals) == n and {state for state, _ in finals.values()} == {FINAL}  # a rerun pays nothing
+        unrecorded = sum(r["cost"] for r in records if r["charged"]) - ledger.totals().spent
+    assert -1e-9 <= unrecorded <= concurrency * max(r["cost"] for r in records) + 1e-9  # the calls cut off
+
+
+def test_the_cli_joins_a_running_cluster(tmp_path: Path, local_ray: Path) -> None:
+    """``momo-batch run JOB --ray --address ADDR``: the job on the cluster, the summary as a local run's."""
+    n = 40
+    with Sandbox(SandboxConfig()).running() as sb:
+        job = write_job_toml(tmp_path / "job.toml", {
+            "input": {"path": questions(tmp_path / "q.csv", n), "id_column": "id"},
+            "prompt": {"template": "{question}"},
+            "provider": {"kind": "momo", "base_url": sb.momo_url, "agent_id": 159, "max_tokens": 300},
+            "limits": {"tier": "enterprise", "concurrency": 8},
+            "output": {"path": tmp_path / "out.parquet"},
+        })
+        address = ray.get_runtime_context().gcs_address
+        done = cli("run", str(job), "--ray", "--address", address, "--workers", "2", "--json", "--quiet",
+                   key="momo-sandbox-enterprise", HOME=str(local_ray))
+        local = cli("run", str(job), "--output", str(tmp_path / "local.parquet"), "--json", "--quiet",
+                    key="momo-sandbox-enterprise")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["rows"] == n and summary["calls"] == n and summary["ray"]["workers"] == 2
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    _every_row_once(out, n)
+    meta = pq.read_metadata(tmp_path / "out.parquet").metadata
+    assert json.loads(meta[b"momo_batch.totals"])["exit_code"] == 0 and b"momo_batch.job_sha256" in meta
+    assert local.returncode == 0, local.stderr[-3000:]  # a local run of the same job: the same file
+    mine, theirs = pq.read_table(tmp_path / "out.parquet"), pq.read_table(tmp_path / "local.parquet")
+    assert mine.schema.remove_metadata() == theirs.schema.remove_metadata()
+    assert set(meta) == set(pq.read_metadata(tmp_path / "local.parquet").metadata)
+    for column in ("id", "response", "status", "request_key", "duplicate"):
+        assert mine[column].to_pylist() == theirs[column].to_pylist()

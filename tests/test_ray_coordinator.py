@@ -1,0 +1,107 @@
+"""The coordinator on its own (no Ray): leases follow the limiter's schedule, the budget holds, stops stick."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pipeline.ray.coordinator import Coordinator, ScheduleClock, lateness
+
+from .helpers import max_in_any_window
+
+
+async def _leases(coord: Coordinator, count: int, size: int) -> list[float]:
+    slots: list[float] = []
+    for _ in range(count):
+        slots += (await coord.lease(size)).slots
+    return slots
+
+
+async def test_leased_grants_keep_every_window_under_the_limit_even_used_late() -> None:
+    """Grants handed out ahead of time, in leases, are spaced as the limiter spaces them: used
+    on time or up to the allowed lateness late, no window holds more than the limit."""
+    limit, window = 300, 2.0
+    coord = Coordinator(limit, window, None, 0.0, horizon=10.0)
+    slots = await _leases(coord, 40, 16)  # 640 grants, about two windows ahead of now
+    assert len(slots) == 640 and slots == sorted(slots)
+    assert max_in_any_window(slots, window) <= limit
+    late = lateness(window)
+    # worst case for a window: early grants used as late as allowed, later ones on time
+    for cut in range(0, 640, 37):
+        used = [t + late if i < cut else t for i, t in enumerate(slots)]
+        assert max_in_any_window(used, window) <= limit
+    assert (slots[-1] - slots[0]) / 639 == pytest.approx(window / limit, rel=0.05)  # and near the limit
+
+
+async def test_a_lease_reaches_no_further_than_its_horizon() -> None:
+    coord = Coordinator(60, 1.0, None, 0.0, horizon=0.1)  # 60 per second: a grant every ~17 ms
+    first = (await coord.lease(64)).slots
+    assert 5 <= len(first) <= 9 and first[-1] - time.time() < 0.15
+    second = (await coord.lease(64)).slots  # the schedule is ahead already: one grant at a time
+    assert len(second) == 1 and second[0] > first[-1]
+
+
+async def test_unlimited_leases_are_immediate_and_whole() -> None:
+    coord = Coordinator(None, 60.0, None, 0.0)
+    slots = (await coord.lease(64)).slots
+    assert len(slots) == 64 and max(slots) <= time.time()
+
+
+async def test_a_429_slows_every_later_lease() -> None:
+    coord = Coordinator(600, 1.0, None, 0.0, horizon=10.0)
+    before = await _leases(coord, 1, 20)
+    await coord.rate_limited(0.5, None, None, None)
+    after = (await coord.lease(20)).slots
+    assert after[0] - before[-1] >= 0.5  # the pause (Retry-After)
+    # the lower rate: the limiter cuts its pace to 0.8x on a 429 (its headroom makes it ~0.84x here)
+    assert (after[-1] - after[0]) / 19 > (before[-1] - before[0]) / 19 * 1.15
+
+
+async def test_successes_ride_along_and_recover_the_rate() -> None:
+    coord = Coordinator(600, 1.0, None, 0.0, horizon=10.0)
+    await coord.lease(5)
+    await coord.rate_limited(None, None, None, None)  # header-less: the limiter probes one at a time
+    await coord.lease(1, [(None, None, None)])  # the probe went through: the pace is set from it
+    slow = coord.limiter.rate
+    await coord.lease(1, [(None, None, None)] * 10)  # successes ride along with the next lease
+    assert coord.limiter.rate is not None and slow is not None and coord.limiter.rate > slow
+
+
+async def test_the_cap_is_one_for_all_and_exceeding_it_is_a_message() -> None:
+    coord = Coordinator(None, 60.0, 1.0, 0.25)
+    held = await coord.reserve(0.5)
+    assert held == 0.5
+    await coord.settle(held, None)  # unknown outcome: the worst case stays spent
+    refused = await coord.reserve(0.5)
+    assert isinstance(refused, str) and "max_cost 1 reached" in refused
+
+
+async def test_the_first_stop_wins_and_a_hard_one_hardens_it() -> None:
+    coord = Coordinator(None, 60.0, None, 0.0)
+    await coord.stop("BUDGET_EXCEEDED", "cap", False)
+    await coord.stop("INTERRUPTED", "ctrl-c", False)
+    assert (await coord.lease(4)).stop == ("BUDGET_EXCEEDED", "cap", False)
+    await coord.stop("INTERRUPTED", "ctrl-c", True)
+    assert await coord.stop_reason() == ("BUDGET_EXCEEDED", "cap", True)
+
+
+async def test_counters_add_up_and_keep_the_first_and_last_call() -> None:
+    coord = Coordinator(None, 60.0, None, 0.0)
+    await coord.add({"calls": 3, "first_call_min": 10.0, "last_call_max": 12.0})
+    await coord.add({"calls": 2, "first_call_min": 9.0, "last_call_max": 11.0})
+    assert (await coord.report())["counters"] == {"calls": 5, "first_call_min": 9.0, "last_call_max": 12.0}
+
+
+async def test_the_schedule_clock_moves_a_mark_instead_of_waiting() -> None:
+    clock = ScheduleClock()
+    start = time.perf_counter()
+    await clock.sleep(5.0)
+    assert time.perf_counter() - start < 0.1 and clock.now() - time.time() == pytest.approx(5.0, abs=0.1)
+
+
+async def test_a_reservation_that_waits_on_a_dead_workers_calls_gives_up() -> None:
+    coord = Coordinator(None, 60.0, 1.0, 0.0, stall=0.2)
+    await coord.reserve(0.8)  # held by a worker that then died: it never settles
+    refused = await coord.reserve(0.5)
+    assert isinstance(refused, str) and "did not settle in 0.2 s" in refused

@@ -1,0 +1,108 @@
+"""A worker on its own (no Ray): the coordinator is a local object behind the same ``.remote()`` calls."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from pipeline import Credentials
+from pipeline.ledger import FINAL, SHARDS, Ledger
+from pipeline.ray.coordinator import Coordinator, lateness
+from pipeline.ray.worker import Worker, WorkerSpec
+
+from .helpers import calls, charged_per_prompt, momo_job, questions
+
+KEY = "momo-sandbox-enterprise"
+
+
+class _Method:
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def remote(self, *args: Any) -> asyncio.Future[Any]:
+        result = self.fn(*args)
+        if inspect.isawaitable(result):
+            return asyncio.ensure_future(result)
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(result)
+        return done
+
+
+class LocalHandle:
+    """What a Ray actor handle offers the worker: ``handle.method.remote(...)``, awaitable."""
+
+    def __init__(self, target: object) -> None:
+        self.target = target
+
+    def __getattr__(self, name: str) -> _Method:
+        return _Method(getattr(self.target, name))
+
+
+def _worker(tmp: Path, url: str, coordinator: Coordinator, ledger: Ledger, n: int = 40) -> tuple[Worker, pa.Table]:
+    ledger.fold()  # as the driver does: workers read the job's ledger immutable
+    job = momo_job(questions(tmp / "q.csv", n), tmp / "out.parquet", url, concurrency=8)
+    spec = WorkerSpec(job=job, credentials=Credentials(KEY), base_url=url, endpoint=url,
+                      coordinator=LocalHandle(coordinator), ledger_root=ledger.root, run=ledger.run, price=None,
+                      cap=None, concurrency=8, lateness=lateness(60.0))
+    return Worker(spec), pl.read_csv(tmp / "q.csv").to_arrow()
+
+
+async def test_batches_in_flight_together_ask_a_repeated_prompt_once(tmp_path: Path, sandbox: Any) -> None:
+    coordinator = Coordinator(None, 60.0, None, 0.0)
+    with Ledger.open(tmp_path / "out.parquet") as ledger:
+        worker, table = _worker(tmp_path, sandbox.momo_url, coordinator, ledger)
+        first, second = table.slice(0, 25), table.slice(15, 25)  # rows 15-24 in both
+        try:
+            outs = await asyncio.gather(worker(first), worker(second))
+        finally:
+            await worker.close()
+        shards = list((ledger.root / SHARDS).glob("*.sqlite"))
+    assert [o.num_rows for o in outs] == [25, 25]
+    assert outs[0].column_names[:2] == ["id", "question"] and "request_key" in outs[0].column_names
+    both = pl.concat([pl.from_arrow(o) for o in outs])  # type: ignore[misc]
+    assert (both["status"] == "ok").all()
+    assert both.filter(pl.col("id") == "q0020")["response"].n_unique() == 1
+    records = calls(sandbox.records())
+    assert len(records) == 40 and max(charged_per_prompt(records).values()) == 1
+    assert len(shards) == 1 and (await coordinator.report())["counters"]["calls"] == 40
+
+
+async def test_a_stop_from_the_coordinator_sends_nothing_and_says_why(tmp_path: Path, sandbox: Any) -> None:
+    coordinator = Coordinator(None, 60.0, None, 0.0)
+    await coordinator.stop("BUDGET_EXCEEDED", "max_cost 1 reached", False)
+    with Ledger.open(tmp_path / "out.parquet") as ledger:
+        worker, table = _worker(tmp_path, sandbox.momo_url, coordinator, ledger, n=10)
+        try:
+            out = pl.from_arrow(await worker(table))
+        finally:
+            await worker.close()
+    assert isinstance(out, pl.DataFrame) and out.height == 10
+    assert set(out["error_code"]) == {"BUDGET_EXCEEDED"} and not calls(sandbox.records())
+    assert out["error_message"][0] == "not run: max_cost 1 reached (job stopped; run again to resume)"
+
+
+async def test_what_another_worker_finished_is_not_sent_again(tmp_path: Path, sandbox: Any) -> None:
+    """A batch that Ray runs again on another worker finds the dead worker's answers in its shard."""
+    coordinator = Coordinator(None, 60.0, None, 0.0)
+    with Ledger.open(tmp_path / "out.parquet") as ledger:
+        dead, table = _worker(tmp_path, sandbox.momo_url, coordinator, ledger, n=20)
+        try:
+            await dead(table.slice(0, 12))
+        finally:
+            await dead.close()
+        again, _ = _worker(tmp_path, sandbox.momo_url, coordinator, ledger, n=20)
+        try:
+            out = pl.from_arrow(await again(table))
+        finally:
+            await again.close()
+        for shard in ledger.shards():
+            ledger.absorb(shard)
+        finals = ledger.states(out["request_key"].to_list())  # type: ignore[index]
+    assert len(calls(sandbox.records())) == 20  # 12 by the first worker, 8 by the second
+    assert isinstance(out, pl.DataFrame) and (out["status"] == "ok").all()
+    assert {state for state, _ in finals.values()} == {FINAL} and len(finals) == 20
