@@ -13,7 +13,7 @@ What runs, each in its own process so that CPU time and peak RSS belong to one t
    the ledger and written, so their peak RSS shows whether memory grows with the input;
 5. ``estimate`` over ``--big-rows`` prompts (exact offline token counts, no paid call).
 
-Client processes are pinned to core 0. Peak RSS is ``ru_maxrss`` of the child process. The bare
+Client processes are pinned to core 0. Peak RSS is the child process's ``VmHWM``. The bare
 loop and the pipeline run ``--repeat`` times, alternating; the run with the median wall time is
 shown (throughput on a shared 2-core machine varies by 10-20 % from run to run).
 """
@@ -42,7 +42,21 @@ def _pin(core: int) -> None:
 
 def _usage() -> dict[str, float]:
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return {"cpu": r.ru_utime + r.ru_stime, "rss_mb": r.ru_maxrss / 1024}
+    return {"cpu": r.ru_utime + r.ru_stime, "rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. Not ``ru_maxrss``: Linux carries it over from the parent across
+    fork and exec, so every child of a parent that had built a 1 M-row input reported that parent's
+    peak (~250 MB) at least. ``VmHWM`` belongs to the process image alone."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # -- children ---------------------------------------------------------------------------------

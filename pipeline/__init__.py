@@ -2,56 +2,101 @@
 
 The public surface (everything else is private and may change)::
 
-    from pipeline import Job, run_job, run_frame, estimate, open_provider, Credentials
+    from pipeline import Job, run_job, run_frame, estimate, evaluate, open_provider, Credentials
     from pipeline import MomoClient, OpenAIClient, MomoProvider, OpenAIProvider
     from pipeline import MomoError, APIError, TransientError, TerminalError, ...
+    from pipeline import MomoAI, AsyncMomoAI        # the client shape the MOMO docs show
 
 ``run_job`` runs a job file's rows into Parquet (resumable); ``run_frame`` does the same for a
-polars DataFrame in a notebook; ``estimate`` says what a job will cost before it runs.
+polars DataFrame in a notebook; ``estimate`` says what a job will cost before it runs;
+``evaluate`` measures a labelled output against a gold column. ``MomoAI`` / ``AsyncMomoAI`` call
+one agent at a time, the way the MOMO documentation shows.
 ``pipeline.ray.run_job`` runs a job on Ray Data, with one rate limit, budget and ledger for all
 its workers (the ``ray`` extra; not imported here).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .config import Job
-from .connect import Credentials, open_provider
-from .errors import (
-    AgentNotFound,
-    APIError,
-    BudgetExceeded,
-    ConfigError,
-    ConnectionLost,
-    InsufficientBalance,
-    InvalidApiKey,
-    InvalidParameters,
-    MalformedResponse,
-    MomoError,
-    PreflightRefused,
-    RateLimited,
-    ServerError,
-    TerminalError,
-    Timeout,
-    TransientError,
-)
-from .estimate import Estimate, estimate
-from .job import RunReport, run_frame, run_job
-from .providers import (
-    Account,
-    CallResult,
-    MomoClient,
-    MomoProvider,
-    OpenAIClient,
-    OpenAIProvider,
-    Price,
-    PromptRequest,
-    Provider,
-)
+# Each public name, and the module it lives in. Loaded on first use (PEP 562): ``momo-batch
+# --help`` and ``import pipeline.cli`` then do not pay for polars, pyarrow and httpx (0.45 s).
+_EXPORTS = {
+    "Job": ".config",
+    "Credentials": ".connect", "open_provider": ".connect",
+    **{name: ".errors" for name in (
+        "AgentNotFound", "APIError", "BudgetExceeded", "ConfigError", "ConnectionLost", "InsufficientBalance",
+        "InvalidApiKey", "InvalidParameters", "MalformedResponse", "MomoError", "PreflightRefused",
+        "RateLimited", "ServerError", "TerminalError", "Timeout", "TransientError")},
+    "Estimate": ".estimator", "estimate": ".estimator",
+    "RunReport": ".job", "run_frame": ".job", "run_job": ".job",
+    "Evaluation": ".labels.metrics", "evaluate": ".labels.metrics",
+    **{name: ".providers" for name in (
+        "Account", "Agent", "CallResult", "MomoClient", "MomoProvider", "OpenAIClient", "OpenAIProvider",
+        "Price", "PromptRequest", "Provider")},
+    "AsyncMomoAI": ".sdk", "MomoAI": ".sdk",
+}
 
 __all__ = [
-    "Account", "AgentNotFound", "APIError", "BudgetExceeded", "CallResult", "ConfigError", "ConnectionLost",
-    "Credentials", "Estimate", "InsufficientBalance", "InvalidApiKey", "InvalidParameters", "Job",
-    "MalformedResponse", "MomoClient", "MomoError", "MomoProvider", "OpenAIClient", "OpenAIProvider",
-    "PreflightRefused", "Price", "PromptRequest", "Provider", "RateLimited", "RunReport", "ServerError",
-    "TerminalError", "Timeout", "TransientError", "estimate", "open_provider", "run_frame", "run_job",
+    "Account", "Agent", "AgentNotFound", "APIError", "AsyncMomoAI", "BudgetExceeded", "CallResult", "ConfigError",
+    "ConnectionLost", "Credentials", "Estimate", "Evaluation", "InsufficientBalance", "InvalidApiKey",
+    "InvalidParameters", "Job", "MalformedResponse", "MomoAI", "MomoClient", "MomoError", "MomoProvider",
+    "OpenAIClient", "OpenAIProvider", "PreflightRefused", "Price", "PromptRequest", "Provider", "RateLimited",
+    "RunReport", "ServerError", "TerminalError", "Timeout", "TransientError", "estimate", "evaluate",
+    "open_provider", "run_frame", "run_job",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:  # what type checkers and editors see
+    from .config import Job
+    from .connect import Credentials, open_provider
+    from .errors import (
+        AgentNotFound,
+        APIError,
+        BudgetExceeded,
+        ConfigError,
+        ConnectionLost,
+        InsufficientBalance,
+        InvalidApiKey,
+        InvalidParameters,
+        MalformedResponse,
+        MomoError,
+        PreflightRefused,
+        RateLimited,
+        ServerError,
+        TerminalError,
+        Timeout,
+        TransientError,
+    )
+    from .estimator import Estimate, estimate
+    from .job import RunReport, run_frame, run_job
+    from .labels.metrics import Evaluation, evaluate
+    from .providers import (
+        Account,
+        Agent,
+        CallResult,
+        MomoClient,
+        MomoProvider,
+        OpenAIClient,
+        OpenAIProvider,
+        Price,
+        PromptRequest,
+        Provider,
+    )
+    from .sdk import AsyncMomoAI, MomoAI

@@ -88,14 +88,16 @@ def _credentials(cfg: ProviderConfig) -> Credentials:
 
 
 @contextlib.contextmanager
-def _sandbox_for(cfg: ProviderConfig, tier: str, enabled: bool) -> Iterator[tuple[str | None, Credentials | None]]:
-    """With ``--sandbox``: a sandbox server on an ephemeral port, and its public demo key."""
+def _sandbox_for(cfg: ProviderConfig, tier: str, enabled: bool, *,
+                 label_truth: Path | None = None) -> Iterator[tuple[str | None, Credentials | None]]:
+    """With ``--sandbox``: a sandbox server on an ephemeral port, and its public demo key; its
+    labelling agents know the gold labels of ``label_truth``, if given."""
     if not enabled:
         yield None, None
         return
     from .sandbox import Sandbox, SandboxConfig
 
-    with Sandbox(SandboxConfig()).running() as sb:
+    with Sandbox(SandboxConfig(label_truth=label_truth)).running() as sb:
         err.print(f"sandbox server listening on {sb.relay_url}", highlight=False)
         if cfg.kind == "momo":
             yield sb.momo_url, Credentials(f"momo-sandbox-{tier}")
@@ -205,6 +207,27 @@ def report(
     print(guarded(lambda: write_report(output_file, page)))
 
 
+# -- eval --------------------------------------------------------------------------------------
+@app.command("eval")
+def eval_cmd(
+    output_file: Annotated[Path, typer.Argument(help="A labelled output Parquet.")],
+    gold: Annotated[str, typer.Option(help="The column holding the gold labels.")],
+    pred: Annotated[str, typer.Option(help="The column holding the predicted labels.")] = "label",
+    by: Annotated[list[str] | None, typer.Option(help="Also accuracy by this column (repeatable).")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """How good are the labels? Accuracy, per-label P/R/F1, confusion, kappa, accuracy by agreement."""
+    from .labels.metrics import evaluate
+
+    ev = guarded(lambda: evaluate(output_file, gold, pred=pred, by=by or []))
+    if as_json:
+        print(json.dumps(ev.as_dict(), ensure_ascii=False))
+        return
+    from .cli_eval import render_evaluation
+
+    render_evaluation(ev, out)
+
+
 # -- agents / balance --------------------------------------------------------------------------
 def _momo_call(base_url: str | None, action: Callable[[Any], Any]) -> Any:
     from .providers.momo import MomoClient
@@ -274,6 +297,8 @@ def sandbox_cmd(
     window_seconds: Annotated[float | None, typer.Option(help="Length of a rate-limit 'minute' (scaled time).")] = None,
     latency_ms: Annotated[float | None, typer.Option(help="Server-side delay per call (model time).")] = None,
     algorithm: Annotated[str | None, typer.Option(help="fixed_window | sliding_log | token_bucket")] = None,
+    label_truth: Annotated[Path | None, typer.Option(
+        help="CSV (text, gold[, case]) whose gold labels the labelling agents know.")] = None,
 ) -> None:
     """Run the sandbox server (both APIs of the contract) until Ctrl-C."""
     from .sandbox import SandboxConfig, serve_forever
@@ -282,7 +307,7 @@ def sandbox_cmd(
         from pydantic import ValidationError
 
         changes = {k: v for k, v in {"seed": seed, "window_seconds": window_seconds, "latency_ms": latency_ms,
-                                      "algorithm": algorithm}.items() if v is not None}
+                                      "algorithm": algorithm, "label_truth": label_truth}.items() if v is not None}
         try:
             cfg = SandboxConfig.from_toml(config) if config else SandboxConfig()
             return SandboxConfig.model_validate({**cfg.model_dump(), **changes}) if changes else cfg

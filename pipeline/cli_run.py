@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 from pathlib import Path
@@ -14,14 +15,13 @@ from rich.table import Table
 
 from .config import Job, OutputConfig
 from .connect import open_provider
-from .errors import MomoError, PreflightRefused, WriteError
-from .estimate import Estimate, worst_cost_fn
-from .estimate import estimate as estimate_job
+from .errors import MomoError, WriteError
+from .estimator import Estimate
+from .estimator import estimate as estimate_job
 from .job import RunReport, run_job
 from .output_path import check_output, export_path
 from .plan import endpoint_of, prepare
 from .progress import Reporter
-from .providers.base import Account
 from .runner import RunStats, Stop
 
 
@@ -52,24 +52,15 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 async def _preflight_and_run(job: Job, provider: Any, stats: RunStats, stop: Stop, *, quiet: bool,
                              errors: Console, yes: bool, **kw: Any) -> RunReport:
-    cap = kw.get("max_cost") if kw.get("max_cost") is not None else job.limits.max_cost
-    # preflight: the input is read and keyed first (no request for bad input), then the key and
-    # the agent or model (``price``), then the worst case against balance and cap
+    # the input is read and keyed first (no request for bad input), then ``run_job``'s preflight
     plan = prepare(job, endpoint=endpoint_of(provider), limit=kw.get("limit"))
-    est = await estimate_job(job, provider, limit=kw.get("limit"), max_cost=cap,
-                             restart=kw.get("restart", False), plan=plan)
-    price = await provider.price()  # cached by the provider: no second request
-    for warning in est.warnings:  # an unlisted model, a balance the relay does not report
-        errors.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-    _preflight(est, yes, errors)
-    before = await provider.account()
-    worst = worst_cost_fn(job, price) if cap is not None else None
+
+    def warn(text: str) -> None:
+        errors.print(f"[yellow]warning:[/yellow] {text}", highlight=False)
+
     with Reporter(stats, stream=errors.file, enabled=not quiet) as rep:  # type: ignore[arg-type]
-        report = await run_job(job, provider, stats=stats, on_result=rep.update, worst_cost=worst,
-                               stop=stop, plan=plan, **kw)
-    after = await _account_after(provider, report, errors)
-    report.extra["reconciliation"] = reconcile(est, before, after, report)
-    return report
+        return await run_job(job, provider, stats=stats, on_result=rep.update, stop=stop, plan=plan,
+                             yes=yes, warn=warn, **kw)
 
 
 # first signal: stop sending, let calls in flight finish and be recorded, write the output;
@@ -92,51 +83,6 @@ async def _stop_on_signals(stop: Stop, errors: Console) -> None:
                 return
 
 
-async def _account_after(provider: Any, report: RunReport, errors: Console) -> Account | None:
-    """The balance after the run; a failed read is a warning (the output is whole, the exit code
-    follows the rows)."""
-    try:
-        return await provider.account()
-    except MomoError as exc:
-        warning = f"balance not read after the run, so it is not reconciled: {exc}"
-        report.extra.setdefault("warnings", []).append(warning)
-        errors.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-        return None
-
-
-def _preflight(est: Estimate, yes: bool, errors: Console) -> None:
-    problems = []
-    if est.fits_balance is False:
-        problems.append(f"worst case {est.worst_case:.6f} {est.currency} is more than the balance "
-                        f"{est.balance:.6f}")
-    if est.fits_cap is False:
-        problems.append(f"worst case {est.worst_case:.6f} {est.currency} is more than max_cost "
-                        f"{est.max_cost:g}")
-    if not problems:
-        return
-    text = "preflight: " + "; ".join(problems)
-    if not yes:
-        raise PreflightRefused(text + ". Use --yes to run anyway: the job stops cleanly, resumable, "
-                      "when the money or the cap runs out.")
-    errors.print(f"[yellow]warning:[/yellow] {text} (--yes given: running anyway)")
-
-
-def reconcile(est: Estimate, before: Account, after: Account | None, report: RunReport) -> dict[str, Any]:
-    """Estimated against real cost; the cost column against what the account says it lost."""
-    spent_run = report.stats.cost
-    out: dict[str, Any] = {"estimated_cost": est.expected_cost, "interval": list(est.interval),
-                           "real_cost_this_run": round(spent_run, 6)}
-    if before.remaining is None:
-        out["balance_unknown"] = before.note or "the service did not report a balance"
-    if after is not None and before.remaining is not None and after.remaining is not None:
-        charged = before.remaining - after.remaining
-        out["account_charged"] = round(charged, 6)
-        out["gap"] = round(charged - spent_run, 6)
-    if report.stats.unknown_cost_calls:
-        out["calls_with_unknown_cost"] = report.stats.unknown_cost_calls
-    return out
-
-
 def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: int | None,
                 max_cost: float | None, restart: bool, yes: bool, sandbox: bool, fmt: str,
                 as_json: bool, quiet: bool, credentials: Any, sandbox_for: Any,
@@ -149,7 +95,7 @@ def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: i
     check_output(job.output.path, job.input.path, formats=[fmt], parts=parts)  # before anything is paid
     if cache is not None:
         job = job.with_overrides(reuse=job.reuse.model_copy(update={"cache": cache}))
-    with sandbox_for(cfg, job.limits.tier, sandbox) as (sb_url, sb_creds):
+    with sandbox_for(cfg, job.limits.tier, sandbox, label_truth=sandbox_truth(job)) as (sb_url, sb_creds):
         provider = _provider(job, sb_url, sb_creds, base_url, credentials)
         if ray_options is not None:
             report = _run_on_ray(job, provider, sb_creds or credentials(cfg), sb_url or base_url, ray_options,
@@ -167,6 +113,20 @@ def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: i
         if page:
             console.print(f"report: {page}", highlight=False, soft_wrap=True)
     return report.exit_code
+
+
+def sandbox_truth(job: Job) -> Path | None:
+    """The gold labels a ``--sandbox`` run's labelling agents know: a label job's CSV input with
+    ``text`` and ``gold`` columns (so ``eval`` of a sandbox run measures something); else none."""
+    path = job.input.path
+    if not job.label or path.suffix.lower() != ".csv":
+        return None
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError):
+        return None
+    return path if {"text", "gold"} <= set(header) else None
 
 
 def _run_on_ray(job: Job, provider: Any, creds: Any, base_url: str | None, options: Any, *,
@@ -270,6 +230,10 @@ def render_summary(report: RunReport, console: Console) -> None:
         if rec.get("calls_with_unknown_cost"):
             rows.append(("calls whose cost the server did not report",
                          str(rec["calls_with_unknown_cost"])))
+    labels = d.get("labels") or {}
+    if labels:
+        rows.append(("labels: unparsed / escalated",
+                     f"{labels['unparsed_rate']:.1%} / {labels['escalated']:,} ({labels['escalation_rate']:.1%})"))
     if d["stop_code"]:
         rows.append(("stopped", f"{d['stop_code']}: {d['stop_message']}"))
     for what, value in rows:
@@ -300,7 +264,7 @@ def estimate_cli_job(job: Job, *, pilot: int, base_url: str | None, limit: int |
         plan = prepare(job, endpoint=endpoint_of(provider), limit=limit)
 
         async def run_pilot(rows: set[int]) -> None:
-            await run_job(job, provider, only_rows=rows, write_output=False, plan=plan)
+            await run_job(job, provider, only_rows=rows, write_output=False, plan=plan, check=False)
 
         try:
             return await estimate_job(job, provider, pilot=pilot, max_cost=max_cost,
@@ -308,7 +272,7 @@ def estimate_cli_job(job: Job, *, pilot: int, base_url: str | None, limit: int |
         finally:
             await provider.aclose()
 
-    with sandbox_for(cfg, job.limits.tier, sandbox) as (sb_url, sb_creds):
+    with sandbox_for(cfg, job.limits.tier, sandbox, label_truth=sandbox_truth(job)) as (sb_url, sb_creds):
         provider = _provider(job, sb_url, sb_creds, base_url, credentials)
         est = anyio.run(go, provider)
     if as_json:
@@ -327,19 +291,28 @@ def render_estimate(est: Estimate, console: Console) -> None:
     rows = [
         ("rows (skipped empty)", f"{est.rows:,} ({est.skipped_rows:,})"),
         ("distinct requests (still to send)", f"{est.distinct_requests:,} ({est.remaining_rows:,})"),
-        ("calls per row", str(est.calls_per_row)),
-        ("prompt tokens (exact, local)", f"{est.prompt_tokens:,}  [{est.tokenizer}]"),
-        ("expected completion tokens", f"{est.completion_tokens:,}  [{est.completion_basis}]"),
+        ("calls per row (expected, with re-asks and escalation)",
+         f"{est.calls_per_row} ({est.expected_calls_per_row:.2f})"),
+        ("prompt tokens, one per request (exact, local)", f"{est.prompt_tokens:,}  [{est.tokenizer}]"),
+        ("prompt tokens sent, all calls (expected)", f"{est.prompt_tokens_sent:,}"),
+        (_completion_label(est), f"{est.completion_tokens:,}  [{est.completion_basis}]"),
         ("server/local token ratio", "-" if est.token_ratio is None else f"{est.token_ratio:.3f}"),
         ("price per million (prompt / completion)",
          f"{est.price['prompt_per_million']:g} / {est.price['completion_per_million']:g} {c}"),
         ("prepaid package tokens", f"{est.package_tokens:,}"),
         ("already spent (pilot, earlier runs)", f"{est.spent_so_far:.6f} {c}"),
         ("expected cost", f"{est.expected_cost:.6f} {c}  (95%: {lo:.6f} - {hi:.6f})"),
-        ("worst case (every call at max_tokens)", f"{est.worst_case:.6f} {c}"),
+        (_worst_label(est), f"{est.worst_case:.6f} {c}"),
         ("time at the tier's rate",
          "bounded by concurrency (no rate limit)" if est.minutes is None else f"{est.minutes:.1f} min"),
     ]
+    if est.escalation is not None:
+        e = est.escalation
+        rows.insert(-4, (f"escalation to {e.target} (agreement under {e.below:g})",
+                         f"{e.share:.0%} of rows, ~{e.expected_rows:,} rows, {e.expected_cost:.6f} {c}  [{e.basis}]"))
+        if e.pilot_agreement:
+            rows.insert(-4, ("pilot rows by vote agreement",
+                             ", ".join(f"{k}: {v}" for k, v in e.pilot_agreement.items())))
     if est.balance is not None:
         rows.append(("balance / worst case fits", f"{est.balance:g} {c} / {_yes(est.fits_balance)}"))
     if est.max_cost is not None:
@@ -349,6 +322,23 @@ def render_estimate(est: Estimate, console: Console) -> None:
     console.print(table)
     for note in est.notes:
         console.print(f"note: {note}")
+
+
+def _completion_label(est: Estimate) -> str:
+    """What the completion figure counts: MOMO reports one total per call, so it is what the
+    server counted beyond the prompts sent (answers plus its own per-call overhead)."""
+    if est.token_split:
+        return "completion tokens, all calls (expected)"
+    return "answer + service overhead tokens, all calls (expected)"
+
+
+def _worst_label(est: Estimate) -> str:
+    parts = ["every call at max_tokens"]
+    if est.calls_per_row > 1 or est.expected_calls_per_row > 1 or est.escalation is not None:
+        parts.append("every answer re-asked")
+    if est.escalation is not None:
+        parts.append("every row escalated")
+    return f"worst case ({', '.join(parts)})"
 
 
 def _yes(flag: bool | None) -> str:

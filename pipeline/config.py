@@ -121,7 +121,7 @@ class Job(_Table):
 
     @property
     def fingerprint(self) -> str:
-        """sha256 of the job file text: ties an output and its journal to the job that made it."""
+        """sha256 of the job file text: ties an output to the job file that made it (provenance)."""
         return hashlib.sha256(self.source.encode()).hexdigest()
 
     @classmethod

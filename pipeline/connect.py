@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .config import ProviderConfig
-from .errors import ConfigError
-from .providers._transport import check_secret
-from .providers.base import Provider
+from .errors import ConfigError, check_secret
+
+if TYPE_CHECKING:  # the providers (and httpx) load when a provider is opened, not with the CLI
+    from .providers.base import Provider
 
 MOMO_DEFAULT_URL = "https://api.momoai.pro/v1"
 RELAY_DEFAULT_URL = "https://api.moka-ai.com"

@@ -39,6 +39,7 @@ from .outcome import ExitCode
 
 __all__ = [
     "Action",
+    "check_secret",
     "APIError",
     "AgentNotFound",
     "BudgetExceeded",
@@ -337,3 +338,15 @@ def server_code(raw: object) -> str | None:
         return None
     text = str(raw).strip()
     return text or None
+
+
+def check_secret(value: str, what: str) -> None:
+    """A key sent in a header must be printable ASCII without spaces: say where it is not, never what it is."""
+    bad = next(((i, ch) for i, ch in enumerate(value) if not "!" <= ch <= "~"), None)
+    if bad is None:
+        return
+    i, ch = bad
+    kind = ("a line break" if ch in "\r\n" else "a non-ASCII character" if ord(ch) > 127
+            else "a space or control character")
+    raise ConfigError(f"{what} contains {kind} at character {i + 1}; a key is printable ASCII "
+                      "(look for a pasted line break, space or quote)")

@@ -15,13 +15,15 @@ from typing import Any
 import polars as pl
 
 from . import __version__
-from .budget import Budget
+from .budget import BalanceReader, Budget
 from .config import Job, OutputConfig
-from .errors import ConfigError, MomoError
+from .errors import MomoError
+from .estimator import worst_cost_fn
 from .ledger import Cache, Ledger
 from .limiter import RateLimiter
-from .outcome import EXIT_OK, EXIT_ROW_ERRORS, EXIT_TERMINAL, STOP_EXIT
+from .outcome import STOP_EXIT, ExitCode
 from .plan import Plan, endpoint_of, prepare
+from .preflight import Warn, account_after, preflight, reconcile
 from .providers.base import PromptRequest, Provider
 from .result import Unfinished
 from .runner import Caller, Fanout, RunStats, Stop, WorstCost
@@ -44,9 +46,9 @@ class RunReport:
     @property
     def exit_code(self) -> int:
         if self.stop_code:
-            return STOP_EXIT.get(self.stop_code, EXIT_TERMINAL)
+            return STOP_EXIT.get(self.stop_code, ExitCode.TERMINAL)
         errors = self.extra.get("job_totals", {}).get("error", self.stats.error)
-        return EXIT_ROW_ERRORS if errors else EXIT_OK
+        return ExitCode.ROW_ERRORS if errors else ExitCode.OK
 
     @property
     def achieved_per_window(self) -> float | None:
@@ -104,14 +106,28 @@ async def run_job(
     stop: Stop | None = None,
     cache: Path | None = None,
     plan: Plan | None = None,
+    yes: bool = False,
+    check: bool = True,
+    warn: Warn | None = None,
+    escalation_provider: Provider | None = None,
 ) -> RunReport:
     """Run every request of ``job`` that has no final answer yet, and write the output Parquet.
 
     Safe to call again after any stop or crash, and after editing the input: rows find their
-    answers in the ledger by content key, so only new requests are sent and paid. ``max_cost``
-    (or ``limits.max_cost``) is a hard cap in the provider's currency; it needs ``worst_cost``
-    (see :mod:`pipeline.estimate`). ``stop`` lets a caller end the run softly (the CLI does on
-    SIGINT / SIGTERM); ``cache`` (or ``reuse.cache``) shares answers across jobs.
+    answers in the ledger by content key, so only new requests are sent and paid.
+
+    The same steps as ``momo-batch run``: first the preflight (:mod:`pipeline.preflight`; a job
+    whose worst case may not fit the balance or ``max_cost`` raises
+    :class:`~pipeline.errors.PreflightRefused` unless ``yes``), then the run, then the
+    reconciliation of the estimate and the cost column with the balance (``report.extra``).
+    ``check=False`` skips preflight and reconciliation (a pilot inside an estimate does).
+    ``max_cost`` (or ``limits.max_cost``) is a hard cap in the provider's currency, unknown
+    outcomes included; ``worst_cost`` defaults to every call at ``max_tokens``. ``stop`` lets a
+    caller end the run softly (the CLI does on SIGINT / SIGTERM); ``cache`` (or ``reuse.cache``)
+    shares answers across jobs; ``warn`` receives warnings as they arise (default: none shown,
+    they are in ``report.extra["warnings"]``). A label job that escalates (``[label] escalate``)
+    asks the stronger target through ``provider``'s own client, retargeted, unless
+    ``escalation_provider`` is given.
     """
     job = job if isinstance(job, Job) else Job.load(job)
     if output is not None:
@@ -121,8 +137,17 @@ async def run_job(
     prep = plan or prepare(job, endpoint=endpoint_of(provider), limit=limit)
     out = job.output.path
     cap = max_cost if max_cost is not None else job.limits.max_cost
+    warnings: list[str] = []
+
+    def note(text: str) -> None:
+        warnings.append(text)
+        if warn is not None:
+            warn(text)
+
+    checked = await preflight(job, provider, prep, max_cost=cap, restart=restart, yes=yes,
+                              warn=note) if check else None
     if cap is not None and worst_cost is None:
-        raise ConfigError("a cost cap needs a worst-case cost model (provider.max_tokens and a price)")
+        worst_cost = worst_cost_fn(job, checked.price if checked else await provider.price())
     stats = stats or RunStats()
     stop = stop or Stop()
     with Ledger.open(out, restart=restart) as ledger, _open_cache(job.reuse.cache) as shared:
@@ -130,10 +155,14 @@ async def run_job(
             ledger.absorb(shard)
         stats.total = prep.n_rows
         limits = job.limits
+        budget = Budget(cap, spent=ledger.totals().spent,
+                        balance=_remaining(provider) if cap is not None else None,
+                        reread_seconds=limits.window_seconds / 20)  # 3 s a minute (scaled in tests)
+        await budget.start()
         caller = Caller(
             provider,
             limiter=RateLimiter(limits.rate_per_window, limits.window_seconds),
-            budget=Budget(cap, spent=ledger.totals().spent),
+            budget=budget,
             stats=stats,
             stop=stop,
             max_attempts=limits.max_attempts,
@@ -145,7 +174,9 @@ async def run_job(
             worst_cost=worst_cost,
             backoff=backoff,
         )
-        fan = Fanout(prep.task, caller, ledger, lambda: prep.batches(job.input.batch_rows),
+        task = await prep.task.bind(job, provider, caller, capped=cap is not None,
+                                    escalation_provider=escalation_provider)
+        fan = Fanout(task, caller, ledger, lambda: prep.batches(job.input.batch_rows),
                      limits.concurrency, on_result=on_result or (lambda r: None), only_rows=only_rows)
         started = time.monotonic()
         try:
@@ -158,6 +189,15 @@ async def run_job(
                            str(stop.error) if stop.error else None, time.monotonic() - started,
                            limits.rate_per_window, limits.window_seconds)
         report.extra["requests"] = _reuse_figures(prep, stats)
+        report.extra["rate_limiter"] = caller.limiter.learned()
+        if budget.balance_reads > 1:
+            report.extra["balance_reads"] = budget.balance_reads
+        if checked is not None:
+            after, _ = await account_after(provider, note)
+            report.extra["reconciliation"] = reconcile(checked.estimate, checked.before, after, stats.cost,
+                                                       stats.unknown_cost_calls)
+        if warnings:
+            report.extra["warnings"] = warnings
         if not write_output:
             return report
 
@@ -170,6 +210,15 @@ async def run_job(
     if summarise is not None:
         report.extra["labels"] = summarise(pl.scan_parquet(out))
     return report
+
+
+def _remaining(provider: Provider) -> BalanceReader:
+    """What the account has left, for the budget's checks of unknown outcomes."""
+
+    async def read() -> float | None:
+        return (await provider.account()).remaining
+
+    return read
 
 
 def _reuse_figures(prep: Plan, stats: RunStats) -> dict[str, Any]:

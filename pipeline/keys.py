@@ -20,6 +20,11 @@ from typing import Any
 
 KEY_VERSION = 1  # bump when what a key covers changes: old ledgers then simply miss
 
+# the plan's columns beside each input row (see :class:`pipeline.plan.Plan`)
+KEY = "__key"  # the row's content key; null for a row whose prompt is null or empty
+FIRST = "__first"  # the first row of the input asking this (later ones are duplicates)
+OCC = "__occ"  # how many earlier rows ask the same (0 unless dedup is off)
+
 
 @dataclass(frozen=True)
 class Keyer:

@@ -43,26 +43,12 @@ EXIT_MEANINGS: dict[ExitCode, str] = {
     ExitCode.TERMINATED: "terminated (SIGTERM) — run again to resume",
 }
 
-# the names the rest of the code has used
-EXIT_OK = ExitCode.OK
-EXIT_ROW_ERRORS = ExitCode.ROW_ERRORS
-EXIT_BAD_INPUT = ExitCode.BAD_INPUT
-EXIT_INSUFFICIENT_BALANCE = ExitCode.INSUFFICIENT_BALANCE
-EXIT_BUDGET = ExitCode.BUDGET
-EXIT_TERMINAL = ExitCode.TERMINAL
-EXIT_UNREACHABLE = ExitCode.UNREACHABLE
-EXIT_REFUSED = ExitCode.REFUSED
-EXIT_BUSY = ExitCode.BUSY
-EXIT_WRITE = ExitCode.WRITE
-EXIT_INTERRUPTED = ExitCode.INTERRUPTED
-EXIT_TERMINATED = ExitCode.TERMINATED
-
-# why a run stopped early (the stopping error's ``code``) → its exit code (any other: EXIT_TERMINAL)
+# why a run stopped early (the stopping error's ``code``) → its exit code (any other: ExitCode.TERMINAL)
 STOP_EXIT: dict[str, ExitCode] = {
-    "INSUFFICIENT_BALANCE": EXIT_INSUFFICIENT_BALANCE,
-    "BUDGET_EXCEEDED": EXIT_BUDGET,
-    "WRITE_FAILED": EXIT_WRITE,
-    "NO_SUCH_API": EXIT_UNREACHABLE,
-    "INTERRUPTED": EXIT_INTERRUPTED,
-    "TERMINATED": EXIT_TERMINATED,
+    "INSUFFICIENT_BALANCE": ExitCode.INSUFFICIENT_BALANCE,
+    "BUDGET_EXCEEDED": ExitCode.BUDGET,
+    "WRITE_FAILED": ExitCode.WRITE,
+    "NO_SUCH_API": ExitCode.UNREACHABLE,
+    "INTERRUPTED": ExitCode.INTERRUPTED,
+    "TERMINATED": ExitCode.TERMINATED,
 }

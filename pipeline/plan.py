@@ -16,13 +16,10 @@ import polars as pl
 from .config import Job
 from .dataset import PROMPT, ROW, Dataset, PromptTemplate
 from .errors import ConfigError
-from .keys import Keyer, canonical, repeat_key
+from .keys import FIRST, KEY, OCC, Keyer, canonical, repeat_key
 from .result import RESULT_SCHEMA, REUSE_SCHEMA, TOKEN_SPLIT_SCHEMA
 from .runner import PromptTask, RowTask
 
-KEY = "__key"  # the row's content key; null for a row whose prompt is null or empty
-FIRST = "__first"  # the first row of the input asking this (later ones are duplicates)
-OCC = "__occ"  # how many earlier rows ask the same (0 unless dedup is off)
 PLAN_ROWS = 65_536
 
 

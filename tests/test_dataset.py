@@ -22,7 +22,7 @@ def test_template_renders_columns_and_keeps_null_when_a_column_is_null(tmp_path:
     rows = pl.concat(batches)
     assert rows[PROMPT].to_list() == ["A=x B=1 {literal}", None, "A=z B=3 {literal}"]
     assert rows[ROW].to_list() == [0, 1, 2]
-    assert [len(b) for b in batches] == [2, 1] or sum(len(b) for b in batches) == 3
+    assert [len(b) for b in batches] == [2, 1]  # batch_rows at a time: what bounds memory
 
 
 @given(st.text(alphabet=st.characters(blacklist_characters="{}", blacklist_categories=("Cs",)), max_size=30),

@@ -20,7 +20,7 @@ from rich.console import Console
 from pipeline import Job
 from pipeline.cli_run import _run
 from pipeline.errors import NoSuchApi, ServerError
-from pipeline.estimate import estimate
+from pipeline.estimator import estimate
 from pipeline.ledger import ledger_dir
 from pipeline.providers.base import Account, CallResult, Price, PromptRequest, Provider
 from pipeline.sandbox import FaultConfig, Sandbox, SandboxConfig

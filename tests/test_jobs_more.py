@@ -10,6 +10,8 @@ import polars as pl
 import pytest
 
 from pipeline import Job, run_frame
+from pipeline.errors import AgentNotFound, InvalidApiKey
+from pipeline.plan import prepare
 from pipeline.progress import Reporter
 from pipeline.runner import RunStats
 from pipeline.sandbox import RELAY_PRICES
@@ -51,7 +53,11 @@ def test_relay_job_has_token_split_and_reconciles_with_quota(tmp_path: Path, san
 async def test_invalid_key_stops_before_paying_for_more(tmp_path: Path, sandbox: object) -> None:
     data = questions(tmp_path / "q.csv", 200)
     job = momo_job(data, tmp_path / "out.parquet", sandbox.momo_url, concurrency=4)  # type: ignore[attr-defined]
-    report = await run(job, "momo-not-a-key", sandbox.momo_url)  # type: ignore[attr-defined]
+    with pytest.raises(InvalidApiKey):  # the preflight finds out before any call
+        await run(job, "momo-not-a-key", sandbox.momo_url)  # type: ignore[attr-defined]
+    assert posts(sandbox.records()) == []  # type: ignore[attr-defined]
+    # a key revoked while the job runs: without the preflight, the run itself stops at once
+    report = await run(job, "momo-not-a-key", sandbox.momo_url, check=False)  # type: ignore[attr-defined]
     assert report.stop_code == "INVALID_API_KEY" and report.exit_code == 5
     assert 1 <= len(posts(sandbox.records())) <= 4  # type: ignore[attr-defined]
     out = pl.read_parquet(tmp_path / "out.parquet")
@@ -65,7 +71,10 @@ async def test_invalid_key_stops_before_paying_for_more(tmp_path: Path, sandbox:
 async def test_unknown_agent_stops_the_job(tmp_path: Path, sandbox: object) -> None:
     data = questions(tmp_path / "q.csv", 50)
     job = momo_job(data, tmp_path / "out.parquet", sandbox.momo_url, provider={"agent_id": 424242})  # type: ignore[attr-defined]
-    report = await run(job, "momo-sandbox-enterprise", sandbox.momo_url)  # type: ignore[attr-defined]
+    with pytest.raises(AgentNotFound):  # the preflight finds out before any call
+        await run(job, "momo-sandbox-enterprise", sandbox.momo_url)  # type: ignore[attr-defined]
+    assert posts(sandbox.records()) == []  # type: ignore[attr-defined]
+    report = await run(job, "momo-sandbox-enterprise", sandbox.momo_url, check=False)  # type: ignore[attr-defined]
     assert report.stop_code == "AGENT_NOT_FOUND" and report.exit_code == 5
     assert report.stats.calls <= job.limits.concurrency
 
@@ -132,6 +141,11 @@ def test_progress_prints_plain_lines_off_a_terminal() -> None:
     assert line.startswith("progress: 4/10 rows") and "429s 0" in line and "cost" in line
 
 
-def test_job_from_every_sample_file_loads() -> None:
-    for path in sorted((ROOT / "jobs").glob("*.toml")):
-        assert Job.load(path).output.path
+def test_every_sample_job_is_ready_to_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # job files name their data relative to the project
+    paths = sorted((ROOT / "jobs").glob("*.toml"))
+    assert {p.name for p in paths} >= {"example.toml", "label-sentiment.toml"}
+    for path in paths:
+        prep = prepare(Job.load(path))  # tables, [label], the input's columns against the prompt
+        assert prep.n_rows > 0, path
+        assert ("label" in prep.result_columns) == (prep.job.label is not None), path

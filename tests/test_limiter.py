@@ -1,13 +1,22 @@
-"""The limiter against a virtual clock: exact, fast, no real sleeping."""
+"""The limiter against a virtual clock: exact, fast, no real sleeping.
+
+The window-learning and rate-finding tests drive the limiter against the sandbox's own window
+algorithms (one request at a time, answered at once), so every figure is deterministic.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import anyio
 import pytest
 
 from pipeline.limiter import RateLimiter
+from pipeline.sandbox.ratelimit import Limiter, make_limiter
 
 from .helpers import max_in_any_window
+
+ALGORITHMS = ["fixed_window", "sliding_log", "token_bucket"]
 
 
 class VirtualClock:
@@ -22,6 +31,47 @@ class VirtualClock:
     async def sleep(self, seconds: float) -> None:
         self.t += max(0.0, seconds)
         await anyio.lowlevel.checkpoint()
+
+    async def sleep_unless(self, event: anyio.Event, seconds: float) -> None:
+        if not event.is_set():  # nobody else runs while we sleep: the whole wait passes
+            await self.sleep(seconds)
+
+
+@dataclass
+class Driven:
+    """What a driven run sent: (time, admitted) per request, in order."""
+
+    sent: list[tuple[float, bool]] = field(default_factory=list)
+
+    @property
+    def refused(self) -> int:
+        return sum(not ok for _, ok in self.sent)
+
+    @property
+    def admitted_times(self) -> list[float]:
+        return [t for t, ok in self.sent if ok]
+
+
+async def drive(lim: RateLimiter, server: Limiter, clock: VirtualClock, rows: int, *,
+                headers: bool = True) -> Driven:
+    """Send ``rows`` requests one at a time through ``lim`` to ``server``, retrying each 429."""
+    out = Driven()
+    for _ in range(rows):
+        while True:
+            grant = await lim.acquire()
+            d = server.acquire(clock.now())
+            out.sent.append((clock.now(), d.allowed))
+            if d.allowed and headers:
+                lim.on_success(d.limit, d.remaining, d.reset, grant=grant)
+            elif d.allowed:
+                lim.on_success(grant=grant)
+            elif headers:  # the sandbox's 429: Retry-After and Reset are the same
+                lim.on_rate_limited(d.reset, None, d.remaining, d.reset, grant=grant)
+            else:
+                lim.on_rate_limited(grant=grant)
+            if d.allowed:
+                break
+    return out
 
 
 async def grant_times(lim: RateLimiter, clock: VirtualClock, n: int) -> list[float]:
@@ -76,13 +126,35 @@ async def test_rate_limited_slows_down_pauses_and_recovers_gradually() -> None:
     for _ in range(30):
         lim.on_success()
         rates.append(lim.rate)
-    assert rates == sorted(rates) and rates[0] < 60 and rates[-1] == 60  # additive recovery
+    # additive recovery, quick: the server said when, so the pace it came at was likely right
+    assert rates == sorted(rates) and rates[0] < 60 and rates[-1] == 60
 
 
-async def test_headers_lower_the_target_and_pause_when_nothing_remains() -> None:
+async def test_a_header_less_429_recovers_slowly_probing_upwards() -> None:
     clock = VirtualClock()
-    lim = RateLimiter(300, 60.0, clock=clock)
-    lim.on_success(limit=60, remaining=10, reset=1.0)
+    lim = RateLimiter(60, 60.0, clock=clock)
+    lim.on_rate_limited(grant=await lim.acquire())  # nobody says when, nor how fast
+    lim.on_success(grant=await lim.acquire())  # the probe: the episode closes
+    rates = []
+    for _ in range(100):
+        lim.on_success()
+        rates.append(lim.rate)
+    assert rates == sorted(rates) and rates[0] < 60 and rates[-1] == 60
+    assert len(set(rates)) > 30  # about a window's worth of successes, not a jump
+
+
+async def test_a_limit_header_alone_never_lowers_the_pace() -> None:
+    clock = VirtualClock()
+    lim = RateLimiter(600, 60.0, clock=clock)
+    await lim.acquire()
+    lim.on_success(limit=100, remaining=99)  # 100 per what? nothing says
+    assert lim.target == 600 and lim.rate == 600
+
+
+async def test_headers_pause_when_nothing_remains() -> None:
+    clock = VirtualClock()
+    lim = RateLimiter(60, 60.0, clock=clock)
+    lim.on_success(limit=60, remaining=10, reset=1.0)  # 60 per (at least) 1 s: no slower than the job
     assert lim.target == 60
     await lim.acquire()
     start = clock.now()
@@ -110,17 +182,160 @@ async def test_unlimited_never_waits() -> None:
 
 
 async def test_concurrent_waiters_share_one_schedule() -> None:
-    lim = RateLimiter(600, 1.0)  # real clock, 1 s window: 600/s -> ~1.7 ms apart
+    clock = VirtualClock()  # one sleeper at a time: the limiter's lock holds the others
+    lim = RateLimiter(10, 1.0, clock=clock)
     times: list[float] = []
 
     async def worker() -> None:
         for _ in range(10):
             await lim.acquire()
-            times.append(anyio.current_time())
+            times.append(clock.now())
 
     async with anyio.create_task_group() as tg:
         for _ in range(8):
             tg.start_soon(worker)
-    times.sort()
-    assert max_in_any_window(times, 1.0) <= 600
-    assert times[-1] - times[0] >= 79 * (1.0 / 600) * 0.99
+    assert len(times) == 80 and max_in_any_window(times, 1.0 + 1e-9) <= 10  # eight windows' worth
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    assert gaps == pytest.approx([1.0 / 10 * 1.015] * 79)  # one grant per interval, never two at once
+
+
+async def test_a_slowdown_does_not_let_the_next_grant_catch_up_past_the_limit() -> None:
+    """Paced at the tier, then a 429 slows the pace: the longer interval must not bring a longer
+    catch-up that lets the next grant come early, into a window already full."""
+    clock = VirtualClock()
+    lim = RateLimiter(10, 1.0, clock=clock)
+    times = []
+    for i in range(40):
+        grant = await lim.acquire()
+        times.append(clock.now())
+        if i == 9:
+            lim.on_rate_limited(retry_after=0.001, grant=grant)  # a blip: the pace drops to 0.8x
+        else:
+            lim.on_success(grant=grant)
+    assert max_in_any_window(times, 1.0 + 1e-9) <= 10
+
+
+# -- learning the server's window (issue 10, part 1) ---------------------------------------------
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_a_shorter_server_window_is_learned_and_the_told_rate_kept(algorithm: str) -> None:
+    """Told 600/min; the server allows 100 per 10 s (the same average) and says so in headers."""
+    clock = VirtualClock()
+    lim = RateLimiter(600, 60.0, clock=clock)
+    driven = await drive(lim, make_limiter(algorithm, 100, 10.0), clock, 400)  # type: ignore[arg-type]
+    assert driven.refused == 0
+    assert lim.target == pytest.approx(600) and lim.rate == pytest.approx(600)  # never slowed to 100/min
+    assert max_in_any_window([t for t, _ in driven.sent], 10.0) <= 100
+    ideal = 400 / 10.0
+    assert driven.sent[-1][0] - driven.sent[0][0] <= 1.05 * ideal  # virtual time: exact, not machine speed
+    if algorithm != "token_bucket":  # a bucket's Reset is its next token: its window shows only if it paces
+        assert 9.9 <= lim.server.window <= 10.1
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_log"])
+async def test_a_stricter_server_window_lowers_the_pace_to_its_limit(algorithm: str) -> None:
+    """Told 600/min; the server allows only 50 per 10 s (300/min): the learned window says so."""
+    clock = VirtualClock()
+    lim = RateLimiter(600, 60.0, clock=clock)
+    driven = await drive(lim, make_limiter(algorithm, 50, 10.0), clock, 200)  # type: ignore[arg-type]
+    assert driven.refused == 0
+    assert lim.target == pytest.approx(300, rel=0.02)  # 50 per 10 s, in the job's per-minute terms
+    assert max_in_any_window([t for t, _ in driven.sent], 10.0) <= 50
+
+
+async def test_the_window_is_learned_from_how_remaining_refills_without_reset() -> None:
+    clock = VirtualClock()
+    lim = RateLimiter(600, 60.0, clock=clock)
+    server = make_limiter("sliding_log", 50, 10.0)
+    assert server is not None
+    refused = 0
+    for _ in range(200):
+        grant = await lim.acquire()
+        d = server.acquire(clock.now())
+        if d.allowed:
+            lim.on_success(d.limit, d.remaining, grant=grant)  # no Reset header at all
+        else:
+            refused += 1
+            lim.on_rate_limited(grant=grant)  # nor Retry-After
+    # the server counted 50 in its window: our 50 latest grants fit in it. At the told 10/s they
+    # span 4.9 s; once the 429 slows us down they span more, up to (never past) the true 10 s
+    assert 7.0 <= lim.server.window <= 10.1
+    assert lim.target is not None and lim.target <= 1.5 * 300
+    assert refused <= 5
+
+
+async def test_grants_in_flight_when_the_limit_is_first_seen_are_not_read_as_logged() -> None:
+    """Answers come back out of order: grants made before the first ``Limit`` header were never
+    timed, so a later answer must not measure a span from them."""
+    clock = VirtualClock()
+    lim = RateLimiter(300, 60.0, clock=clock)
+    grants = []
+    for _ in range(5):  # five in flight
+        grants.append(await lim.acquire())
+    lim.on_success(limit=300, remaining=299, reset=1.0, grant=grants[0])  # the first answer
+    later = await lim.acquire()
+    lim.on_success(limit=300, remaining=298, reset=1.0, grant=later)  # counted: this one and the one before
+    assert lim.server.window == pytest.approx(1.0)
+    assert lim.target == 300
+
+
+# -- finding the rate when none is given (issue 10, part 2) --------------------------------------
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_header_less_429s_find_the_rate_from_an_unlimited_start(algorithm: str) -> None:
+    """Enterprise (no rate) against a 60/min server whose 429s carry no header at all."""
+    clock = VirtualClock()
+    lim = RateLimiter(None, 60.0, clock=clock)
+    rows = 600
+    driven = await drive(lim, make_limiter(algorithm, 60, 60.0), clock, rows,  # type: ignore[arg-type]
+                         headers=False)
+    assert driven.refused <= 0.10 * len(driven.sent)
+    wall = driven.sent[-1][0] - driven.sent[0][0]
+    assert wall <= 1.3 * rows  # ideal: 600 rows at 1/s
+    assert lim.finder.rate is not None and 0.6 <= lim.finder.rate <= 1.5  # settled near 1/s
+
+
+async def test_429s_for_requests_sent_before_a_slowdown_do_not_cut_again() -> None:
+    clock = VirtualClock()
+    lim = RateLimiter(60, 60.0, clock=clock)
+    grants = [await lim.acquire() for _ in range(5)]
+    lim.on_rate_limited(grant=grants[0])
+    after_first = lim.rate
+    for grant in grants[1:]:  # in flight when the first 429 came back
+        lim.on_rate_limited(grant=grant)
+    assert lim.rate == after_first == pytest.approx(48)  # one decrease for the episode
+
+
+async def test_without_retry_after_probes_go_one_at_a_time_and_back_off() -> None:
+    clock = VirtualClock()
+    lim = RateLimiter(None, 60.0, clock=clock)  # probes start at 1 s ("a second" of the minute)
+    first = await lim.acquire()
+    lim.on_success(grant=first)
+    lim.on_rate_limited(grant=await lim.acquire())
+    probes = []
+    for _ in range(4):
+        grant = await lim.acquire()
+        probes.append(clock.now())
+        lim.on_rate_limited(grant=grant)  # still full
+    gaps = [b - a for a, b in zip(probes, probes[1:], strict=False)]
+    assert gaps == pytest.approx([2.0, 4.0, 8.0])  # doubling
+    grant = await lim.acquire()
+    lim.on_success(grant=grant)  # a probe got through: paced from here, no longer probing
+    assert not lim.finder.blocked and lim.rate is not None
+
+
+async def test_a_successful_probe_wakes_the_request_waiting_for_the_next_one() -> None:
+    lim = RateLimiter(None, 60.0)  # real clock: probes 1 s apart
+    lim.on_success(grant=await lim.acquire())
+    lim.on_rate_limited(grant=await lim.acquire())
+    start = anyio.current_time()
+    probe = await lim.acquire()  # about 1 s from now
+    granted_at: list[float] = []
+
+    async def next_request() -> None:
+        await lim.acquire()  # would wait for the next probe, 1 s after this one
+        granted_at.append(anyio.current_time() - start)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(next_request)
+        await anyio.sleep(0.05)
+        lim.on_success(grant=probe)
+    assert granted_at and granted_at[0] < 1.8  # woken by the probe's success, not at ~2 s

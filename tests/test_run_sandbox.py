@@ -8,32 +8,57 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import Job
-from pipeline.estimate import worst_cost_fn
-from pipeline.sandbox import FaultConfig, KeyConfig, Sandbox, SandboxConfig
+from pipeline import Job, run_job
+from pipeline.sandbox import FaultConfig, KeyConfig, RelayKeyConfig, Sandbox, SandboxConfig
 
-from .helpers import calls, charged_per_prompt, max_in_any_window, momo_job, provider_for, questions, run
+from .helpers import (
+    SendTimes,
+    calls,
+    charged_per_prompt,
+    max_in_any_window,
+    momo_job,
+    provider_for,
+    questions,
+    relay_job,
+    run,
+)
 
 TIERS = {"free": 10, "basic": 60, "pro": 300}
 ROWS_PER_TIER = {"free": 25, "basic": 130, "pro": 620}  # about two windows of one second each
 
 
+def within_limit(admitted: list[float], algorithm: str, limit: int, window: float) -> bool:
+    """What the server admitted kept to its limit, as its algorithm counts: a sliding log never
+    more than ``limit`` in any window; a fixed window up to twice that across a boundary, a token
+    bucket its capacity plus a window's refill (checked here only loosely, at 2 × ``limit``)."""
+    most = max_in_any_window(admitted, window)
+    return most <= (limit if algorithm == "sliding_log" else 2 * limit)
+
+
 @pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_log", "token_bucket"])
 @pytest.mark.parametrize("tier", list(TIERS))
-async def test_tier_is_never_exceeded_and_nearly_reached(tmp_path: Path, tier: str, algorithm: str) -> None:
+async def test_tier_is_never_exceeded(tmp_path: Path, tier: str, algorithm: str) -> None:
+    """No window of the tier holds more sends than its limit, whatever the server counts with.
+
+    Only the bound a slow machine cannot break is asserted: a busy machine sends later, never
+    sooner. How close a run comes to the limit is a rate, measured by ``make bench``
+    (``bench/tiers.py``), and checked exactly in virtual time by ``test_limiter.py``.
+    """
     window = 1.0
     cfg = SandboxConfig(window_seconds=window, algorithm=algorithm)
     data = questions(tmp_path / "q.csv", ROWS_PER_TIER[tier])
     with Sandbox(cfg).running() as sb:
         job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, tier=tier, window_seconds=window,
                        concurrency=32)
-        report = await run(job, f"momo-sandbox-{tier}", sb.momo_url)
-        sent = [r["ts"] for r in calls(sb.records())]
-    limit = TIERS[tier]
-    assert report.exit_code == 0
-    assert max_in_any_window(sent, window) <= limit
-    achieved = (len(sent) - 1) / (max(sent) - min(sent)) * window
-    assert achieved >= 0.97 * limit, f"{achieved:.1f} of {limit} per window"
+        provider = SendTimes(provider_for(job, f"momo-sandbox-{tier}", sb.momo_url))
+        try:
+            report = await run_job(job, provider)
+        finally:
+            await provider.aclose()
+        received = calls(sb.records())
+    assert report.exit_code == 0 and report.stats.ok == ROWS_PER_TIER[tier]
+    assert len(provider.sent) == len(received)  # every send, retries included, reached the server
+    assert max_in_any_window(provider.sent, window) <= TIERS[tier]
 
 
 async def test_faults_every_row_still_ends_ok(tmp_path: Path) -> None:
@@ -60,7 +85,7 @@ async def test_insufficient_balance_stops_then_top_up_finishes(tmp_path: Path) -
     data = questions(tmp_path / "q.csv", 60)
     with Sandbox(cfg).running() as sb:
         job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, concurrency=4)
-        first = await run(job, key, sb.momo_url)
+        first = await run(job, key, sb.momo_url, yes=True)  # the worst case is over the balance
         partial = pl.read_parquet(tmp_path / "out.parquet")
         sb.top_up(key, 10.0)
         second = await run(job, key, sb.momo_url)
@@ -82,13 +107,10 @@ async def test_budget_cap_holds_and_a_raised_cap_resumes(tmp_path: Path) -> None
     cap = 0.05
     with Sandbox(cfg).running() as sb:
         job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, concurrency=8)
-        provider = provider_for(job, key, sb.momo_url)
-        worst = worst_cost_fn(job, await provider.price())
-        await provider.aclose()
-        first = await run(job, key, sb.momo_url, max_cost=cap, worst_cost=worst)
+        first = await run(job, key, sb.momo_url, max_cost=cap, yes=True)  # the worst case is over the cap
         capped = pl.read_parquet(tmp_path / "out.parquet")
         charged_first = sum(r["cost"] for r in calls(sb.records()) if r["charged"])
-        second = await run(job, key, sb.momo_url, max_cost=10.0, worst_cost=worst)
+        second = await run(job, key, sb.momo_url, max_cost=10.0)
         records = sb.records()
     assert first.exit_code == 4 and first.stop_code == "BUDGET_EXCEEDED"
     assert capped["cost"].sum() <= cap and charged_first <= cap
@@ -119,16 +141,28 @@ async def test_output_schema_and_provenance_without_the_key(tmp_path: Path, sand
 
 
 async def test_limiter_learns_a_lower_limit_from_headers(tmp_path: Path) -> None:
-    """The job claims 600/window but the key is pro (300): X-RateLimit-Limit and 429s teach it."""
-    cfg = SandboxConfig(window_seconds=1.0, algorithm="sliding_log")
-    data = questions(tmp_path / "q.csv", 450)
+    """The job claims 120/window but the key is basic (60): X-RateLimit-Limit teaches the limiter.
+
+    The first answers arrive inside the first window, so from then on no window of sends holds more
+    than the learned 60 (a limiter that learned only from 429s overshoots now and then). A slow
+    machine only learns later within that window; how many calls the server refused meanwhile
+    grows with its slowness, so that count is not asserted.
+    """
+    window = 0.5
+    cfg = SandboxConfig(window_seconds=window, algorithm="sliding_log")
+    data = questions(tmp_path / "q.csv", 180)
     with Sandbox(cfg).running() as sb:
-        job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, requests_per_minute=600, window_seconds=1.0,
+        job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, requests_per_minute=120, window_seconds=window,
                        concurrency=32)
-        report = await run(job, "momo-sandbox-pro", sb.momo_url, backoff=(0.01, 0.2))
+        provider = SendTimes(provider_for(job, "momo-sandbox-basic", sb.momo_url))
+        try:
+            report = await run_job(job, provider, backoff=(0.01, 0.2))
+        finally:
+            await provider.aclose()
         limited = [r for r in calls(sb.records()) if r["status"] == 429]
-    assert report.exit_code == 0
-    assert len(limited) < 20  # one window's overshoot at most, then it keeps to the learned limit
+    assert report.exit_code == 0 and report.stats.rate_limited == len(limited)
+    after_the_first_window = [t for t in provider.sent if t >= provider.sent[0] + window]
+    assert after_the_first_window and max_in_any_window(after_the_first_window, window) <= 60
 
 
 async def test_relay_empty_429s_without_retry_after_slow_the_job_down(tmp_path: Path) -> None:
@@ -152,3 +186,51 @@ async def test_relay_empty_429s_without_retry_after_slow_the_job_down(tmp_path: 
     assert report.exit_code == 0 and report.stats.rate_limited > 0
     assert sum(r["status"] == 429 for r in records) == report.stats.rate_limited
     assert sum(r["status"] == 429 for r in records) < len(records) / 2
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_log", "token_bucket"])
+async def test_a_server_window_shorter_than_the_jobs_is_learned_not_read_as_a_minute(
+        tmp_path: Path, algorithm: str) -> None:
+    """Told 300 per "minute" (6 s); the key allows 50 per 1 s, the same average, and its headers
+    say ``Limit: 50``. Read as 50 per minute, that would pace six times too slow."""
+    key, server_window = "momo-short-window", 1.0
+    cfg = SandboxConfig(window_seconds=6.0, algorithm=algorithm,
+                        keys={key: KeyConfig(limit=50, window_seconds=server_window)})
+    data = questions(tmp_path / "q.csv", 150)
+    with Sandbox(cfg).running() as sb:
+        job = momo_job(data, tmp_path / "out.parquet", sb.momo_url, requests_per_minute=300, window_seconds=6.0,
+                       concurrency=16)
+        report = await run(job, key, sb.momo_url)
+        records = calls(sb.records())
+    assert report.exit_code == 0 and report.stats.ok == 150
+    admitted = [r["ts"] for r in records if r["status"] == 200]
+    assert within_limit(admitted, algorithm, 50, server_window)
+    assert sum(r["status"] == 429 for r in records) <= 2 + len(admitted) // 50
+    learned = report.extra["rate_limiter"]
+    assert learned["server_limit"] == 50
+    assert learned["pace_per_minute"] >= 0.75 * 300  # not 50 per "minute"
+    if algorithm != "token_bucket":  # a bucket's Reset is its next token, a fraction of its window
+        # learned from below (Reset); grants seen late by a loaded machine may stretch it a little
+        assert 0.9 <= learned["server_window_seconds"] <= 1.25
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_log", "token_bucket"])
+async def test_header_less_429s_find_the_rate_from_an_unlimited_start(tmp_path: Path, algorithm: str) -> None:
+    """No rate given (enterprise); a LiteLLM-style proxy allows 20 per "minute" (0.5 s) and says
+    only 429, with no body, no Retry-After and no X-RateLimit-*. Every row must still finish, and
+    the 429s must not use up the rows' two attempts."""
+    key, window = "sk-litellm", 0.5
+    cfg = SandboxConfig(window_seconds=window, algorithm=algorithm,
+                        relay_keys={key: RelayKeyConfig(user_id="9", rpm=20)})
+    data = questions(tmp_path / "q.csv", 120)
+    with Sandbox(cfg).running() as sb:
+        job = relay_job(data, tmp_path / "out.parquet", sb.relay_url, window_seconds=window, max_attempts=2)
+        report = await run(job, key, sb.relay_url)
+        records = [r for r in sb.records() if r["path"] == "/v1/chat/completions"]
+    assert report.exit_code == 0 and report.stats.ok == 120
+    admitted = [r["ts"] for r in records if r["status"] == 200]
+    assert within_limit(admitted, algorithm, 20, window)
+    refused = sum(r["status"] == 429 for r in records)
+    assert 0 < refused <= 0.35 * len(records)  # the first burst costs up to `concurrency` of them
+    found = report.extra["rate_limiter"]["found_per_minute"]
+    assert found is not None and found <= 2 * 20  # settled near the server's rate, not at the first burst's

@@ -234,6 +234,21 @@ async def test_each_algorithm_admits_exactly_the_limit(algorithm: str) -> None:
         assert [(await call(sb, {"prompt": "x"}, key=FREE)).status_code for _ in range(10)] == [200] * 10
 
 
+async def test_a_key_can_count_in_its_own_window() -> None:
+    """100 per 10 s where the server's "minute" is 60 s: Limit says 100, Reset says 10 s."""
+    clock = FakeClock()
+    with serve(clock, window_seconds=60.0, keys={"k": KeyConfig(limit=3, window_seconds=10.0)},
+               relay_keys={"sk-k": RelayKeyConfig(rpm=2, window_seconds=10.0)}) as sb:
+        first = [await call(sb, {"prompt": f"p{i}"}, key="k") for i in range(4)]
+        assert [r.status_code for r in first] == [200, 200, 200, 429]
+        assert first[0].headers["X-RateLimit-Limit"] == "3" and float(first[0].headers["X-RateLimit-Reset"]) <= 10.0
+        relay = [(await chat(sb, key="sk-k")).status_code for _ in range(3)]
+        assert relay == [200, 200, 429]
+        clock.now += 10.0  # one of its windows, a sixth of the server's minute
+        assert (await call(sb, {"prompt": "again"}, key="k")).status_code == 200
+        assert (await chat(sb, key="sk-k")).status_code == 200
+
+
 async def test_rate_headers_can_be_switched_off() -> None:
     with serve(FakeClock(), rate_headers=False) as sb:
         responses = [await call(sb, {"prompt": "x"}, key=FREE) for _ in range(11)]

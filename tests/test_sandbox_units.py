@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 from pipeline.labels.parse import LabelSpec, parse_label
 from pipeline.sandbox import RELAY_PRICES, FaultConfig
-from pipeline.sandbox.answers import _styled, answer, completion_tokens, label_answer
+from pipeline.sandbox.answers import completion_tokens
 from pipeline.sandbox.catalog import make_agents, quota_units
 from pipeline.sandbox.faults import FaultPicker
+from pipeline.sandbox.labeller import styled
 from pipeline.sandbox.ratelimit import FixedWindow, SlidingLog, TokenBucket, make_limiter
 
 arrivals = st.lists(st.floats(0, 10, allow_nan=False), min_size=1, max_size=60).map(sorted)
@@ -125,18 +126,11 @@ SPEC = LabelSpec(("positive", "negative", "neutral"))
 @pytest.mark.parametrize("style", range(11))
 def test_label_styles_parse_with_the_clients_parser(style: int) -> None:
     for label in SPEC.labels:
-        assert parse_label(_styled(label, style), SPEC) == (label,)
+        assert parse_label(styled(label, style), SPEC) == (label,)
 
 
 def test_one_label_style_is_unparseable_on_purpose() -> None:
-    assert parse_label(_styled("positive", 11), SPEC) is None
-
-
-def test_labelling_agent_reads_the_label_set() -> None:
-    prompt = "Review: 装上以后无线充电不灵了。大家避雷。\nLabels: positive | negative | neutral"
-    assert label_answer(f"{prompt}\nSTRICT: answer with exactly one of: positive | negative | neutral, and "
-                        "nothing else.", ["positive", "negative", "neutral"], 0.0, 1) == "negative"
-    assert answer(301, "no label line here", 0.0, 1, labelling=True).startswith("Answer to:")
+    assert parse_label(styled("positive", 11), SPEC) is None
 
 
 def test_relay_quota_matches_the_price_table() -> None:
@@ -147,6 +141,7 @@ def test_relay_quota_matches_the_price_table() -> None:
 
 def test_agent_catalogue() -> None:
     agents = make_agents(45)
-    assert len(agents) == 45 and {159, 301} <= set(agents)
+    assert len(agents) == 45 and {159, 301, 302} <= set(agents)
+    assert agents[302].price_per_1k_tokens == 15 * agents[301].price_per_1k_tokens  # the strong labeller
     assert list(agents) == sorted(agents)
     assert len(make_agents(2)) == 2

@@ -34,8 +34,7 @@ labels were given as alternatives ("positive or negative"). Multi-label mode ret
 distinct labels in the spec's order. The abstain answer is returned as ``(abstain,)`` when it is
 the only answer; in multi-label mode it is dropped if real labels were also given.
 
-`parse_structured` is the multi-field counterpart: it pulls a JSON object out of an answer and
-checks it against a small subset of JSON Schema.
+Structured answers (a JSON object per answer) are read by :mod:`.schema`.
 """
 
 from __future__ import annotations
@@ -263,55 +262,3 @@ def strict_reprompt(prompt: str, spec: LabelSpec) -> str:
     else:
         rule = f"answer with exactly one of: {options}, and nothing else."
     return f"{prompt.rstrip()}\n\nSTRICT: {rule}"
-
-
-# Structured answers. jsonschema is not a dependency, and a labelling schema only needs
-# `required`, `properties.*.type` and `enum`, so those are checked here and nothing else.
-_JSON_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,),
-    "integer": (int,),
-    "number": (int, float),
-    "boolean": (bool,),
-    "array": (list,),
-    "object": (dict,),
-    "null": (type(None),),
-}
-_INVALID = object()  # sentinel: None is a valid JSON value
-
-
-def parse_structured(response: str, schema: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The JSON object in ``response`` (fenced block first), if it satisfies ``schema``.
-
-    Checks ``required``, each property's ``type`` (a name or a list of names) and ``enum``.
-    A string that matches an enum member up to case and width is replaced by that member.
-    Returns None when there is no object or it fails a check.
-    """
-    obj = next(_json_objects(response), None)
-    if obj is None or any(key not in obj for key in schema.get("required", [])):
-        return None
-    for key, prop in schema.get("properties", {}).items():
-        if key not in obj:
-            continue
-        value = _check_property(obj[key], prop)
-        if value is _INVALID:
-            return None
-        obj[key] = value
-    return obj
-
-
-def _check_property(value: Any, prop: Mapping[str, Any]) -> Any:
-    """The value (enum-canonicalised) if it fits the property schema, else ``_INVALID``."""
-    enum = prop.get("enum")
-    if enum is not None and isinstance(value, str) and value not in enum:
-        folded = {normalize(m): m for m in enum if isinstance(m, str)}
-        value = folded.get(normalize(value), value)
-    if enum is not None and value not in enum:
-        return _INVALID
-    names = prop.get("type")
-    if names is None:
-        return value
-    types = tuple(t for n in ([names] if isinstance(names, str) else names) for t in _JSON_TYPES.get(n, (object,)))
-    # bool is an int subclass in Python, but not a JSON integer or number.
-    if isinstance(value, bool) and bool not in types:
-        return _INVALID
-    return value if isinstance(value, types) else _INVALID

@@ -7,6 +7,7 @@ instruction = "Review of {product}: {text}\\n{labels}"
 synonyms = { pos = "positive", "正面" = "positive" }
 abstain = "unsure"
 votes = 3
+escalate = { agent_id = 302, below = 0.67 }   # relays: { model = "gpt-4o", ...prices }
 ```
 """
 
@@ -17,16 +18,56 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .parse import LabelSpec, label_instruction, normalize
+from .schema import StructuredSchema, schema_instruction
 
-__all__ = ["LabelConfig"]
+__all__ = ["EscalateConfig", "LabelConfig"]
+
+
+class EscalateConfig(BaseModel):
+    """Where rows go whose votes disagree: a stronger agent (MOMO) or model (relay) that decides.
+
+    A row is escalated when its agreement is under ``below`` (2 of 3 votes is 0.667) or when no
+    vote parsed. The stronger target is asked once (re-asked like any answer that does not
+    parse); ``temperature`` and ``max_tokens`` default to the job's provider settings.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    agent_id: int | None = None
+    model: str | None = None
+    below: float = Field(0.67, gt=0, le=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, gt=0)
+    prompt_price_per_million: float | None = Field(None, ge=0)  # relays price a model from the job
+    completion_price_per_million: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> EscalateConfig:
+        if (self.agent_id is None) == (self.model is None):
+            raise ValueError("escalate: give exactly one of agent_id (MOMO) or model (relay)")
+        priced = (self.prompt_price_per_million, self.completion_price_per_million)
+        if self.model is not None and None in priced:
+            raise ValueError("escalate: a relay model needs prompt_price_per_million and "
+                             "completion_price_per_million (relays do not report a cost per call)")
+        if self.agent_id is not None and priced != (None, None):
+            raise ValueError("escalate: MOMO reports each call's cost; prices are for relay models")
+        return self
+
+    @property
+    def target(self) -> str:
+        return str(self.agent_id) if self.agent_id is not None else str(self.model)
+
+    def needed(self, label: str | None, agreement: float) -> bool:
+        """Whether a row whose votes gave ``label`` with ``agreement`` goes to the stronger target."""
+        return label is None or agreement < self.below
 
 
 class LabelConfig(BaseModel):
-    """How a job labels rows: the label set, prompt, voting and re-asks."""
+    """How a job labels rows: the label set (or a JSON ``schema``), prompt, votes, re-asks, escalation."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)  # votes = "3" is an error
 
-    set: list[str] = Field(min_length=2)
+    set: list[str] = Field(default_factory=list)  # at least two labels, unless a schema is given
     instruction: str | None = None
     multi_label: bool = False
     abstain: str | None = None
@@ -34,6 +75,7 @@ class LabelConfig(BaseModel):
     votes: int = Field(1, ge=1)
     max_reasks: int = Field(2, ge=0)
     schema_: dict[str, Any] | None = Field(None, alias="schema")
+    escalate: EscalateConfig | None = None
 
     @field_validator("set")
     @classmethod
@@ -51,6 +93,10 @@ class LabelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> LabelConfig:
+        if self.schema_ is not None:
+            StructuredSchema.of(self.schema_)  # a ValueError names the property that cannot be a column
+        elif len(self.set) < 2:
+            raise ValueError("set: give at least 2 labels (or a schema)")
         known = {normalize(label) for label in self.set}
         if self.abstain is not None and normalize(self.abstain) in known | {""}:
             raise ValueError(f"abstain {self.abstain!r} must be a new, non-empty answer")
@@ -69,22 +115,34 @@ class LabelConfig(BaseModel):
             abstain=self.abstain,
         )
 
+    @property
+    def structured(self) -> StructuredSchema | None:
+        return None if self.schema_ is None else StructuredSchema.of(self.schema_)
+
+    def default_instruction(self) -> str:
+        """What follows the text when the job gives no ``instruction`` (unescaped)."""
+        if self.schema_ is not None:
+            return schema_instruction(self.schema_)
+        return label_instruction(self.to_spec())
+
     def prompt_template(self, text_column: str = "text") -> str:
-        """The prompt template, with ``{labels}`` filled in and column placeholders left as is.
+        """The prompt template, with ``{labels}`` / ``{schema}`` filled in, column placeholders left as is.
 
         Without an ``instruction`` the template is the text column followed by the default
         instruction. Literal braces are doubled (``{{``), as the dataset's renderer expects.
-        A ``Labels:`` line is appended when the template has none, because re-asks and the
-        sandbox agent read the label set from it.
+        A ``Labels:`` line (a ``JSON schema:`` line for a schema) is appended when the template
+        has none, because re-asks and the sandbox agent read the label set from it.
         """
-        spec = self.to_spec()
-        labels_line = _escape(f"Labels: {' | '.join(spec.labels)}")
         if self.instruction is None:
-            return f"{{{text_column}}}\n\n{_escape(label_instruction(spec))}"
+            return f"{{{text_column}}}\n\n{_escape(self.default_instruction())}"
+        if self.schema_ is not None:
+            line, marker, placeholder = schema_instruction(self.schema_).splitlines()[-1], "JSON schema:", "{schema}"
+        else:
+            line, marker, placeholder = f"Labels: {' | '.join(self.set)}", "Labels:", "{labels}"
         # str.replace, not format(): the other placeholders belong to the dataset renderer.
-        template = self.instruction.replace("{labels}", labels_line)
-        if not any(line.startswith("Labels:") for line in template.splitlines()):
-            template = f"{template.rstrip()}\n{labels_line}"
+        template = self.instruction.replace(placeholder, _escape(line))
+        if not any(ln.startswith(marker) for ln in template.splitlines()):
+            template = f"{template.rstrip()}\n{_escape(line)}"
         return template
 
 

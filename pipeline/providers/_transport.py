@@ -22,12 +22,12 @@ from httpx_sse import EventSource, SSEError
 
 from ..errors import (
     APIError,
-    ConfigError,
     ConnectionLost,
     MalformedResponse,
     NoSuchApi,
     RateLimited,
     Timeout,
+    check_secret,
     classify,
     redact,
     server_code,
@@ -228,18 +228,6 @@ def deadline(seconds: float) -> Iterator[None]:
             yield
     except TimeoutError:
         raise Timeout(f"no complete answer within {seconds:g} s (provider.timeout)") from None
-
-
-def check_secret(value: str, what: str) -> None:
-    """A key sent in a header must be printable ASCII without spaces: say where it is not, never what it is."""
-    bad = next(((i, ch) for i, ch in enumerate(value) if not "!" <= ch <= "~"), None)
-    if bad is None:
-        return
-    i, ch = bad
-    kind = ("a line break" if ch in "\r\n" else "a non-ASCII character" if ord(ch) > 127
-            else "a space or control character")
-    raise ConfigError(f"{what} contains {kind} at character {i + 1}; a key is printable ASCII "
-                      "(look for a pasted line break, space or quote)")
 
 
 def is_event_stream(response: httpx.Response) -> bool:

@@ -33,7 +33,7 @@ from ._transport import (
 )
 from .base import Account, CallResult, Price, PromptRequest
 
-__all__ = ["Agent", "Delta", "MomoClient", "MomoProvider", "StreamSummary"]
+__all__ = ["Agent", "Delta", "MomoClient", "MomoProvider", "StreamSummary", "more_pages", "streamed_result"]
 
 DEFAULT_BASE_URL = "https://api.momoai.pro/v1"
 MAX_PAGE_SIZE = 100
@@ -90,13 +90,18 @@ class MomoClient(ClientBase):
 
     async def list_agents(self, page_size: int = MAX_PAGE_SIZE) -> list[Agent]:
         """Every agent, walking the pages until ``total`` is reached (or a page comes back empty)."""
-        found: list[Agent] = []
-        page = 1
+        return [agent async for agent in self.iter_agents(page_size)]
+
+    async def iter_agents(self, page_size: int = MAX_PAGE_SIZE) -> AsyncGenerator[Agent, None]:
+        """Every agent, lazily: the next page is asked for only when this one is used up."""
+        fetched, page = 0, 1
         while True:
             agents, total = await self.agents_page(page, page_size)
-            found.extend(agents)
-            if not agents or len(found) >= total:
-                return found
+            for agent in agents:
+                yield agent
+            fetched += len(agents)
+            if not more_pages(fetched, len(agents), total):
+                return
             page += 1
 
     async def call(self, agent_id: int, prompt: str, *, temperature: float | None = None,
@@ -140,9 +145,7 @@ class MomoClient(ClientBase):
                         pieces.append(item.text)
                     else:
                         summary = item
-        if summary is None:
-            return CallResult("".join(pieces), None, None, None, cost_source="unknown")
-        return CallResult("".join(pieces), summary.request_id, summary.tokens_used, summary.cost)
+        return streamed_result(pieces, summary)
 
     async def balance(self) -> Account:
         """Balance, currency and prepaid token packages."""
@@ -197,6 +200,18 @@ async def _momo_events(response: httpx.Response, key: str) -> AsyncGenerator[Del
             yield Delta(str(payload["delta"] or ""))
 
 
+def streamed_result(pieces: list[str], summary: StreamSummary | None) -> CallResult:
+    """A streamed call as one result; without a summary, tokens and cost stay unknown (never invented)."""
+    if summary is None:
+        return CallResult("".join(pieces), None, None, None, cost_source="unknown")
+    return CallResult("".join(pieces), summary.request_id, summary.tokens_used, summary.cost)
+
+
+def more_pages(fetched: int, page_len: int, total: int) -> bool:
+    """Whether to ask for another page of agents: the last one was not empty and ``total`` is not reached."""
+    return page_len > 0 and fetched < total
+
+
 def _body(prompt: str, temperature: float | None, max_tokens: int | None, *, stream: bool) -> dict[str, Any]:
     body: dict[str, Any] = {"prompt": prompt, "stream": stream}
     if temperature is not None:
@@ -242,6 +257,16 @@ class MomoProvider:
         self.target = str(self.agent_id)
         self.endpoint = client.base_url  # part of every request key (see pipeline.keys)
         self._agent: Agent | None = None
+        self._owns_client = True
+
+    def retarget(self, target: str, *, prompt_price_per_million: float | None = None,
+                 completion_price_per_million: float | None = None) -> MomoProvider:
+        """Another agent behind the same key and client (a label job's escalation); MOMO reports
+        each call's cost, so no price is taken. Closing it leaves the shared client open."""
+        twin = MomoProvider(self.client, int(target))
+        twin.endpoint = self.endpoint
+        twin._owns_client = False
+        return twin
 
     async def complete(self, request: PromptRequest) -> CallResult:
         call = self.client.call_streaming if request.stream else self.client.call
@@ -261,4 +286,5 @@ class MomoProvider:
         return Price(per_million, per_million, "CNY")
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._owns_client:
+            await self.client.aclose()

@@ -19,12 +19,11 @@ from typing import Any
 
 import httpx
 
-from ..errors import APIError, InvalidApiKey, MalformedResponse, NoSuchApi, redact
+from ..errors import APIError, InvalidApiKey, MalformedResponse, NoSuchApi, check_secret, redact
 from ._transport import (
     ClientBase,
     TransportName,
     build_http_client,
-    check_secret,
     deadline,
     describe_body,
     error_from,
@@ -294,6 +293,20 @@ class OpenAIProvider:
         self.endpoint = client.base_url  # part of every request key (see pipeline.keys)
         self._price = Price(prompt_price_per_million, completion_price_per_million, currency)
         self._listed: bool | None = None
+        self._owns_client = True
+
+    def retarget(self, target: str, *, prompt_price_per_million: float | None = None,
+                 completion_price_per_million: float | None = None) -> OpenAIProvider:
+        """Another model behind the same key and client, priced from the given table (a label job's
+        escalation). Closing it leaves the shared client open."""
+        if prompt_price_per_million is None or completion_price_per_million is None:
+            raise ValueError("a relay model needs its prompt and completion prices")
+        twin = OpenAIProvider(self.client, target, prompt_price_per_million=prompt_price_per_million,
+                              completion_price_per_million=completion_price_per_million,
+                              currency=self._price.currency)
+        twin.endpoint = self.endpoint
+        twin._owns_client = False
+        return twin
 
     def cost(self, usage: Usage) -> float:
         p = self._price
@@ -345,4 +358,5 @@ class OpenAIProvider:
                                          "running anyway, the first call decides")
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._owns_client:
+            await self.client.aclose()

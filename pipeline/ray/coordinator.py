@@ -54,6 +54,10 @@ class ScheduleClock:
     async def sleep(self, seconds: float) -> None:
         self._mark = self.now() + max(0.0, seconds)
 
+    async def sleep_unless(self, event: anyio.Event, seconds: float) -> None:
+        """A probe episode's wait: scheduled like any other (the coordinator never waits)."""
+        await self.sleep(seconds)
+
 
 @dataclass
 class Lease:

@@ -85,8 +85,17 @@ class LeasedLimiter:
         self._successes: list[Headers] = []
         self.pending: list[Any] = []
         self.dropped = 0  # grants that came too late to use
+        self._granted = 0
 
-    async def acquire(self) -> None:
+    @property
+    def patience(self) -> float:
+        """429s are the coordinator's to pace; a row keeps retrying them this long (5 minutes)."""
+        return 300.0
+
+    def learned(self) -> dict[str, float | int | None]:
+        return {}  # the coordinator's limiter learns; a worker only holds leases
+
+    async def acquire(self) -> int:
         while True:
             if not self._slots:
                 async with self._refill:  # one lease at a time; the others wait for its grants
@@ -98,7 +107,8 @@ class LeasedLimiter:
             if wait > 0:
                 await anyio.sleep(wait)
             if time.time() - slot <= self._lateness:
-                return
+                self._granted += 1
+                return self._granted
             self.dropped += 1  # sent now, it would crowd the window of the grants after it
 
     async def _lease(self) -> None:
@@ -110,11 +120,12 @@ class LeasedLimiter:
         self._slots.extend(lease.slots)
 
     def on_success(self, limit: int | None = None, remaining: int | None = None,
-                   reset: float | None = None) -> None:
+                   reset: float | None = None, *, grant: int | None = None) -> None:
         self._successes.append((limit, remaining, reset))
 
     def on_rate_limited(self, retry_after: float | None = None, limit: int | None = None,
-                        remaining: int | None = None, reset: float | None = None) -> None:
+                        remaining: int | None = None, reset: float | None = None, *,
+                        grant: int | None = None) -> None:
         self._slots.clear()
         self.pending.append(self._coordinator.rate_limited.remote(retry_after, limit, remaining, reset))
 
@@ -275,7 +286,7 @@ class Engine:
         self.budget = SharedBudget(coordinator, spec.cap)
         worst = None
         if spec.price is not None and spec.cap is not None:
-            from ..estimate import worst_cost_fn  # the tokenizer: only for capped jobs
+            from ..estimator import worst_cost_fn  # the tokenizer: only for capped jobs
 
             worst = worst_cost_fn(job, spec.price)
         p = job.provider

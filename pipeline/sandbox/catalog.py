@@ -6,10 +6,13 @@ from typing import NamedTuple
 
 from .answers import stable_hash
 
-__all__ = ["LABEL_AGENT_ID", "QUOTA_PER_USD", "RELAY_PRICES", "Agent", "Price", "make_agents", "quota_units"]
+__all__ = ["LABEL_AGENT_ID", "LABEL_AGENT_IDS", "QUOTA_PER_USD", "RELAY_PRICES", "STRONG_LABEL_AGENT_ID", "Agent",
+           "Price", "make_agents", "quota_units"]
 
 GPT_AGENT_ID = 159
 LABEL_AGENT_ID = 301
+STRONG_LABEL_AGENT_ID = 302  # more accurate, 15 times the price: what label jobs escalate to
+LABEL_AGENT_IDS = frozenset({LABEL_AGENT_ID, STRONG_LABEL_AGENT_ID})
 QUOTA_PER_USD = 500_000  # new-api: 500000 quota units = 1 US dollar; "ratio 1" = $2 per million tokens
 
 _NAMES = ("writer", "translator", "coder", "summarizer", "tutor", "analyst", "poet", "critic", "planner", "editor")
@@ -56,9 +59,9 @@ def quota_units(price: Price, prompt_tokens: int, completion_tokens: int) -> int
 
 
 def make_agents(count: int) -> dict[int, Agent]:
-    """``count`` agents: always 159 (gpt5.2) and 301 (the labelling agent), then ids from 100 up."""
-    ids = [GPT_AGENT_ID, LABEL_AGENT_ID]
-    ids += [i for i in range(100, 100 + count + 2) if i not in ids][: count - 2]
+    """``count`` agents: 159 (gpt5.2), 301 and 302 (the labelling agents) first, then ids from 100 up."""
+    ids = [GPT_AGENT_ID, LABEL_AGENT_ID, STRONG_LABEL_AGENT_ID][:count]
+    ids += [i for i in range(100, 100 + count + 3) if i not in ids][: count - len(ids)]
     agents = {}
     for agent_id in sorted(ids):
         agents[agent_id] = _agent(agent_id)
@@ -70,6 +73,9 @@ def _agent(agent_id: int) -> Agent:
         return Agent(agent_id, "gpt5.2", "最新的 GPT 模型", 0.01, 4.8)
     if agent_id == LABEL_AGENT_ID:
         return Agent(agent_id, "label-zh-en", "Labels Chinese and English text with a given label set", 0.002, 4.6)
+    if agent_id == STRONG_LABEL_AGENT_ID:
+        return Agent(agent_id, "label-pro-zh-en", "Labels hard cases (sarcasm, mixed, negation) far more reliably",
+                     0.03, 4.9)
     h = stable_hash("agent", agent_id)
     name = f"{_NAMES[h % len(_NAMES)]}-{agent_id}"
     price = round(0.001 * (1 + h % 30), 4)

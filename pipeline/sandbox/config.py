@@ -4,19 +4,28 @@
 seed = 7
 window_seconds = 2.0          # a rate-limit "minute" lasts 2 s
 algorithm = "sliding_log"
+label_truth = "data/reviews-gold.csv"   # gold labels the labelling agents know (see .labeller)
 
 [keys.momo-sandbox-free]
 tier = "free"
 balance = 1.5
 packages = { 159 = 1000 }
 
+[keys.momo-short-window]       # 100 requests per 0.33 s: a server that counts in "10 s", not a minute
+limit = 100
+window_seconds = 0.33
+
 [relay_keys.sk-sandbox-relay]
 hard_limit_usd = 5.0
-rpm = 30
+rpm = 30                      # per window_seconds (the key's own, else the server's)
 
 [faults]
 server_error = 0.1
 reset = 0.05
+
+[labellers.301]               # the cheap labelling agent is right this often per call
+easy = 0.92
+hard = 0.6
 ```
 
 ``relay_numeric_codes``, ``hidden_models`` and ``missing_endpoints`` imitate relays that are not
@@ -25,16 +34,18 @@ quite new-api (LiteLLM's numeric codes, wildcard routes, no billing endpoints).
 
 from __future__ import annotations
 
+import csv
 import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "DEFAULT_KEYS",
     "DEFAULT_RELAY_KEYS",
     "FAULT_NAMES",
+    "POST_CHARGE_FAULTS",
     "STREAM_FAULTS",
     "TIER_LIMITS",
     "Algorithm",
@@ -42,6 +53,7 @@ __all__ = [
     "KeyConfig",
     "RelayKeyConfig",
     "SandboxConfig",
+    "SkillConfig",
     "Tier",
 ]
 
@@ -55,9 +67,11 @@ TIER_LIMITS: dict[str, int | None] = {"free": 10, "basic": 60, "pro": 300, "ente
 FAULT_NAMES: tuple[str, ...] = (
     "rate_limit", "server_error", "bad_gateway_html", "reset", "hang", "malformed", "success_false",
     "stream_mid_error", "stream_drop", "stream_no_summary", "stream_split", "stream_crlf", "stream_keepalive",
-    "conflict", "context_window", "trickle", "echo_key",
+    "conflict", "context_window", "trickle", "echo_key", "charged_reset", "charged_malformed",
 )
 STREAM_FAULTS = frozenset(name for name in FAULT_NAMES if name.startswith("stream_"))
+# faults that strike after the call was charged: the client pays and gets no answer
+POST_CHARGE_FAULTS = frozenset({"charged_reset", "charged_malformed"})
 
 
 class _Strict(BaseModel):
@@ -65,19 +79,30 @@ class _Strict(BaseModel):
 
 
 class KeyConfig(_Strict):
-    """A MOMO API key: its rate tier, money (CNY) and prepaid token packages per agent id."""
+    """A MOMO API key: its rate tier, money (CNY) and prepaid token packages per agent id.
+
+    ``limit`` / ``window_seconds`` override the tier: ``limit`` requests per ``window_seconds`` (real
+    seconds; default the server's "minute"), so a key can count in a window other than a minute.
+    """
 
     tier: Tier = "pro"
     balance: float = Field(default=1000.0, ge=0)
     packages: dict[int, int] = Field(default_factory=dict)
+    limit: int | None = Field(default=None, ge=1)
+    window_seconds: float | None = Field(default=None, gt=0)
 
 
 class RelayKeyConfig(_Strict):
-    """A relay API key (``sk-…``). Keys of one user share that user's quota."""
+    """A relay API key (``sk-…``). Keys of one user share that user's quota.
+
+    ``rpm`` requests per ``window_seconds`` (default the server's "minute"); its 429s carry no body and
+    no header at all, as LiteLLM-style proxies send them.
+    """
 
     user_id: str = "1"
     hard_limit_usd: float = Field(default=100.0, ge=0)
     rpm: int | None = Field(default=None, ge=1)
+    window_seconds: float | None = Field(default=None, gt=0)
 
 
 _Prob = Field(default=0.0, ge=0.0, le=1.0)
@@ -108,6 +133,8 @@ class FaultConfig(_Strict):
     context_window: float = _Prob  # HTTP 400: the prompt is over the model's context window
     trickle: float = _Prob  # HTTP 200 whose body comes a byte at a time for hang_seconds, then drops
     echo_key: float = _Prob  # HTTP 400 whose message quotes the key without its first 3 characters ("sk-")
+    charged_reset: float = _Prob  # charged, then the connection is reset before the answer
+    charged_malformed: float = _Prob  # charged, then HTTP 200 whose JSON breaks off half-way
     # After this many faults for one (key, prompt) it always succeeds, so a client's retries converge.
     max_faults_per_prompt: int = Field(default=3, ge=0)
     apply_to: Literal["all", "calls"] = "calls"
@@ -118,6 +145,26 @@ class FaultConfig(_Strict):
         if total > 1.0 + 1e-9:
             raise ValueError(f"fault probabilities add up to {total:.3f}; at most one fault per request (≤ 1)")
         return self
+
+
+class SkillConfig(_Strict):
+    """How often a labelling target is right per call, on easy rows and on hard ones."""
+
+    easy: float = Field(ge=0.0, le=1.0)
+    hard: float = Field(ge=0.0, le=1.0)
+
+
+# MOMO 301 is the cheap labelling agent, 302 the strong one (and 15 times its price); relay models
+# are ranked as their prices suggest. Other targets get ``default_labeller``.
+DEFAULT_LABELLERS: dict[str, SkillConfig] = {
+    "301": SkillConfig(easy=0.92, hard=0.6),
+    "302": SkillConfig(easy=0.98, hard=0.9),
+    "gpt-4o-mini": SkillConfig(easy=0.92, hard=0.6),
+    "gpt-4.1-mini": SkillConfig(easy=0.94, hard=0.7),
+    "deepseek-chat": SkillConfig(easy=0.94, hard=0.7),
+    "claude-3-5-haiku": SkillConfig(easy=0.93, hard=0.65),
+    "gpt-4o": SkillConfig(easy=0.98, hard=0.9),
+}
 
 
 def _default_keys() -> dict[str, KeyConfig]:
@@ -150,6 +197,30 @@ class SandboxConfig(_Strict):
     relay_numeric_codes: bool = False
     hidden_models: list[str] = Field(default_factory=list)
     missing_endpoints: list[str] = Field(default_factory=list)  # paths answered 404, e.g. "/api/user/self"
+    # Labelling targets (see .labeller): gold labels they know (a CSV with text, gold, optional case),
+    # and how often each is right per call; the draws follow ``seed``.
+    label_truth: Path | None = None
+    labellers: dict[str, SkillConfig] = Field(default_factory=lambda: dict(DEFAULT_LABELLERS))
+    default_labeller: SkillConfig = SkillConfig(easy=0.9, hard=0.6)
+
+    @field_validator("label_truth")
+    @classmethod
+    def _truth_readable(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                header = next(csv.reader(fh), [])
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {path} ({exc})") from None
+        if not {"text", "gold"} <= set(header):
+            raise ValueError(f"{path} needs the columns text and gold (it has {header})")
+        return path
+
+    @field_validator("labellers")
+    @classmethod
+    def _over_defaults(cls, given: dict[str, SkillConfig]) -> dict[str, SkillConfig]:
+        return {**DEFAULT_LABELLERS, **given}  # [labellers.301] changes 301 and keeps the others
 
     @classmethod
     def from_toml(cls, path: str | Path) -> SandboxConfig:

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import STREAM_FAULTS
+from .config import POST_CHARGE_FAULTS, STREAM_FAULTS
 from .log import fingerprint
 from .state import SandboxState
 from .wire import BAD_GATEWAY_HTML, abort, bearer, new_record, trickle, truncated
@@ -51,8 +51,8 @@ class Handlers:
     async def _fault_reply(self, request: web.Request, rec: dict[str, Any], fault: str,
                            stream: bool = False) -> web.StreamResponse | None:
         """The reply an injected fault gives instead of an answer; None for stream faults. Nothing is charged."""
-        if fault in STREAM_FAULTS:
-            return None
+        if fault in STREAM_FAULTS or fault in POST_CHARGE_FAULTS:
+            return None  # the answer path charges first, then applies it
         if fault == "bad_gateway_html":
             return self._finish(rec, web.Response(status=502, text=BAD_GATEWAY_HTML, content_type="text/html"))
         if fault == "reset":
@@ -67,6 +67,16 @@ class Handlers:
         if fault == "hang":  # logged now; answered (504) when the client has long given up
             await asyncio.sleep(self.cfg.hang_seconds)
         return reply
+
+    async def _after_charge(self, request: web.Request, rec: dict[str, Any], body: Any,
+                            stream: bool) -> web.StreamResponse | None:
+        """A post-charge fault: the call is paid for, the answer is lost on the way (logged as charged)."""
+        if rec["fault"] == "charged_reset":
+            self.state.log.append(rec)
+            return abort(request, reset=True)
+        if rec["fault"] == "charged_malformed":
+            return self._finish(rec, await truncated(request, body, stream))
+        return None
 
     async def _other_fault(self, request: web.Request, rec: dict[str, Any]) -> web.StreamResponse | None:
         """A fault on a request that is not a call (only with ``faults.apply_to = "all"``)."""

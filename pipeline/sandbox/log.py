@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["RequestLog", "fingerprint"]
+__all__ = ["RequestLog", "fingerprint", "max_in_any_window"]
 
 
 @lru_cache(maxsize=4096)
@@ -61,3 +61,15 @@ class RequestLog:
 
     def __len__(self) -> int:
         return len(self._records)
+
+
+def max_in_any_window(times: list[float], window: float) -> int:
+    """The largest number of events inside any half-open interval of length ``window``: what a
+    server counting in windows of that length, aligned anywhere, would have seen at most."""
+    times = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while times[lo] <= t - window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from .answers import PROMPT_OVERHEAD, answer, completion_tokens, count_tokens
-from .catalog import LABEL_AGENT_ID, Agent
+from .catalog import LABEL_AGENT_IDS, Agent
 from .handlers import Handlers
 from .ratelimit import Decision
 from .state import MomoAccount
@@ -197,9 +197,12 @@ class MomoApi(Handlers):
         rid = request_id("req_")
         rec.update(charged=True, cost=charge.cost, tokens_used=tokens, package_tokens=charge.package_tokens,
                    request_id=rid)
-        content = answer(agent.id, prompt, params.temperature, rec["n"], labelling=agent.id == LABEL_AGENT_ID)
+        labeller = self.state.labeller if agent.id in LABEL_AGENT_IDS else None
+        content = answer(agent.id, prompt, params.temperature, rec["n"], labeller=labeller)
+        data = {"id": rid, "content": content, "tokens_used": tokens, "cost": charge.cost}
+        if (lost := await self._after_charge(request, rec, {"success": True, "data": data}, params.stream)):
+            return lost
         if not params.stream:
-            data = {"id": rid, "content": content, "tokens_used": tokens, "cost": charge.cost}
             return self._finish(rec, json_reply({"success": True, "data": data}, headers=headers))
         fault = rec["fault"]
         summary = {"done": True, "id": rid, "tokens_used": tokens, "cost": charge.cost}

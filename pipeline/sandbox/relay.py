@@ -192,9 +192,13 @@ class RelayApi(Handlers):
         rid = request_id("chatcmpl-")
         rec.update(charged=True, cost=quota / QUOTA_PER_USD, tokens_used=prompt_tokens + completion, quota=quota,
                    request_id=rid)
-        content = answer(params.model, params.messages[-1][1], params.temperature, rec["n"], labelling=True)
+        content = answer(params.model, params.messages[-1][1], params.temperature, rec["n"],
+                         labeller=self.state.labeller)
+        body = _completion(rid, params.model, content, prompt_tokens, completion)
+        if (lost := await self._after_charge(request, rec, body, params.stream)):
+            return lost
         if not params.stream:
-            return self._finish(rec, json_reply(_completion(rid, params.model, content, prompt_tokens, completion)))
+            return self._finish(rec, json_reply(body))
         return await self._stream(request, rec, rid, params, content, _usage(prompt_tokens, completion))
 
     async def _stream(self, request: web.Request, rec: dict[str, Any], rid: str, params: ChatParams, content: str,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from .catalog import QUOTA_PER_USD, Agent, make_agents
 from .config import TIER_LIMITS, SandboxConfig
 from .faults import FaultPicker
+from .labeller import Labeller, Truth
 from .log import RequestLog
 from .ratelimit import Limiter, make_limiter
 
@@ -63,21 +64,25 @@ class SandboxState:
     users: dict[str, RelayUser] = field(init=False)
     agents: dict[int, Agent] = field(init=False)
     faults: FaultPicker = field(init=False)
+    labeller: Labeller = field(init=False)
     log: RequestLog = field(init=False)
 
     def __post_init__(self) -> None:
         cfg, window, algorithm = self.cfg, self.cfg.window_seconds, self.cfg.algorithm
         self.momo = {key: MomoAccount(k.tier, k.balance, dict(k.packages),
-                                      make_limiter(algorithm, TIER_LIMITS[k.tier], window))
+                                      make_limiter(algorithm, k.limit or TIER_LIMITS[k.tier],
+                                                   k.window_seconds or window))
                      for key, k in cfg.keys.items()}
         self.users = {}
         self.relay = {}
         for key, rk in cfg.relay_keys.items():
             # A user's credit is the hard limit of its first key.
             user = self.users.setdefault(rk.user_id, RelayUser(rk.user_id, rk.hard_limit_usd))
-            self.relay[key] = RelayKey(user, make_limiter(algorithm, rk.rpm, window))
+            self.relay[key] = RelayKey(user, make_limiter(algorithm, rk.rpm, rk.window_seconds or window))
         self.agents = make_agents(cfg.agent_count)
         self.faults = FaultPicker(cfg.seed, cfg.faults)
+        truth = Truth.read(cfg.label_truth) if cfg.label_truth is not None else None
+        self.labeller = Labeller(cfg.seed, cfg.labellers, cfg.default_labeller, truth)
         self.log = RequestLog(cfg.request_log)
         self._seen: dict[tuple[str, str], int] = {}
 

@@ -1,0 +1,177 @@
+"""``make bench``: how close the limiter comes to a server's real rate (issue 10, parts 1 and 2).
+
+    .venv/bin/python bench/rate_limits.py [--scale S] [--repeat 1] [--algorithms fixed_window,...]
+
+Each scenario runs against every window algorithm of the sandbox, over real HTTP on 127.0.0.1,
+with time scaled down (scenario 1 × 0.25, scenario 2 × 0.1, or ``--scale``), 50 ms per call
+(scaled likewise), 16 calls in flight, the sandbox in a thread of the same process:
+
+1. **A server counting in a shorter window.** The job is told 600 requests/minute; the key allows
+   100 per 10 s (the same average) and says so in ``X-RateLimit-*`` headers. 400 rows: ideal 40 s.
+2. **No rate given.** The job is ``enterprise`` (unlimited); a LiteLLM-style relay allows 60 per
+   minute and answers 429 with no body, no ``Retry-After`` and no ``X-RateLimit-*``. 600 rows:
+   ideal 10 minutes; and the same with 150 rows (the issue's case), where the first burst weighs
+   more: it costs up to ``concurrency`` 429s whatever the client does (they are already in flight
+   when the limit is reached), 16 of about 170 calls here.
+
+"Ideal" is rows ÷ the server's average rate (a fixed window can beat it, by its first burst).
+"Wall" is the whole ``run_job`` (reading, journal, Parquet output included); "calls" is the span
+from the first to the last call the server saw. All times are unscaled. "429s" are counted in the
+server's request log, as a share of all calls it saw. Goals: (1) wall ≤ 1.15 × ideal, ≤ 1 % extra
+calls, no row lost; (2) every row ok, ≤ 10 % of calls answered 429, wall ≤ 1.3 × ideal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+ALGORITHMS = ("fixed_window", "sliding_log", "token_bucket")
+CONCURRENCY = 16
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    rows: int
+    limit: int  # what the server allows per server_window
+    server_window: float  # real (unscaled) seconds
+    goal_wall: float
+    goal_extra: float  # percent of calls
+    scale: float  # real seconds per scenario second
+    told: bool  # the job is told 600/min and the server sends X-RateLimit-* (else: enterprise, header-less)
+
+
+WINDOW = Scenario("1. told 600/min, server 100 per 10 s (headers)", 400, 100, 10.0, 1.15, 1.0, 0.25, True)
+FIND = Scenario("2. no rate given, server 60/min (header-less 429s)", 600, 60, 60.0, 1.3, 10.0, 0.1, False)
+FIND_SHORT = Scenario("2b. the same, 150 rows", 150, 60, 60.0, 1.3, 10.0, 0.1, False)
+
+
+@dataclass(frozen=True)
+class Result:
+    wall: float  # unscaled seconds
+    span: float  # first to last call at the server, unscaled seconds
+    ideal: float
+    ok: int
+    rows: int
+    calls: int
+    refused: int
+    learned: dict[str, Any]
+    scale: float
+
+    @property
+    def ratio(self) -> float:
+        return self.wall / self.ideal
+
+    @property
+    def extra(self) -> float:
+        return 100 * self.refused / self.calls
+
+
+def _questions(path: Path, n: int) -> Path:
+    import polars as pl
+
+    pl.DataFrame({"id": [f"q{i:05d}" for i in range(n)],
+                  "question": [f"Question {i}: what is {i} squared?" for i in range(n)]}).write_csv(path)
+    return path
+
+
+def _job(kind: str, data: Path, out: Path, url: str, limits: dict[str, Any]) -> Any:
+    from pipeline import Job
+    from pipeline.sandbox import RELAY_PRICES
+
+    if kind == "momo":
+        provider = {"kind": "momo", "base_url": url, "agent_id": 159, "max_tokens": 300}
+    else:
+        price = RELAY_PRICES["gpt-4o-mini"]
+        provider = {"kind": "openai", "model": "gpt-4o-mini", "max_tokens": 100, "base_url": url,
+                    "prompt_price_per_million": price.prompt, "completion_price_per_million": price.completion}
+    return Job.from_dict({"input": {"path": str(data), "id_column": "id"}, "prompt": {"template": "{question}"},
+                          "provider": provider, "limits": {"concurrency": CONCURRENCY, **limits},
+                          "output": {"path": str(out)}})
+
+
+async def _run_job(job: Any, key: str, url: str) -> Any:
+    from pipeline import Credentials, open_provider, run_job
+
+    provider = open_provider(job.provider, Credentials(key), base_url=url, max_connections=CONCURRENCY)
+    try:
+        return await run_job(job, provider)
+    finally:
+        await provider.aclose()
+
+
+def run_once(scenario: Scenario, algorithm: str, scale: float, tmp: Path) -> Result:
+    from pipeline.sandbox import KeyConfig, RelayKeyConfig, Sandbox, SandboxConfig
+
+    minute = 60.0 * scale
+    data = _questions(tmp / "q.csv", scenario.rows)
+    out = tmp / f"out-{time.monotonic_ns()}.parquet"
+    cfg = SandboxConfig(window_seconds=minute, algorithm=algorithm, latency_ms=50 * scale,
+                        keys={"momo-bench": KeyConfig(limit=scenario.limit,
+                                                      window_seconds=scenario.server_window * scale)},
+                        relay_keys={"sk-bench": RelayKeyConfig(rpm=scenario.limit,
+                                                               window_seconds=scenario.server_window * scale)})
+    with Sandbox(cfg).running() as sb:
+        if scenario.told:
+            job = _job("momo", data, out, sb.momo_url, {"requests_per_minute": 600, "window_seconds": minute})
+            key, url, path = "momo-bench", sb.momo_url, "/v1/agents/159"
+        else:
+            job = _job("openai", data, out, sb.relay_url, {"tier": "enterprise", "window_seconds": minute})
+            key, url, path = "sk-bench", sb.relay_url, "/v1/chat/completions"
+        t0 = time.perf_counter()
+        report = anyio.run(_run_job, job, key, url)
+        wall = time.perf_counter() - t0
+        posts = [r for r in sb.records() if r["path"] == path]
+    ideal = scenario.rows / (scenario.limit / scenario.server_window)
+    span = max(r["ts"] for r in posts) - min(r["ts"] for r in posts)
+    return Result(wall / scale, span / scale, ideal, report.stats.ok, scenario.rows, len(posts),
+                  sum(r["status"] == 429 for r in posts), report.extra["rate_limiter"], scale)
+
+
+def median_run(scenario: Scenario, algorithm: str, scale: float, repeat: int) -> Result:
+    with tempfile.TemporaryDirectory(prefix="momo-bench-") as tmp:
+        runs = [run_once(scenario, algorithm, scale, Path(tmp)) for _ in range(repeat)]
+    middle = statistics.median_low(r.wall for r in runs)
+    return next(r for r in runs if r.wall == middle)
+
+
+def _row(algorithm: str, r: Result, scenario: Scenario) -> str:
+    met = r.ok == r.rows and r.ratio <= scenario.goal_wall and r.extra <= scenario.goal_extra
+    window = r.learned.get("server_window_seconds")
+    found = r.learned.get("found_per_minute")
+    learned = f"window {window / r.scale:.1f} s" if window else f"found {found or '-'}/min"
+    return (f"| {algorithm:<12} | {r.ok}/{r.rows} | {r.ideal:4.0f} s | {r.wall:6.1f} s | {r.span:6.1f} s "
+            f"| {r.ratio:5.2f}× "
+            f"| {r.refused:3d} of {r.calls:4d} ({r.extra:4.1f} %) | {learned:<18} | {'yes' if met else 'NO'} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, help="real seconds per scenario second (default: per scenario)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per cell; the median wall is shown")
+    parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
+    parser.add_argument("--only", choices=["1", "2", "2b"], help="run one scenario")
+    args = parser.parse_args()
+    for scenario in (WINDOW, FIND, FIND_SHORT):
+        if args.only and scenario.name.split(".")[0] != args.only:
+            continue
+        scale = args.scale or scenario.scale
+        print(f"\n{scenario.name}: {scenario.rows} rows; goal wall ≤ {scenario.goal_wall}× ideal, "
+              f"429s ≤ {scenario.goal_extra} % of calls (time scale {scale}, figures unscaled)")
+        print("| server algorithm | rows ok | ideal | wall | calls | wall/ideal | 429s of calls | learned "
+              "| goal met |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for algorithm in args.algorithms.split(","):
+            print(_row(algorithm, median_run(scenario, algorithm, scale, args.repeat), scenario), flush=True)
+
+
+if __name__ == "__main__":
+    main()
