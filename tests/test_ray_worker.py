@@ -106,3 +106,18 @@ async def test_what_another_worker_finished_is_not_sent_again(tmp_path: Path, sa
     assert len(calls(sandbox.records())) == 20  # 12 by the first worker, 8 by the second
     assert isinstance(out, pl.DataFrame) and (out["status"] == "ok").all()
     assert {state for state, _ in finals.values()} == {FINAL} and len(finals) == 20
+
+
+def test_an_address_nobody_answers_on_is_refused_at_once(tmp_path: Path) -> None:
+    import time
+
+    import pytest
+
+    from pipeline.errors import ConfigError
+    from pipeline.ray import RayOptions, run_job
+
+    job = momo_job(questions(tmp_path / "q.csv", 3), tmp_path / "out.parquet", "http://127.0.0.1:9/v1")
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"--address 127.0.0.1:9: no Ray cluster answers there"):
+        run_job(job, Credentials(KEY), options=RayOptions(address="127.0.0.1:9"))
+    assert time.monotonic() - started < 5

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 import warnings
@@ -84,6 +85,7 @@ def run_job(job: Job | str | Path, credentials: Credentials, *, base_url: str | 
         raise ConfigError("a cost cap needs the target's price (the worst case of a call)")
     started_ray = not ray.is_initialized()
     if started_ray:
+        _reachable(opts.address)
         try:  # Ray's own chatter (execution plans, progress) stays in its log files, errors still show
             ray.init(address=opts.address, **{"include_dashboard": False, "logging_level": logging.WARNING,
                                               "log_to_driver": False, **opts.init})
@@ -100,6 +102,19 @@ def run_job(job: Job | str | Path, credentials: Credentials, *, base_url: str | 
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A ``host:port`` that nothing answers on is one line at once (Ray itself retries for minutes)."""
+    given = address or ""
+    host, _, port = given.rpartition(":")
+    if not host or not port.isdigit() or "://" in given:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
+                          "start one with `ray start --head`") from None
 
 
 def _check(job: Job) -> None:
