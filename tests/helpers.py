@@ -64,13 +64,13 @@ def write_job_toml(path: Path, tables: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
-def cli(*args: str, key: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, key: str | None = None, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
     """``python -m pipeline ARGS`` from the project root, with no key from outside but ``key`` / ``env``."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("MOMO_", "OPENAI_", "RELAY_"))}
     if key:
         environ["MOMO_API_KEY"] = key
     return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
-                          env={**environ, **env}, cwd=ROOT, timeout=60)
+                          env={**environ, **env}, cwd=ROOT, timeout=timeout)
 
 
 def sha(text: str) -> str:

@@ -33,7 +33,7 @@ from .helpers import (
 
 ray = pytest.importorskip("ray")
 
-pytestmark = [pytest.mark.timeout(150), pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")]
+pytestmark = [pytest.mark.timeout(600), pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,7 +43,8 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("ray-home")
     before = os.environ.get("HOME")
     os.environ["HOME"] = str(home)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # on loopback: the tests' Ray (its GCS, raylets, workers) talks to nothing but this machine
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
         yield home
     finally:
@@ -143,7 +144,7 @@ def test_four_workers_share_one_tier_and_write_what_a_local_run_writes(tmp_path:
         })
         address = ray.get_runtime_context().gcs_address
         done = cli("run", str(job), "--ray", "--address", address, "--workers", "4", "--json", "--quiet",
-                   key="momo-sandbox-pro", HOME=str(local_ray))
+                   key="momo-sandbox-pro", HOME=str(local_ray), timeout=300)
         records = calls(sb.records())
         local = cli("run", str(job), "--output", str(tmp_path / "local.parquet"), "--limit", "40", "--json",
                     "--quiet", key="momo-sandbox-pro")

@@ -87,8 +87,10 @@ def run_job(job: Job | str | Path, credentials: Credentials, *, base_url: str | 
     if started_ray:
         _reachable(opts.address)
         try:  # Ray's own chatter (execution plans, progress) stays in its log files, errors still show
+            # a local Ray listens on loopback only: nothing of this job's leaves the machine
+            local = {} if opts.address else {"_node_ip_address": "127.0.0.1"}
             ray.init(address=opts.address, **{"include_dashboard": False, "logging_level": logging.WARNING,
-                                              "log_to_driver": False, **opts.init})
+                                              "log_to_driver": False, **local, **opts.init})
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {opts.address}" if opts.address else "a local Ray"
             raise ConfigError(f"cannot start or join {where} ({_first_line(exc)})") from None
