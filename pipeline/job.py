@@ -28,6 +28,7 @@ from .providers.base import PromptRequest, Provider
 from .result import Unfinished
 from .runner import Caller, Fanout, RunStats, Stop, WorstCost
 from .sink import finalise
+from .tokens import release as release_tokenizer
 
 
 @dataclass
@@ -148,6 +149,8 @@ async def run_job(
                               warn=note) if check else None
     if cap is not None and worst_cost is None:
         worst_cost = worst_cost_fn(job, checked.price if checked else await provider.price())
+    if worst_cost is None:
+        release_tokenizer()  # counted what the preflight needed; the run counts nothing more
     stats = stats or RunStats()
     stop = stop or Stop()
     with Ledger.open(out, restart=restart) as ledger, _open_cache(job.reuse.cache) as shared:

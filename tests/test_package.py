@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pipeline
+from pipeline._memory import SETTINGS
 
 
 def test_every_public_name_resolves_and_each_is_listed_once() -> None:
@@ -24,3 +26,20 @@ def test_a_public_function_is_not_shadowed_by_a_submodule_of_its_name() -> None:
     import pipeline.job  # noqa: F401  (loads the estimator module too)
 
     assert callable(pipeline.estimate) and callable(pipeline.evaluate) and callable(pipeline.run_job)
+
+
+def test_the_cli_sets_the_allocators_before_polars_loads_and_a_late_call_changes_nothing() -> None:
+    code = ("import os, sys, pipeline.cli; sys.argv = ['momo-batch', '--help']\n"
+            "try: pipeline.cli.main()\nexcept SystemExit: pass\n"
+            "print(os.environ['_RJEM_MALLOC_CONF'], os.environ['ARROW_DEFAULT_MEMORY_POOL'])")
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split()[-2:] == [SETTINGS["_RJEM_MALLOC_CONF"], SETTINGS["ARROW_DEFAULT_MEMORY_POOL"]]
+    late = ("import os, polars; from pipeline._memory import tune_allocators\n"
+            "print(tune_allocators(), os.environ.get('_RJEM_MALLOC_CONF'))")
+    out = subprocess.run([sys.executable, "-c", late], capture_output=True, text=True, check=True, env=env)
+    too_late, conf = out.stdout.split()
+    assert too_late == "False" and conf != SETTINGS["_RJEM_MALLOC_CONF"]  # (polars sets a default of its own)
+    mine = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**env, "ARROW_DEFAULT_MEMORY_POOL": "jemalloc"})
+    assert mine.stdout.split()[-1] == "jemalloc"  # a setting of the user's own wins

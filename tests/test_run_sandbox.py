@@ -234,3 +234,31 @@ async def test_header_less_429s_find_the_rate_from_an_unlimited_start(tmp_path: 
     assert 0 < refused <= 0.35 * len(records)  # the first burst costs up to `concurrency` of them
     found = report.extra["rate_limiter"]["found_per_minute"]
     assert found is not None and found <= 2 * 20  # settled near the server's rate, not at the first burst's
+
+
+async def test_a_run_without_a_cap_drops_the_vocabulary_after_its_preflight_and_a_capped_one_keeps_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The o200k tables (~45 MB, ``test_tokens.py`` measures it) are needed by the preflight's
+    counts and by a cap's per-call worst case, and by nothing else: a run without a cap gives them
+    back before its first call. (The sandbox here shares the process and loads them for itself, so
+    the release is watched rather than the tokenizer's cache.)"""
+    import pipeline.job
+    from pipeline import tokens
+
+    events: list[str] = []
+
+    def release() -> None:
+        events.append("release")
+        tokens.release()
+
+    monkeypatch.setattr(pipeline.job, "release_tokenizer", release)
+    data = questions(tmp_path / "q.csv", 5)
+    with Sandbox(SandboxConfig()).running() as sb:
+        job = momo_job(data, tmp_path / "out.parquet", sb.momo_url)
+        free = await run(job, "momo-sandbox-enterprise", sb.momo_url, on_result=lambda _: events.append("row"))
+        assert free.exit_code == 0 and events == ["release"] + ["row"] * 5
+        events.clear()
+        capped = await run(job, "momo-sandbox-enterprise", sb.momo_url, restart=True, max_cost=5.0,
+                           on_result=lambda _: events.append("row"))
+    assert capped.exit_code == 0 and events == ["row"] * 5
+    assert "reconciliation" in free.extra  # the preflight ran (and counted)
