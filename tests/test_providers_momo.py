@@ -285,3 +285,21 @@ async def test_cookies_are_neither_kept_nor_sent() -> None:
         await c.balance()
         await c.balance()
     assert "cookie" not in seen[1].headers  # bearer auth only: the jar is never filled
+
+
+@pytest.mark.parametrize("base", ["https://api.example.com/v1", "https://api.example.com/v1/", "http://h:8/p/q"])
+async def test_a_prebuilt_request_is_the_request_httpx_itself_builds(base: str) -> None:
+    """The clients skip httpx's per-call merging of URL, headers and timeout (``build_request``):
+    what goes out must be exactly what httpx's own ``build_request`` makes, call after call."""
+    async with MomoClient("k-123", base, timeout=7) as c:
+        http = c._http
+        for _ in range(2):  # the second comes from the cache of built URLs
+            fast = http.build_request("POST", "agents/159", json={"prompt": "p", "stream": False})
+            slow = httpx.AsyncClient.build_request(http, "POST", "agents/159", json={"prompt": "p", "stream": False})
+            assert fast.url == slow.url and str(fast.url).endswith("/agents/159")
+            assert fast.headers.multi_items() == slow.headers.multi_items()
+            assert fast.extensions == slow.extensions and fast.read() == slow.read()
+        with_params = http.build_request("GET", "agents", params={"page": 2})  # not the fast path
+        assert with_params.url.params["page"] == "2"
+        own = http.build_request("GET", "x", headers={"Accept": "text/event-stream"})
+        assert own.headers["accept"] == "text/event-stream" and own.headers["authorization"] == "Bearer k-123"
