@@ -9,7 +9,11 @@
    Ray started before the clock starts) over the same input, each in a child process. Two figures
    each: rows/s over the whole ``run_job`` call (for Ray: worker start-up and the driver writing the
    output included), and rows/s between the first and the last call (steady state).
-3. The coordinator actor alone: 8 concurrent callers ask for leases of 1, 16 and 64 grants from a
+3. Tier use: 4 workers at the pro tier (300 calls per window) against a sandbox counting in a
+   sliding window of ``--tier-window`` seconds (time scaled down from a minute), the same job
+   once in one process: from the sandbox's own request log, the most calls in any window (never
+   more than 300) and the calls in each whole window from the first call on, as a share of 300.
+4. The coordinator actor alone: 8 concurrent callers ask for leases of 1, 16 and 64 grants from a
    limiter that never binds, for 3 s each; grants/s and lease round trips/s. Then what a capped
    job adds per call (a reservation and its settlement): calls/s.
 """
@@ -111,6 +115,75 @@ def child_ray(url: str, data: Path, out: Path, workers: int) -> dict[str, float]
             "cpu_driver": driver}
 
 
+def child_tier(url: str, data: Path, out: Path, workers: int, window: float) -> dict[str, float]:
+    """The job at the pro tier with time scaled to ``window``: on Ray with ``workers``, or (0) in one process."""
+    from pipeline import Credentials, Job
+
+    job = Job.from_dict({
+        "input": {"path": str(data), "id_column": "id"},
+        "prompt": {"template": "{question}"},
+        "provider": {"kind": "momo", "base_url": url, "agent_id": 159, "max_tokens": 300},
+        "limits": {"tier": "pro", "window_seconds": window, "concurrency": 16},
+        "output": {"path": str(out)},
+    })
+    if workers == 0:
+        import anyio
+
+        from pipeline import open_provider
+        from pipeline import run_job as local_run
+
+        async def go() -> Any:
+            provider = open_provider(job.provider, Credentials("momo-sandbox-pro"), base_url=url)
+            try:
+                return await local_run(job, provider)
+            finally:
+                await provider.aclose()
+
+        report = anyio.run(go)
+        return {"ok": report.stats.ok, "dropped": 0}
+    import ray
+
+    from pipeline.ray import RayOptions, run_job
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    report = run_job(job, Credentials("momo-sandbox-pro"), base_url=url, options=RayOptions(workers=workers))
+    ray.shutdown()
+    return {"ok": report.stats.ok, "dropped": report.extra["ray"]["dropped_grants"]}
+
+
+def tier_use(times: list[float], window: float, limit: int) -> dict[str, float]:
+    """From the server's log: the most calls in any ``window``, and each whole window's calls from
+    the first call on (the last, partial window left out) as a share of ``limit``."""
+    times = sorted(times)
+    most, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window:
+            j += 1
+        most = max(most, i - j + 1)
+    whole = int((times[-1] - times[0]) // window)
+    shares = [sum(times[0] + k * window <= t < times[0] + (k + 1) * window for t in times) / limit
+              for k in range(whole)]
+    return {"most": most, "windows": whole, "min_share": min(shares, default=0.0),
+            "mean_share": sum(shares) / len(shares) if shares else 0.0}
+
+
+def tier_runs(tmp: Path, window: float, latency_ms: float) -> list[tuple[str, dict[str, float]]]:
+    from pipeline.sandbox import Sandbox, SandboxConfig
+
+    rows = 300 * 5  # five windows' worth
+    data = _input(tmp / "tier.parquet", rows)
+    results = []
+    for label, workers in (("one process", 0), ("Ray, 4 workers", 4)):
+        cfg = SandboxConfig(window_seconds=window, algorithm="sliding_log", latency_ms=latency_ms)
+        with Sandbox(cfg).running() as sb:
+            got = _child("tier", sb.momo_url, str(data), str(tmp / f"tier-{workers}.parquet"), str(workers),
+                         str(window))
+            records = [r for r in sb.records() if r.get("prompt_sha")]  # the agent calls
+        use = tier_use([r["ts"] for r in records], window, 300)
+        results.append((label, {**got, **use, "refused": sum(r["status"] == 429 for r in records)}))
+    return results
+
+
 def child_leases(seconds: float) -> dict[str, dict[str, float]]:
     import ray
 
@@ -193,6 +266,7 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=50)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--lease-seconds", type=float, default=3.0)
+    ap.add_argument("--tier-window", type=float, default=6.0, help="the scaled window of the tier-use runs")
     ap.add_argument("--quick", action="store_true", help="5,000 rows, 1 s per lease size")
     args = ap.parse_args()
     if args.quick:
@@ -209,6 +283,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(10)
+        tiers = tier_runs(tmp, args.tier_window, args.latency_ms)
     leases = _child("leases", str(args.lease_seconds))
     print(f"\n{'':<34}{'rows':>9}{'rows/s whole':>14}{'rows/s steady':>15}")
     for label, r in (("single process (pipeline.run_job)", local),
@@ -221,6 +296,12 @@ def main() -> None:
     print(f"CPU per row: single process {local['cpu'] / rows * 1000:.2f} ms; Ray workers "
           f"{on_ray['cpu_workers'] / rows * 1000:.2f} ms + Ray's own processes {on_ray['cpu_ray'] / rows * 1000:.2f} ms"
           f" + driver {on_ray['cpu_driver'] / rows * 1000:.2f} ms")
+    print(f"\ntier use, pro (300 per window), a sliding window of {args.tier_window:g} s, 16 in flight per "
+          "process, 1,500 rows (the sandbox's request log):")
+    for label, r in tiers:
+        print(f"  {label:<16} most in any window {r['most']:>3.0f} (limit 300), whole windows {r['windows']:.0f}: "
+              f"{r['mean_share']:.1%} of the limit on average, {r['min_share']:.1%} the least; "
+              f"{r['refused']:.0f} refused, {r['dropped']:.0f} grants dropped late")
     print("\ncoordinator actor, 8 concurrent callers, a limiter that never binds:")
     budget = leases.pop("budget")
     for size, r in leases.items():
@@ -229,10 +310,12 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("local", "ray", "leases"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("local", "ray", "leases", "tier"):
         kind, *rest = sys.argv[1:]
         if kind == "local":
             result: Any = child_local(rest[0], Path(rest[1]), Path(rest[2]))
+        elif kind == "tier":
+            result = child_tier(rest[0], Path(rest[1]), Path(rest[2]), int(rest[3]), float(rest[4]))
         elif kind == "ray":
             result = child_ray(rest[0], Path(rest[1]), Path(rest[2]), int(rest[3]))
         else:
