@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from pipeline import Job
+from pipeline import ledger as ledger_module
 from pipeline.errors import JobBusy, WriteError
 from pipeline.ledger import FINAL, RETRY, SENT, Cache, Ledger, ledger_dir
 from pipeline.plan import KEY, prepare
@@ -222,3 +223,38 @@ def test_worker_shards_merge_once_and_the_most_final_entry_wins(tmp_path: Path) 
         shutil.copy(kept, shards / "host-1-aa.sqlite")  # as if the driver died before removing it
         main.absorb(shards / "host-1-aa.sqlite")
         assert main.totals().spent == pytest.approx(0.6)  # merged once
+
+
+def test_the_log_is_checkpointed_beside_the_writer_never_inside_its_commits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer's own commits never copy the log into the database (that stalled the event loop
+    every few hundred results); the checkpointer's thread does, while the writer goes on."""
+    monkeypatch.setattr(ledger_module, "CHECKPOINT_SECONDS", 3600.0)  # no pass unless asked
+    out = tmp_path / "out.parquet"
+    db_file = ledger_dir(out) / "ledger.sqlite"
+    answer = _record(status="ok", response="x" * 600)
+    with Ledger.open(out) as ledger:
+        assert ledger.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        checkpointer = ledger.checkpointer
+        assert checkpointer is not None
+        fresh = db_file.stat().st_size
+        for i in range(3000):
+            ledger.sent(f"k{i}", 0.0)
+            ledger.outcome(f"k{i}", answer, final=True, paid=0.001, held=0.0)
+        assert db_file.stat().st_size == fresh  # 6,000 commits (~4 MB of log), none checkpointed
+        checkpointer.request()
+        assert checkpointer.done.wait(60)
+        assert checkpointer.passes == 1 and db_file.stat().st_size > fresh + 2_000_000
+        ledger.outcome("late", answer, final=True, paid=0.0, held=0.0)
+    assert not (ledger_dir(out) / "ledger.sqlite-wal").exists()  # folded and removed at close
+    assert ledger.checkpointer is None and not checkpointer._thread.is_alive()
+    with sqlite3.connect(db_file) as db:
+        assert db.execute("SELECT COUNT(*), ROUND(SUM(cost), 3) FROM entries").fetchone() == (3001, 3.0)
+
+
+def test_readers_and_views_start_no_checkpointer(tmp_path: Path) -> None:
+    out = tmp_path / "out.parquet"
+    Ledger.open(out).close()
+    view = Ledger.peek(out)
+    assert view is not None and view.checkpointer is None
+    view.close()
