@@ -154,12 +154,10 @@ def child_tier(url: str, data: Path, out: Path, workers: int, window: float) -> 
 def tier_use(times: list[float], window: float, limit: int) -> dict[str, float]:
     """From the server's log: the most calls in any ``window``, and each whole window's calls from
     the first call on (the last, partial window left out) as a share of ``limit``."""
+    from pipeline.sandbox.log import max_in_any_window
+
     times = sorted(times)
-    most, j = 0, 0
-    for i, t in enumerate(times):
-        while times[j] <= t - window:
-            j += 1
-        most = max(most, i - j + 1)
+    most = max_in_any_window(times, window)
     whole = int((times[-1] - times[0]) // window)
     shares = [sum(times[0] + k * window <= t < times[0] + (k + 1) * window for t in times) / limit
               for k in range(whole)]
