@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from _common import run_local
 
 ALGORITHMS = ("fixed_window", "sliding_log", "token_bucket")
 CONCURRENCY = 16
@@ -99,13 +100,7 @@ def _job(kind: str, data: Path, out: Path, url: str, limits: dict[str, Any]) -> 
 
 
 async def _run_job(job: Any, key: str, url: str) -> Any:
-    from pipeline import Credentials, open_provider, run_job
-
-    provider = open_provider(job.provider, Credentials(key), base_url=url, max_connections=CONCURRENCY)
-    try:
-        return await run_job(job, provider)
-    finally:
-        await provider.aclose()
+    return await run_local(job, key, url, max_connections=CONCURRENCY)
 
 
 def run_once(scenario: Scenario, algorithm: str, scale: float, tmp: Path) -> Result:

@@ -24,28 +24,20 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-KEY = "momo-sandbox-enterprise"
+from _common import ENTERPRISE_KEY, momo_job, questions, run_child, run_local, start_sandbox
+
+KEY = ENTERPRISE_KEY
 CONCURRENCY = 100
 
 
 def _job(data: Path, out: Path, url: str) -> Any:
-    from pipeline import Job
-
-    return Job.from_dict({
-        "input": {"path": str(data), "id_column": "id"},
-        "prompt": {"template": "{question}"},
-        "provider": {"kind": "momo", "base_url": url, "agent_id": 159, "max_tokens": 300},
-        "limits": {"tier": "enterprise", "concurrency": CONCURRENCY},
-        "output": {"path": str(out)},
-    })
+    return momo_job(data, out, url, concurrency=CONCURRENCY)
 
 
 def _figures(report: Any, wall: float) -> dict[str, float]:
@@ -58,19 +50,9 @@ def _figures(report: Any, wall: float) -> dict[str, float]:
 def child_local(url: str, data: Path, out: Path) -> dict[str, float]:
     import anyio
 
-    from pipeline import Credentials, open_provider, run_job
-
     job = _job(data, out, url)
-
-    async def go() -> Any:
-        provider = open_provider(job.provider, Credentials(KEY), base_url=url, max_connections=CONCURRENCY)
-        try:
-            return await run_job(job, provider)
-        finally:
-            await provider.aclose()
-
     t0, cpu0 = time.perf_counter(), time.process_time()
-    report = anyio.run(go)
+    report = anyio.run(lambda: run_local(job, KEY, url, max_connections=CONCURRENCY))
     return {**_figures(report, time.perf_counter() - t0), "cpu": time.process_time() - cpu0}
 
 
@@ -117,29 +99,13 @@ def child_ray(url: str, data: Path, out: Path, workers: int) -> dict[str, float]
 
 def child_tier(url: str, data: Path, out: Path, workers: int, window: float) -> dict[str, float]:
     """The job at the pro tier with time scaled to ``window``: on Ray with ``workers``, or (0) in one process."""
-    from pipeline import Credentials, Job
+    from pipeline import Credentials
 
-    job = Job.from_dict({
-        "input": {"path": str(data), "id_column": "id"},
-        "prompt": {"template": "{question}"},
-        "provider": {"kind": "momo", "base_url": url, "agent_id": 159, "max_tokens": 300},
-        "limits": {"tier": "pro", "window_seconds": window, "concurrency": 16},
-        "output": {"path": str(out)},
-    })
+    job = momo_job(data, out, url, concurrency=16, tier="pro", window_seconds=window)
     if workers == 0:
         import anyio
 
-        from pipeline import open_provider
-        from pipeline import run_job as local_run
-
-        async def go() -> Any:
-            provider = open_provider(job.provider, Credentials("momo-sandbox-pro"), base_url=url)
-            try:
-                return await local_run(job, provider)
-            finally:
-                await provider.aclose()
-
-        report = anyio.run(go)
+        report = anyio.run(lambda: run_local(job, "momo-sandbox-pro", url))
         return {"ok": report.stats.ok, "dropped": 0}
     import ray
 
@@ -231,30 +197,11 @@ def child_leases(seconds: float) -> dict[str, dict[str, float]]:
 
 # -- parent -----------------------------------------------------------------------------------
 def _child(*args: str) -> Any:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"bench child {args[0]} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _start_sandbox(latency_ms: float) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "sandbox", "--port", "0", "--latency-ms",
-                             str(latency_ms)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # "sandbox listening on http://127.0.0.1:PORT"
-    if "listening on" not in line:
-        proc.kill()
-        raise SystemExit(f"sandbox did not start: {line!r}")
-    return proc, line.rsplit(" ", 1)[-1].strip() + "/v1"
+    return run_child(__file__, *args)
 
 
 def _input(path: Path, rows: int) -> Path:
-    import polars as pl
-
-    questions = pl.read_csv(ROOT / "data" / "questions.csv")["question"].drop_nulls().to_list()
-    idx = pl.int_range(0, rows, eager=True)
-    text = pl.Series(questions).gather(idx % len(questions))
-    pl.DataFrame({"id": idx, "question": "Q" + idx.cast(pl.String) + ": " + text}).write_parquet(path)
+    questions(rows).write_parquet(path)
     return path
 
 
@@ -272,7 +219,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="momo-bench-ray-") as name:
         tmp = Path(name)
         data = _input(tmp / "in.parquet", args.rows)
-        server, url = _start_sandbox(args.latency_ms)
+        server, url = start_sandbox(args.latency_ms)
         try:
             print(f"sandbox: {url}, {args.latency_ms:g} ms per call, enterprise tier, {CONCURRENCY} in flight "
                   f"per process, {args.rows:,} rows", flush=True)

@@ -30,14 +30,14 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-KEY = "momo-sandbox-enterprise"
+from _common import ENTERPRISE_KEY, momo_job, questions, run_child, run_local, start_sandbox
+
+KEY = ENTERPRISE_KEY
 CONCURRENCY = 64  # calls in flight (the issue's setting: 64 at 50 ms bounds a run at 1,280 rows/s)
 
 
@@ -130,34 +130,16 @@ def child_bare(url: str, rows: int) -> dict[str, float]:
 
 
 def _job(data: Path, out: Path, url: str) -> object:
-    from pipeline import Job
-
-    return Job.from_dict({
-        "input": {"path": str(data), "id_column": "id"},
-        "prompt": {"template": "{question}"},
-        "provider": {"kind": "momo", "base_url": url, "agent_id": 159, "max_tokens": 300},
-        "limits": {"tier": "enterprise", "concurrency": CONCURRENCY},
-        "output": {"path": str(out)},
-    })
+    return momo_job(data, out, url, concurrency=CONCURRENCY)
 
 
 def child_pipeline(url: str, data: Path, out: Path) -> dict[str, float]:
     import anyio
 
-    from pipeline import Credentials, open_provider, run_job
-
     job = _job(data, out, url)
-
-    async def go() -> object:
-        provider = open_provider(job.provider, Credentials(KEY), base_url=url, max_connections=CONCURRENCY)
-        try:
-            return await run_job(job, provider)
-        finally:
-            await provider.aclose()
-
     cpu0 = _usage()["cpu"]
     t0 = time.perf_counter()
-    report = anyio.run(go)
+    report = anyio.run(lambda: run_local(job, KEY, url, max_connections=CONCURRENCY))
     wall = time.perf_counter() - t0
     u = _usage()
     d = report.as_dict()
@@ -217,51 +199,22 @@ def child_estimate(url: str, data: Path, out: Path) -> dict[str, float]:
 
 # -- parent -----------------------------------------------------------------------------------
 def _write_inputs(tmp: Path, rows: int, mid_rows: int, big_rows: int) -> tuple[Path, Path, Path, Path]:
-    import polars as pl
-
-    questions = pl.read_csv(ROOT / "data" / "questions.csv")["question"].drop_nulls().to_list()
-
-    def frame(n: int, every: int = 1) -> pl.DataFrame:
-        """``n`` distinct prompts (a question with its row number); with ``every``, only 1 row in ``every``."""
-        idx = pl.int_range(0, n, eager=True)
-        text = pl.Series(questions).gather(idx % len(questions))
-        df = pl.DataFrame({"id": idx, "question": "Q" + idx.cast(pl.String) + ": " + text})
-        if every > 1:
-            df = df.with_columns(pl.when(pl.col("id") % every == 0).then(pl.col("question")).alias("question"))
-        return df
-
     small, mid, big, prompts = (tmp / f"{n}.parquet" for n in ("rows", "mid", "big", "prompts"))
-    frame(rows).write_parquet(small)
-    frame(mid_rows, every=50).write_parquet(mid)
-    frame(big_rows, every=50).write_parquet(big)
-    frame(big_rows).write_parquet(prompts)
+    questions(rows).write_parquet(small)
+    questions(mid_rows, every=50).write_parquet(mid)
+    questions(big_rows, every=50).write_parquet(big)
+    questions(big_rows).write_parquet(prompts)
     return small, mid, big, prompts
 
 
 def _child(*args: str) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"bench child {args[0]} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(__file__, *args)  # type: ignore[no-any-return]
 
 
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     """The run with the median wall time, with the largest peak RSS of all runs."""
     ordered = sorted(runs, key=lambda r: r["wall"])
     return {**ordered[len(ordered) // 2], "rss_mb": max(r["rss_mb"] for r in runs)}
-
-
-def _start_sandbox(latency_ms: float) -> tuple[subprocess.Popen[str], str]:
-    code = "import os,sys; os.sched_setaffinity(0,{1}) if hasattr(os,'sched_setaffinity') and os.cpu_count()>1 " \
-           "else None; from pipeline.cli import main; sys.argv=sys.argv[:1]+sys.argv[1:]; main()"
-    proc = subprocess.Popen([sys.executable, "-c", code, "sandbox", "--port", "0", "--latency-ms", str(latency_ms)],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # "sandbox listening on http://127.0.0.1:PORT"
-    if "listening on" not in line:
-        proc.kill()
-        raise SystemExit(f"sandbox did not start: {line!r}")
-    return proc, line.rsplit(" ", 1)[-1].strip() + "/v1"
 
 
 def main() -> None:
@@ -278,7 +231,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="momo-bench-") as name:
         tmp = Path(name)
         small, mid, big, prompts = _write_inputs(tmp, args.rows, args.mid_rows, args.big_rows)
-        server, url = _start_sandbox(args.latency_ms)
+        server, url = start_sandbox(args.latency_ms, core=1)
         try:
             print(f"sandbox: {url}, {args.latency_ms:g} ms per call, enterprise tier, {CONCURRENCY} in flight; "
                   f"os.cpu_count()={os.cpu_count()}", flush=True)
