@@ -149,8 +149,10 @@ async def run_job(
                               warn=note) if check else None
     if cap is not None and worst_cost is None:
         worst_cost = worst_cost_fn(job, checked.price if checked else await provider.price())
-    if worst_cost is None:
-        release_tokenizer()  # counted what the preflight needed; the run counts nothing more
+    if checked is not None and worst_cost is None:
+        # this run's preflight counted what it needed and the run counts nothing more; a caller
+        # that skipped the preflight (an estimate's pilot) may still count with it afterwards
+        release_tokenizer()
     stats = stats or RunStats()
     stop = stop or Stop()
     with Ledger.open(out, restart=restart) as ledger, _open_cache(job.reuse.cache) as shared:

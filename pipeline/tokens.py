@@ -11,7 +11,6 @@ once the preflight has counted, and a run that needs no more counts (no cost cap
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import threading
 from collections.abc import Sequence
@@ -78,12 +77,11 @@ def release() -> None:
 
 
 def _trim_malloc() -> None:
-    """glibc keeps freed memory in its arenas; ``malloc_trim`` returns it (no-op elsewhere)."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
+    """glibc keeps freed memory in its arenas; ``malloc_trim`` returns it (no-op elsewhere).
+    The C library is already loaded: look it up in this process (``find_library`` would search
+    the system for it, running ``ldconfig``)."""
     try:
-        trim = ctypes.CDLL(name).malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return
     trim(0)

@@ -260,5 +260,9 @@ async def test_a_run_without_a_cap_drops_the_vocabulary_after_its_preflight_and_
         events.clear()
         capped = await run(job, "momo-sandbox-enterprise", sb.momo_url, restart=True, max_cost=5.0,
                            on_result=lambda _: events.append("row"))
-    assert capped.exit_code == 0 and events == ["row"] * 5
+        assert capped.exit_code == 0 and events == ["row"] * 5
+        events.clear()  # no preflight of its own (an estimate's pilot): the caller may still count
+        pilot = await run(job, "momo-sandbox-enterprise", sb.momo_url, restart=True, check=False,
+                          on_result=lambda _: events.append("row"))
+    assert pilot.exit_code == 0 and events == ["row"] * 5
     assert "reconciliation" in free.extra  # the preflight ran (and counted)
