@@ -48,6 +48,18 @@ def sqlite_ledger(root: Path, n: int) -> int:
     return sum(p.stat().st_size for p in ledger_dir(out).iterdir())
 
 
+def sqlite_grouped(root: Path, n: int) -> int:
+    """As a run writes: each outcome joins the transaction the next "sent" mark commits."""
+    keyer = Keyer("momo", "https://api.momoai.pro/v1", "159", 0.2, 300)
+    out = root / "out.parquet"
+    with Ledger.open(out) as led, led.grouping():
+        for i in range(n):
+            key = keyer.row(f"Question {i}: what is the capital of France?")
+            led.sent(key, 0.0)
+            led.outcome(key, _result(i).to_record(), final=True, paid=0.00036, held=0.0)
+    return sum(p.stat().st_size for p in ledger_dir(out).iterdir())
+
+
 def json_lines(root: Path, n: int) -> int:
     with (root / "starts.jsonl").open("a") as starts, (root / "results.jsonl").open("a") as results:
         for i in range(n):
@@ -76,7 +88,9 @@ def main() -> None:
     n = ap.parse_args().results
     print(f"\nrecording {n:,} results (sent mark + outcome each), median of 3 runs")
     print(f"{'store':<34}{'CPU µs/result':>15}{'size on disk':>16}")
-    for name, store in (("SQLite ledger (WAL, NORMAL)", sqlite_ledger), ("JSON lines (old journal)", json_lines)):
+    for name, store in (("SQLite ledger, a commit each", sqlite_ledger),
+                        ("SQLite ledger, grouped (a run)", sqlite_grouped),
+                        ("JSON lines (old journal)", json_lines)):
         us, size = measure(store, n)
         print(f"{name:<34}{us:>15.1f}{size / 1e6:>13.1f} MB")
 

@@ -63,6 +63,13 @@ class Budget:
         if self.cap is not None and self._balance is not None:
             self._before = await self._read()
 
+    def hold_now(self, worst: float) -> float | None:
+        """:meth:`reserve` without a cap, which never waits; ``None`` with one."""
+        if self.cap is None:
+            self._in_flight += 1
+            return 0.0
+        return None
+
     async def reserve(self, worst: float) -> float:
         """Hold ``worst`` for one call; returns the amount to pass to :meth:`settle`."""
         if self.cap is None:

@@ -165,15 +165,60 @@ class _Store:
     def _checkpoint_beside(self) -> None:
         self.checkpointer = Checkpointer(self.path)
 
-    def _write(self, sql: str, args: Sequence[Any] | Iterable[Sequence[Any]], *, many: bool = False) -> None:
+    # Group commit. A commit appends the pages it changed to the write-ahead log in a write() of
+    # its own; a run made two a row (the call's "sent" mark, then the row's outcome). While
+    # ``grouped``, an outcome is written into an open transaction that the next "sent" mark (which
+    # must be durable before its call goes out) or :meth:`commit` closes: one commit a row, and
+    # fewer when several rows finish in one turn of the event loop (bench/ledger.py).
+    grouped: bool = False
+    abandoned = 0  # transactions rolled back after a failed write: what they held is lost
+
+    def _write(self, sql: str, args: Sequence[Any] | Iterable[Sequence[Any]], *, many: bool = False,
+               durable: bool = True) -> None:
+        """``durable``: committed before this returns; otherwise, while :attr:`grouped`, left for
+        the next commit (readers on this connection see it at once)."""
         try:
+            if not durable and self.grouped and not self.db.in_transaction:
+                self.db.execute("BEGIN")
             if many:
                 self.db.executemany(sql, args)  # type: ignore[arg-type]
             else:
                 self.db.execute(sql, args)  # type: ignore[arg-type]
+            if durable and self.db.in_transaction:
+                self.db.execute("COMMIT")
         except sqlite3.Error as exc:
+            self._abandon()
             raise WriteError(f"{self.path}: cannot record ({exc}); the ledger keeps what it "
                                    "already has: free the space and run again to resume") from None
+
+    def commit(self) -> None:
+        """Make every write so far durable (a no-op when nothing waits for a commit)."""
+        if not self.db.in_transaction:
+            return
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._abandon()
+            raise WriteError(f"{self.path}: cannot record ({exc}); the ledger keeps what it "
+                                   "already has: free the space and run again to resume") from None
+
+    @contextlib.contextmanager
+    def grouping(self) -> Iterator[None]:
+        """Group commits (see :attr:`grouped`) for the length of a run; what is left is committed
+        at the end. A failed commit loses the outcomes it held, as a crash would: their calls'
+        "sent" marks are durable, so a resume sends them again and counts them as resent."""
+        self.grouped = True
+        try:
+            yield
+        finally:
+            self.grouped = False
+            self.commit()
+
+    def _abandon(self) -> None:
+        if self.db.in_transaction:
+            self.abandoned += 1
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
 
     def close(self) -> None:
         self._stop_checkpoints()
@@ -297,6 +342,8 @@ class Ledger(_Store):
 
     def close(self) -> None:
         """Fold the write-ahead log into the database (no ``-wal`` file left) and unlock."""
+        with contextlib.suppress(WriteError):  # a run commits its own writes (see grouping)
+            self.commit()
         if self._lock is not None or self.path.parent.name == SHARDS:
             self._stop_checkpoints()
             with contextlib.suppress(sqlite3.Error):
@@ -355,7 +402,7 @@ class Ledger(_Store):
 
     def not_charged(self, key: str, held: float) -> None:
         """The call failed in a way that cannot have been charged (a 4xx, a 429)."""
-        self._write("UPDATE entries SET held = MAX(0, held - ?) WHERE key = ?", (held, key))
+        self._write("UPDATE entries SET held = MAX(0, held - ?) WHERE key = ?", (held, key), durable=False)
 
     def answered(self, key: str, answer: dict[str, Any], paid: float, held: float) -> None:
         """A call's answer (label votes and re-asks; plain rows record their outcome instead)."""
@@ -363,7 +410,7 @@ class Ledger(_Store):
             "INSERT INTO entries(key, state, run, cost, held, record) VALUES (?, 1, ?, ?, 0, ?) "
             "ON CONFLICT(key) DO UPDATE SET state = 1, run = excluded.run, cost = cost + excluded.cost, "
             "held = MAX(0, held - ?), record = excluded.record",
-            (key, self.run, paid, json.dumps(answer, ensure_ascii=False), held))
+            (key, self.run, paid, json.dumps(answer, ensure_ascii=False), held), durable=False)
 
     def outcome(self, key: str, record: dict[str, Any], *, final: bool, paid: float, held: float) -> None:
         """A row's outcome: its output columns, and what its own (unrecorded) calls cost."""
@@ -371,7 +418,8 @@ class Ledger(_Store):
             "INSERT INTO entries(key, state, run, cost, held, record) VALUES (?, ?, ?, ?, 0, ?) "
             "ON CONFLICT(key) DO UPDATE SET state = excluded.state, run = excluded.run, "
             "cost = cost + excluded.cost, held = MAX(0, held - ?), record = excluded.record",
-            (key, FINAL if final else RETRY, self.run, paid, json.dumps(record, ensure_ascii=False), held))
+            (key, FINAL if final else RETRY, self.run, paid, json.dumps(record, ensure_ascii=False), held),
+            durable=False)
 
 
 class Cache(_Store):

@@ -354,12 +354,19 @@ class RateLimiter:
         self._tau = min([self._interval, *(self._safety * q.window / 2 for q in near)])
 
     # -- granting ----------------------------------------------------------------------------
-    async def acquire(self) -> int:
-        """Wait until the next request may be sent; returns its grant number."""
+    def grant_now(self) -> int | None:
+        """A grant without waiting, when nothing paces the calls (no rate, no pause, no probe)."""
         if self._interval is None and not self.finder.blocked:
             now = self._clock.now()
             if now >= self._paused_until:
                 return self._grant(now)
+        return None
+
+    async def acquire(self) -> int:
+        """Wait until the next request may be sent; returns its grant number."""
+        granted = self.grant_now()
+        if granted is not None:
+            return granted
         async with self._lock:
             while True:
                 now = self._clock.now()

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import anyio
 import polars as pl
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from tenacity import RetryCallState
 
 from .dataset import PROMPT, ROW
@@ -193,6 +193,10 @@ class Pacer(Protocol):
         """Wait for a grant; returns its number (handed back with what the server said)."""
         ...
 
+    def grant_now(self) -> int | None:
+        """A grant if one is free this instant, without waiting; else ``None`` (then ``acquire``)."""
+        ...
+
     def on_success(self, limit: int | None = None, remaining: int | None = None,
                    reset: float | None = None, *, grant: int | None = None) -> None: ...
 
@@ -211,6 +215,10 @@ class Purse(Protocol):
     cap: float | None
 
     async def reserve(self, worst: float) -> float: ...
+
+    def hold_now(self, worst: float) -> float | None:
+        """What ``reserve`` returns, when it would not wait; else ``None`` (then ``reserve``)."""
+        ...
 
     def settle(self, held: float, actual: float | None) -> None: ...
 
@@ -234,6 +242,19 @@ class Record(Protocol):
     def answered(self, key: str, answer: dict[str, Any], paid: float, held: float) -> None: ...
 
     def outcome(self, key: str, record: dict[str, Any], *, final: bool, paid: float, held: float) -> None: ...
+
+    @property
+    def abandoned(self) -> int:
+        """Transactions rolled back after a failed write (the outcomes they held are lost)."""
+        ...
+
+    def commit(self) -> None:
+        """Make every write so far durable."""
+        ...
+
+    def grouping(self) -> contextlib.AbstractContextManager[None]:
+        """While open, outcomes wait for the next commit; ``sent`` marks never do."""
+        ...
 
 
 class _NotSent(Exception):
@@ -402,10 +423,13 @@ class Caller:
         if self.stop.stopped:
             raise _NotSent
         worst = self.worst_cost(request.prompt) if self.worst_cost and self.budget.cap else 0.0
-        held: float | None = None
-        with self.stop.waiting():
-            held = await self.budget.reserve(worst)
-            grant = await self.limiter.acquire()
+        held = self.budget.hold_now(worst)
+        grant = self.limiter.grant_now() if held is not None else None
+        if held is None or grant is None:  # only a wait needs a scope that a stop can cut short
+            with self.stop.waiting():
+                if held is None:
+                    held = await self.budget.reserve(worst)
+                grant = await self.limiter.acquire()
         if self.stop.stopped:
             if held is not None:
                 self.budget.release(held)
@@ -506,19 +530,49 @@ class Fanout:
     only_rows: set[int] | None = None  # a pilot runs just these
     _live: set[str] = field(default_factory=set)  # queued or in flight
     _recent: set[str] = field(default_factory=set)  # finished since the reader's last look at the ledger
+    # written, not yet committed, each with the ledger's count of abandoned transactions then
+    _unreported: list[tuple[RowResult, int]] = field(default_factory=list)
+    _written: anyio.Event | None = None  # set when the first of them is written
 
     async def run(self) -> None:
         stop = self.caller.stop
         send, receive = anyio.create_memory_object_stream[Item](self.concurrency * 2)
-        with anyio.CancelScope() as scope:
+        with anyio.CancelScope() as scope, self.ledger.grouping():
             stop.scope = scope
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._read, send)
-                for _ in range(self.concurrency):
-                    tg.start_soon(self._work, receive.clone())
-                receive.close()
+            try:
+                async with anyio.create_task_group() as committer:
+                    committer.start_soon(self._commit_each_turn)
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._read, send)
+                        for _ in range(self.concurrency):
+                            tg.start_soon(self._work, receive.clone())
+                        receive.close()
+                    committer.cancel_scope.cancel()
+            finally:
+                self._commit()
 
-    async def _read(self, send: ObjectSendStream[Item]) -> None:
+    async def _commit_each_turn(self) -> None:
+        """Commit the outcomes the workers wrote, in the turn of the event loop after the first of
+        them (a "sent" mark in between commits them sooner), then count and report them: a row is
+        reported once it is durable."""
+        while True:
+            self._written = anyio.Event()
+            await self._written.wait()
+            self._commit()
+
+    def _commit(self) -> None:
+        try:
+            self.ledger.commit()
+        except WriteError as exc:
+            self.caller.stop.soft("WRITE_FAILED", exc)
+        done, self._unreported = self._unreported, []
+        lost = self.ledger.abandoned
+        for result, abandoned in done:
+            if abandoned == lost:  # else rolled back, as a crash loses it: its "sent" mark stands
+                self.caller.stats.record(result)
+                self.on_result(result)
+
+    async def _read(self, send: MemoryObjectSendStream[Item]) -> None:
         async with send:
             it = self.batches()
             while not self.caller.stop.stopped:
@@ -528,7 +582,7 @@ class Fanout:
                 if not await self._feed(batch, send):
                     return
 
-    async def _feed(self, batch: pl.DataFrame, send: ObjectSendStream[Item]) -> bool:
+    async def _feed(self, batch: pl.DataFrame, send: MemoryObjectSendStream[Item]) -> bool:
         stats, stop, run = self.caller.stats, self.caller.stop, self.ledger.run
         keys = batch[KEY].to_list()
         states = self.ledger.states([k for k in keys if k is not None])
@@ -551,7 +605,11 @@ class Fanout:
             if stop.stopped:
                 return False
             self._live.add(key)
-            await send.send((row, prompt, key, occurrence, state is None))
+            item = (row, prompt, key, occurrence, state is None)
+            try:  # no turn of the event loop when there is room (see _next)
+                send.send_nowait(item)
+            except anyio.WouldBlock:
+                await send.send(item)
         return True
 
     def _skipped(self, row: int) -> None:
@@ -560,9 +618,10 @@ class Fanout:
         self.caller.stats.record(result)
         self.on_result(result)
 
-    async def _work(self, receive: ObjectReceiveStream[Item]) -> None:
+    async def _work(self, receive: MemoryObjectReceiveStream[Item]) -> None:
         async with receive:
-            async for row, prompt, key, occurrence, unseen in receive:
+            while (item := await _next(receive)) is not None:
+                row, prompt, key, occurrence, unseen = item
                 if self.caller.stop.stopped:
                     self._live.discard(key)
                     continue  # drain: the reader is stopping too
@@ -580,8 +639,9 @@ class Fanout:
         except WriteError as exc:
             self.caller.stop.soft("WRITE_FAILED", exc)
             return
-        self.caller.stats.record(result)
-        self.on_result(result)
+        self._unreported.append((result, self.ledger.abandoned))
+        if self._written is not None:
+            self._written.set()
 
     async def _one(self, row: int, prompt: str, acc: RowCalls) -> RowResult | None:
         stop = self.caller.stop
@@ -599,6 +659,21 @@ class Fanout:
                 case Action.STOP_NOW:
                     stop.now(exc.code, exc)
                     return None
+
+
+async def _next(receive: MemoryObjectReceiveStream[Item]) -> Item | None:
+    """The next row, without a turn of the event loop when one is waiting (``async for`` takes a
+    turn per item, and the outcome just written would be committed on its own instead of with
+    the next call's "sent" mark); ``None`` once the reader is done."""
+    try:
+        return receive.receive_nowait()
+    except anyio.WouldBlock:
+        try:
+            return await receive.receive()
+        except anyio.EndOfStream:
+            return None
+    except anyio.EndOfStream:
+        return None
 
 
 def _spent_or_none(acc: RowCalls, row: int, stop: Stop) -> RowResult | None:

@@ -95,6 +95,14 @@ class LeasedLimiter:
     def learned(self) -> dict[str, float | int | None]:
         return {}  # the coordinator's limiter learns; a worker only holds leases
 
+    def grant_now(self) -> int | None:
+        """A leased slot that is due now and not too late; else ``None`` (``acquire`` waits)."""
+        if self._slots and 0 <= time.time() - self._slots[0] <= self._lateness:
+            self._slots.popleft()
+            self._granted += 1
+            return self._granted
+        return None
+
     async def acquire(self) -> int:
         while True:
             if not self._slots:
@@ -137,6 +145,9 @@ class SharedBudget:
         self.cap = cap
         self._coordinator = coordinator
         self.pending: list[Any] = []
+
+    def hold_now(self, worst: float) -> float | None:
+        return 0.0 if self.cap is None else None
 
     async def reserve(self, worst: float) -> float:
         if self.cap is None:
@@ -244,6 +255,16 @@ class LedgerView:
 
     def outcome(self, key: str, record: dict[str, Any], *, final: bool, paid: float, held: float) -> None:
         self.own.outcome(key, record, final=final, paid=paid, held=held)
+
+    @property
+    def abandoned(self) -> int:
+        return self.own.abandoned
+
+    def commit(self) -> None:
+        self.own.commit()
+
+    def grouping(self) -> contextlib.AbstractContextManager[None]:
+        return self.own.grouping()
 
     def close(self) -> None:
         for store in self._others.values():

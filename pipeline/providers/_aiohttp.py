@@ -1,0 +1,64 @@
+"""httpx over aiohttp (``httpx-aiohttp``), with JSON answers handed to httpx whole.
+
+``httpx_aiohttp.AiohttpTransport`` gives httpx every body as a stream of chunks, which httpx then
+reads through its async iterators, chunker and decoders; with the request's timeout object and
+options built afresh each time, that came to ~25 % of a call's CPU on top of aiohttp's own
+(py-spy, ``bench/run.py``). Our answers are small JSON bodies that are read whole anyway: this
+transport reads them in one ``await response.read()`` and gives httpx the bytes (httpx still
+decodes a ``Content-Encoding``). An event stream stays a stream. The library has no option for
+either, so this overrides its one request method; connections, pool and errors are its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from aiohttp import ClientSession, ClientTimeout
+from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
+
+_HTTP11 = {"http_version": b"HTTP/1.1"}
+
+
+class WholeBodyTransport(AiohttpTransport):
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._timeouts: dict[tuple[Any, ...], ClientTimeout] = {}
+
+    def _timeout(self, request: httpx.Request) -> ClientTimeout:
+        given = request.extensions.get("timeout", {})
+        key = (given.get("connect"), given.get("read"), given.get("pool"))
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            timeout = self._timeouts[key] = ClientTimeout(sock_connect=key[0], sock_read=key[1], connect=key[2])
+        return timeout
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.proxy is not None or self.uds is not None:  # not how build_http_client makes it
+            return await super().handle_async_request(request)
+        if not isinstance(self.client, ClientSession):
+            self.client = self.get_client()
+        client = self.client
+        with map_aiohttp_exceptions():
+            try:
+                data: Any = request.content or None
+            except httpx.RequestNotRead:
+                data = request.stream
+                request.headers.pop("transfer-encoding", None)  # aiohttp frames it
+            response = await client.request(
+                request.method, str(request.url), headers=request.headers, data=data, allow_redirects=False,
+                auto_decompress=False, compress=False, timeout=self._timeout(request),
+                server_hostname=request.extensions.get("sni_hostname"),
+            ).__aenter__()
+            extensions = {**_HTTP11, "reason_phrase": response.reason.encode()} if response.reason else _HTTP11
+            if "text/event-stream" in response.headers.get("content-type", ""):
+                return httpx.Response(response.status, headers=response.raw_headers,
+                                      stream=AiohttpResponseStream(response), request=request,
+                                      extensions=extensions)
+            try:
+                body = await response.read()
+            finally:
+                response.release()
+        return httpx.Response(response.status, headers=response.raw_headers, content=body, request=request,
+                              extensions=extensions)
