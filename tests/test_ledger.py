@@ -258,3 +258,70 @@ def test_readers_and_views_start_no_checkpointer(tmp_path: Path) -> None:
     view = Ledger.peek(out)
     assert view is not None and view.checkpointer is None
     view.close()
+
+
+# -- group commit: one commit a row ------------------------------------------------------------
+def _state_seen_by_another_connection(out: Path, key: str) -> int | None:
+    db = sqlite3.connect(f"file:{ledger_dir(out) / 'ledger.sqlite'}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT state FROM entries WHERE key = ?", (key,)).fetchone()
+    finally:
+        db.close()
+    return None if row is None else int(row[0])
+
+
+def test_while_grouped_an_outcome_waits_for_the_next_sent_mark_which_is_durable_at_once(tmp_path: Path) -> None:
+    out = tmp_path / "out.parquet"
+    with Ledger.open(out) as led:
+        commits: list[str] = []
+        led.db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+        with led.grouping():
+            led.sent("k1", 0.0)
+            assert _state_seen_by_another_connection(out, "k1") == SENT  # before its call goes out
+            led.outcome("k1", _record(status="ok", response="a"), final=True, paid=0.1, held=0.0)
+            assert led.get("k1").state == FINAL  # type: ignore[union-attr]  (this connection sees it)
+            assert _state_seen_by_another_connection(out, "k1") == SENT  # not committed yet
+            led.sent("k2", 0.0)  # the next call's mark commits both
+            assert _state_seen_by_another_connection(out, "k1") == FINAL
+            assert _state_seen_by_another_connection(out, "k2") == SENT
+            led.outcome("k2", _record(status="ok", response="b"), final=True, paid=0.1, held=0.0)
+        assert _state_seen_by_another_connection(out, "k2") == FINAL  # the end of the run commits
+        # k1's mark commits alone (nothing was waiting); k1's outcome rides with k2's mark, and k2's
+        # outcome with the end: two transactions with an explicit COMMIT for two rows, not four
+        assert len(commits) == 2
+        led.outcome("k3", _record(status="ok", response="c"), final=True, paid=0.1, held=0.0)
+        assert _state_seen_by_another_connection(out, "k3") == FINAL  # not grouped: at once
+
+
+class _FailingCommit:
+    """The ledger's connection, whose next COMMIT fails as a full disk would."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.fail = True
+
+    def execute(self, sql: str, *args: object) -> object:
+        if sql == "COMMIT" and self.fail:
+            self.fail = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+
+def test_a_failed_commit_loses_only_what_it_held_and_says_so(tmp_path: Path) -> None:
+    out = tmp_path / "out.parquet"
+    with Ledger.open(out) as led, led.grouping():
+        led.sent("k1", 0.0)
+        led.outcome("k1", _record(status="ok", response="a"), final=True, paid=0.1, held=0.0)
+        real = led.db
+        led.db = _FailingCommit(real)  # type: ignore[assignment]
+        with pytest.raises(WriteError, match="cannot record"):
+            led.sent("k2", 0.0)
+        led.db = real
+        assert led.abandoned == 1
+        # rolled back: k1 is where its durable "sent" mark left it (a resume sends it again), k2 unknown
+        assert led.get("k1").state == SENT and led.get("k2") is None  # type: ignore[union-attr]
+        led.sent("k3", 0.0)
+        assert _state_seen_by_another_connection(out, "k3") == SENT  # and it goes on

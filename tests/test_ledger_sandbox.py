@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -291,3 +292,44 @@ async def test_a_local_run_takes_up_what_a_distributed_runs_workers_recorded(tmp
     assert out["response"].to_list()[:4] == ["from a worker"] * 4
     assert out["cost"].head(4).sum() == pytest.approx(2.0)
     assert not charged_per_prompt(sandbox.records()).keys() & {sha(p) for p in BASE[:4]}
+
+
+async def test_a_run_commits_once_a_row_and_reports_a_row_only_once_it_is_durable(
+        tmp_path: Path, sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row's "sent" mark and outcome were two commits; the outcome now rides with the next call's
+    mark (or the next turn of the event loop). What the progress and the counters see of a row,
+    another connection to the ledger already sees."""
+    data = write_questions(tmp_path / "q.csv", [f"{p} #{i}" for i in range(3) for p in BASE])  # 90 rows
+    job = momo_job(data, tmp_path / "out.parquet", sandbox.momo_url, concurrency=8)
+    opened: list[Ledger] = []
+    transactions: list[str] = []  # each COMMIT, and each write made outside a transaction (autocommitted)
+    real_open = Ledger.open
+
+    def open_traced(output: Path, **kw: Any) -> Ledger:
+        led = real_open(output, **kw)
+
+        def trace(sql: str) -> None:
+            if sql == "COMMIT" or (sql.startswith(("INSERT", "UPDATE")) and not led.db.in_transaction):
+                transactions.append(sql)
+
+        led.db.set_trace_callback(trace)
+        opened.append(led)
+        return led
+
+    monkeypatch.setattr(Ledger, "open", staticmethod(open_traced))
+    durable_when_reported: list[bool] = []
+
+    def reported(result: Any) -> None:
+        db = sqlite3.connect(f"file:{opened[0].path}?mode=ro", uri=True)
+        try:
+            finals = db.execute("SELECT COUNT(*) FROM entries WHERE state = 2").fetchone()[0]
+        finally:
+            db.close()
+        durable_when_reported.append(finals >= len(durable_when_reported) + 1)
+
+    report = await run(job, KEY, sandbox.momo_url, on_result=reported)
+    assert report.exit_code == 0 and report.stats.ok == 90
+    assert len(durable_when_reported) == 90 and all(durable_when_reported)
+    # 90 rows, 180 entries written: a transaction for each "sent" mark, and for the outcomes only
+    # those that no mark followed (the last 8 in flight, a turn of the loop that sent nothing)
+    assert 90 <= len(transactions) <= 90 + 8 + 5, len(transactions)

@@ -1,0 +1,95 @@
+"""The aiohttp transport that hands httpx JSON answers whole (``pipeline.providers._aiohttp``),
+against a real aiohttp server on 127.0.0.1: bodies, encodings and event streams as httpx gives them."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import AsyncIterator
+
+import anyio
+import httpx
+import pytest
+from aiohttp import web
+
+from pipeline.providers._aiohttp import WholeBodyTransport
+
+ANSWER = {"success": True, "data": {"content": "Paris — 巴黎", "tokens_used": 12, "cost": 0.0001}}
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[str, anyio.Event]]:
+    second_event = anyio.Event()  # the stream's second event waits for the client to see the first
+
+    async def plain(request: web.Request) -> web.Response:
+        return web.json_response(ANSWER, headers={"X-RateLimit-Limit": "60"})
+
+    async def gzipped(request: web.Request) -> web.Response:
+        return web.Response(body=gzip.compress(json.dumps(ANSWER).encode()),
+                            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        body = json.dumps(ANSWER).encode()
+        for i in range(0, len(body), 7):
+            await response.write(body[i:i + 7])
+        await response.write_eof()
+        return response
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"body": await request.json(), "auth": request.headers.get("Authorization")},
+                                 status=422)
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"n": 1}\n\n')
+        with anyio.fail_after(10):
+            await second_event.wait()
+        await response.write(b'data: {"n": 2}\n\ndata: [DONE]\n\n')
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.add_routes([web.get("/plain", plain), web.get("/gzip", gzipped), web.get("/chunked", chunked),
+                    web.post("/echo", echo), web.get("/events", events)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", second_event
+    finally:
+        await runner.cleanup()
+
+
+async def test_json_answers_arrive_whole_and_as_httpx_reads_them(server: tuple[str, anyio.Event]) -> None:
+    url, _ = server
+    transport = WholeBodyTransport()
+    async with httpx.AsyncClient(base_url=url, transport=transport) as client:
+        for path in ("/plain", "/gzip", "/chunked"):  # a length, an encoding httpx decodes, no length
+            response = await client.get(path)
+            assert response.status_code == 200 and response.json() == ANSWER, path
+        assert (await client.get("/plain")).headers["x-ratelimit-limit"] == "60"
+        raw = await transport.handle_async_request(client.build_request("GET", "/gzip"))
+        assert json.loads(raw.content) == ANSWER  # read by the transport in one piece: no aread needed
+        sent = await client.post("/echo", json={"prompt": "p"}, headers={"Authorization": "Bearer k"})
+        assert sent.status_code == 422 and sent.json() == {"body": {"prompt": "p"}, "auth": "Bearer k"}
+        assert sent.reason_phrase == "Unprocessable Entity"
+
+
+async def test_an_event_stream_stays_a_stream(server: tuple[str, anyio.Event]) -> None:
+    url, second_event = server
+    async with httpx.AsyncClient(base_url=url, transport=WholeBodyTransport()) as client, \
+            client.stream("GET", "/events") as response:
+        with pytest.raises(httpx.ResponseNotRead):
+            _ = response.content  # a stream, not read whole
+        lines = response.aiter_lines()
+        with anyio.fail_after(10):  # the first event comes before the server has finished the body
+            assert await anext(lines) == 'data: {"n": 1}'
+        second_event.set()
+        rest = [line async for line in lines]
+    assert [line for line in rest if line] == ['data: {"n": 2}', "data: [DONE]"]
