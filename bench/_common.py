@@ -60,8 +60,9 @@ def start_sandbox(latency_ms: float, *, core: int | None = None) -> tuple[subpro
     """``momo-batch sandbox`` in a process of its own (pinned to ``core`` when the machine has more
     than one), and its base URL."""
     code = ("import os, sys; from pipeline.cli import main\n"
-            f"if {core!r} is not None and hasattr(os, 'sched_setaffinity') and (os.cpu_count() or 1) > 1:\n"
-            f"    os.sched_setaffinity(0, {{{core!r}}})\n"
+            f"core = {core!r}\n"
+            "if core is not None and hasattr(os, 'sched_setaffinity') and (os.cpu_count() or 1) > 1:\n"
+            "    os.sched_setaffinity(0, {core})\n"
             "main()")
     proc = subprocess.Popen([sys.executable, "-c", code, "sandbox", "--port", "0", "--latency-ms", str(latency_ms)],
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)

@@ -136,7 +136,8 @@ def _job(data: Path, out: Path, url: str) -> object:
 def child_pipeline(url: str, data: Path, out: Path) -> dict[str, float]:
     import anyio
 
-    import pipeline.job  # noqa: F401  (loaded before the clock starts, as the bare loops load theirs)
+    from pipeline import Credentials, open_provider, run_job  # noqa: F401  (loaded before the clock
+    # starts, as the bare loops load theirs and as the CLI has them loaded when a run starts)
 
     job = _job(data, out, url)
     cpu0 = _usage()["cpu"]

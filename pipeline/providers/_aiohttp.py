@@ -46,8 +46,11 @@ class WholeBodyTransport(AiohttpTransport):
             except httpx.RequestNotRead:
                 data = request.stream
                 request.headers.pop("transfer-encoding", None)  # aiohttp frames it
+            # aiohttp copies headers into its own multidict: from str pairs that is C code, from
+            # httpx.Headers a Python loop that decodes each one (~4 µs against ~1)
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
             response = await client.request(
-                request.method, str(request.url), headers=request.headers, data=data, allow_redirects=False,
+                request.method, str(request.url), headers=headers, data=data, allow_redirects=False,
                 auto_decompress=False, compress=False, timeout=self._timeout(request),
                 server_hostname=request.extensions.get("sni_hostname"),
             ).__aenter__()
@@ -60,5 +63,18 @@ class WholeBodyTransport(AiohttpTransport):
                 body = await response.read()
             finally:
                 response.release()
-        return httpx.Response(response.status, headers=response.raw_headers, content=body, request=request,
-                              extensions=extensions)
+        return _whole(response.status, response.raw_headers, body, request, extensions)
+
+
+def _whole(status: int, headers: Any, body: bytes, request: httpx.Request,
+           extensions: dict[str, Any]) -> httpx.Response:
+    """A response whose body is ``body``, as if httpx had read it. ``httpx.Response(content=...)``
+    runs the bytes through httpx's decoders and chunker at once (~12 µs); without a
+    ``Content-Encoding`` there is nothing to decode, and the body is simply set (~2 µs)."""
+    answer = httpx.Response(status, headers=headers, stream=httpx.ByteStream(body), request=request,
+                            extensions=extensions)
+    if "content-encoding" in answer.headers:
+        answer.read()  # httpx decodes gzip, deflate, br, zstd
+    else:
+        answer._content = body  # what Response.read() would set: httpx 0.28, pinned in requirements.lock
+    return answer
