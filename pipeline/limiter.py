@@ -140,6 +140,8 @@ class ServerWindow:
 
 # Successes a cycle needs before what the server admitted in it may hold the found rate down.
 _MIN_SPAN = 10
+# how much longer each refused probe waits than the one before
+PROBE_GROWTH = 2.0
 
 
 class RateFinder:
@@ -175,6 +177,8 @@ class RateFinder:
         self.successes = 0
         self._since: tuple[float, int] | None = None  # (time, successes) at the last close or first grant
         self._unpaced = False  # the episode began with no pace at all (an unlimited start)
+        self._opened = 0.0  # when the current (or last) episode opened
+        self._last_span: float | None = None  # how long the last episode lasted, open to close
 
     def start(self, now: float) -> None:
         if self._since is None:
@@ -194,7 +198,7 @@ class RateFinder:
         if grant < self.fresh_from:
             return
         if self.blocked:  # a refused probe: the server is still full
-            self.probe_delay = min(self.probe_delay * 2, self.max_probe)
+            self.probe_delay = min(self.probe_delay * PROBE_GROWTH, self.max_probe)
         elif not self.in_episode:
             self._open_episode(now, pace, granted, retry_after)
 
@@ -206,11 +210,19 @@ class RateFinder:
         # (a token bucket's burst looked like a rate): start again from what it really admitted
         if admitted is not None and (base is None or admitted < base / 3):
             base = admitted
-        if base is not None:
-            self.rate = max(1 / self.max_probe, self.decrease * base)
-            self.recover_to = base
+        rate = None if base is None else self.decrease * base
+        if self._refused_right_after_a_probe() and self._last_span:
+            # nothing but the probe got through the last episode before this refusal: the server
+            # lets requests through at about one per that episode (a slow refill, as a token
+            # bucket's after its burst), a measured rate, not a guess to cut by ``decrease``; cut
+            # by it, a bucket refused one request per episode all the way down from its burst's pace
+            rate = 1 / self._last_span if rate is None else min(rate, 1 / self._last_span)
+        if rate is not None:
+            self.rate = max(1 / self.max_probe, rate)
+            self.recover_to = base if base is not None else rate
         self.fresh_from = granted + 1
         self.in_episode = True
+        self._opened = now
         self._unpaced = pace is None
         # with a Retry-After the server has said when: the pause covers it, no probing needed, and
         # the pace it came at was probably right (a blip): recover that fast, probe beyond it slowly
@@ -236,7 +248,12 @@ class RateFinder:
             self.rate = None  # recovered: the quotas set the pace again
         return True
 
+    def _refused_right_after_a_probe(self) -> bool:
+        """No success since the last episode closed (its probe's aside)."""
+        return self._last_span is not None and self._since is not None and self.successes == self._since[1]
+
     def _close_episode(self, now: float, granted: int) -> None:
+        self._last_span = now - self._opened
         self._hold_to_admitted(now)
         self.in_episode = self.blocked = False
         self.fresh_from = granted + 1  # other probes still out were sent while the server was full
@@ -272,7 +289,10 @@ class RateLimiter:
         clock: Clock | None = None,
         safety: float = 0.015,
         decrease: float = 0.8,
-        increase: float = 0.25,
+        # requests/s added per job window of successes: 0.25 cost 23 / 22 refused calls of 600 (fixed
+        # window / sliding log, 60/min, header-less, virtual time) against 17 / 12 at 0.125, at the
+        # same wall time within 5 %
+        increase: float = 0.125,
         recover_per_success: float = 0.05,
     ) -> None:
         if limit is not None and limit <= 0:
