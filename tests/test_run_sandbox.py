@@ -25,6 +25,7 @@ from .helpers import (
 
 TIERS = {"free": 10, "basic": 60, "pro": 300}
 ROWS_PER_TIER = {"free": 25, "basic": 130, "pro": 620}  # about two windows of one second each
+LATENESS = 0.05  # seconds a send may lag its grant on a busy machine (see test_tier_is_never_exceeded)
 
 
 def within_limit(admitted: list[float], algorithm: str, limit: int, window: float) -> bool:
@@ -41,7 +42,7 @@ async def test_tier_is_never_exceeded(tmp_path: Path, tier: str, algorithm: str)
     """No window of the tier holds more sends than its limit, whatever the server counts with.
 
     Only the bound a slow machine cannot break is asserted: a busy machine sends later, never
-    sooner. How close a run comes to the limit is a rate, measured by ``make bench``
+    sooner, than granted (with the lateness allowed below). How close a run comes to the limit is a rate, measured by ``make bench``
     (``bench/tiers.py``), and checked exactly in virtual time by ``test_limiter.py``.
     """
     window = 1.0
@@ -58,7 +59,13 @@ async def test_tier_is_never_exceeded(tmp_path: Path, tier: str, algorithm: str)
         received = calls(sb.records())
     assert report.exit_code == 0 and report.stats.ok == ROWS_PER_TIER[tier]
     assert len(provider.sent) == len(received)  # every send, retries included, reached the server
-    assert max_in_any_window(provider.sent, window) <= TIERS[tier]
+    # A send can be late after its grant (a ledger commit, a garbage collection, a loaded machine),
+    # and an early send late next to a later one on time brings them closer than the limiter
+    # granted them. Its safety margin (1.5 %) covers 0.9 s of lateness in a real minute, but only
+    # 15 ms in a scaled 1 s window: the windows counted here allow 50 ms of it. That still fails
+    # any limiter more than 5.3 % faster than the tier (its limit in 0.95 s); the exact bound,
+    # margin included, is checked in virtual time (test_limiter.py).
+    assert max_in_any_window(provider.sent, window - LATENESS) <= TIERS[tier]
 
 
 async def test_faults_every_row_still_ends_ok(tmp_path: Path) -> None:
