@@ -42,8 +42,9 @@ async def test_tier_is_never_exceeded(tmp_path: Path, tier: str, algorithm: str)
     """No window of the tier holds more sends than its limit, whatever the server counts with.
 
     Only the bound a slow machine cannot break is asserted: a busy machine sends later, never
-    sooner, than granted (with the lateness allowed below). How close a run comes to the limit is a rate, measured by ``make bench``
-    (``bench/tiers.py``), and checked exactly in virtual time by ``test_limiter.py``.
+    sooner, than granted (with the lateness allowed below). How close a run comes to the limit is
+    a rate, measured by ``make bench`` (``bench/tiers.py``), and checked exactly in virtual time by
+    ``test_limiter.py``.
     """
     window = 1.0
     cfg = SandboxConfig(window_seconds=window, algorithm=algorithm)
