@@ -128,3 +128,10 @@ async def test_a_balance_read_under_way_is_waited_for_not_taken_for_a_no() -> No
 
 async def _append(got: list[float], reservation: object) -> None:
     got.append(await reservation)  # type: ignore[misc]
+
+
+def test_a_hold_without_waiting_only_without_a_cap() -> None:
+    free = Budget(None)
+    assert free.hold_now(1.0) == 0.0
+    free.settle(0.0, 0.5)  # the hold counts as a call in flight, as reserve's does
+    assert Budget(1.0).hold_now(0.1) is None  # a cap: reserve decides, and may wait

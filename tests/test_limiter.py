@@ -181,6 +181,22 @@ async def test_unlimited_never_waits() -> None:
     assert clock.now() == 1000.0 and lim.unlimited
 
 
+async def test_a_grant_without_waiting_only_when_nothing_paces() -> None:
+    """``grant_now`` lets a call skip the wait (and the cancel scope a stop needs around it) only
+    when ``acquire`` would not wait: no rate, no pause, no probe."""
+    clock = VirtualClock()
+    free = RateLimiter(None, clock=clock)
+    assert free.grant_now() == 1 and free.grant_now() == 2 and free.granted == 2
+    paced = RateLimiter(60, 60.0, clock=clock)
+    assert paced.grant_now() is None and paced.granted == 0  # acquire waits its turn
+    free.on_rate_limited(retry_after=5.0, grant=2)  # a pause
+    assert free.grant_now() is None
+    clock.t += 5.0
+    assert free.grant_now() == 3
+    free.on_rate_limited(grant=3)  # header-less: probing, one at a time
+    assert free.grant_now() is None
+
+
 async def test_concurrent_waiters_share_one_schedule() -> None:
     clock = VirtualClock()  # one sleeper at a time: the limiter's lock holds the others
     lim = RateLimiter(10, 1.0, clock=clock)
