@@ -187,9 +187,7 @@ class _Store:
             if durable and self.db.in_transaction:
                 self.db.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._abandon()
-            raise WriteError(f"{self.path}: cannot record ({exc}); the ledger keeps what it "
-                                   "already has: free the space and run again to resume") from None
+            raise self._cannot_record(exc) from None
 
     def commit(self) -> None:
         """Make every write so far durable (a no-op when nothing waits for a commit)."""
@@ -198,9 +196,7 @@ class _Store:
         try:
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._abandon()
-            raise WriteError(f"{self.path}: cannot record ({exc}); the ledger keeps what it "
-                                   "already has: free the space and run again to resume") from None
+            raise self._cannot_record(exc) from None
 
     @contextlib.contextmanager
     def grouping(self) -> Iterator[None]:
@@ -213,6 +209,11 @@ class _Store:
         finally:
             self.grouped = False
             self.commit()
+
+    def _cannot_record(self, exc: sqlite3.Error) -> WriteError:
+        self._abandon()
+        return WriteError(f"{self.path}: cannot record ({exc}); the ledger keeps what it already has: "
+                          "free the space and run again to resume")
 
     def _abandon(self) -> None:
         if self.db.in_transaction:
