@@ -257,6 +257,9 @@ def main() -> None:
                     ("pipeline (run_job)", pipe)):
         print(f"{name:<34}{r['rows']:>10,}{r['rows'] / r['wall']:>10,.0f}{r['cpu'] / r['rows'] * 1000:>12.3f}"
               f"{r['rss_mb']:>13.0f}")
+    for name, runs in (("aiohttp", raws), ("client", bares), ("pipeline", pipes)):
+        each = ", ".join(f"{r['rows'] / r['wall']:,.0f} rows/s {r['cpu'] / r['rows'] * 1000:.3f} ms" for r in runs)
+        print(f"  each {name} run, in order: {each}")
     for r in (mid_run, big_run):
         print(f"{'pipeline, ' + format(r['rows'], ',') + '-row input':<34}{r['rows']:>10,}"
               f"{r['rows'] / r['wall']:>10,.0f}{r['cpu'] / r['rows'] * 1000:>12.3f}"
