@@ -72,15 +72,17 @@ class Budget:
 
     async def reserve(self, worst: float) -> float:
         """Hold ``worst`` for one call; returns the amount to pass to :meth:`settle`."""
-        if self.cap is None:
-            self._in_flight += 1
-            return 0.0
-        while self.counted + self.reserved + worst > self.cap + 1e-12:
+        held = self.hold_now(worst)
+        if held is not None:
+            return held
+        cap = self.cap
+        assert cap is not None  # hold_now holds whenever there is no cap
+        while self.counted + self.reserved + worst > cap + 1e-12:
             if await self._reread():
                 continue
             if self._in_flight == 0:
                 raise BudgetExceeded(
-                    f"max_cost {self.cap:g} reached: spent {self.counted:.6f} (of which {self._unknown:.6f} for "
+                    f"max_cost {cap:g} reached: spent {self.counted:.6f} (of which {self._unknown:.6f} for "
                     f"calls whose charge is unknown), the next call may cost up to {worst:.6f}"
                 )
             await self._settled.wait()

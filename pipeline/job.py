@@ -261,8 +261,9 @@ def _steady_gc() -> Iterator[None]:
     what exists now out of the collector's generations; ``unfreeze`` gives it back afterwards.
 
     And collect the youngest generation every 10,000 new objects, not 700: a call makes hundreds
-    (httpx and aiohttp objects, most of them freed with it), and 480 young collections took
-    0.7-0.8 s of the CPU of a 20,000-row run (``gc.callbacks``, thread time), 47 of them 0.4 s.
+    (httpx and aiohttp objects, most of them freed with it), and 443-480 young collections took
+    0.56-0.83 s of the CPU of a 20,000-row run (``gc.callbacks``, thread time), 47-96 of them
+    0.26-0.39 s.
     """
     thresholds = gc.get_threshold()
     gc.collect()

@@ -150,8 +150,8 @@ class SharedBudget:
         return 0.0 if self.cap is None else None
 
     async def reserve(self, worst: float) -> float:
-        if self.cap is None:
-            return 0.0
+        if (held := self.hold_now(worst)) is not None:
+            return held
         held = await self._coordinator.reserve.remote(worst)
         if isinstance(held, str):
             raise BudgetExceeded(held)
