@@ -288,17 +288,36 @@ async def test_cookies_are_neither_kept_nor_sent() -> None:
 
 
 @pytest.mark.parametrize("base", ["https://api.example.com/v1", "https://api.example.com/v1/", "http://h:8/p/q"])
-async def test_a_prebuilt_request_is_the_request_httpx_itself_builds(base: str) -> None:
+async def test_a_prebuilt_request_is_the_request_httpx_itself_builds(base: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The clients skip httpx's per-call merging of URL, headers and timeout (``build_request``):
     what goes out must be exactly what httpx's own ``build_request`` makes, call after call."""
     async with MomoClient("k-123", base, timeout=7) as c:
         http = c._http
-        for _ in range(2):  # the second comes from the cache of built URLs
-            fast = http.build_request("POST", "agents/159", json={"prompt": "p", "stream": False})
-            slow = httpx.AsyncClient.build_request(http, "POST", "agents/159", json={"prompt": "p", "stream": False})
-            assert fast.url == slow.url and str(fast.url).endswith("/agents/159")
-            assert fast.headers.multi_items() == slow.headers.multi_items()
-            assert fast.extensions == slow.extensions and fast.read() == slow.read()
+        calls = [("POST", "agents/159", {"json": {"prompt": "p", "stream": False}}),
+                 ("POST", "agents/159", {"json": {"prompt": "巴黎 \u2028 \"q\" \\", "max_tokens": 5, "t": 0.5}}),
+                 ("GET", "account/balance", {}), ("POST", "agents/7", {}), ("POST", "agents/7", {"json": None}),
+                 ("POST", "agents/7", {"json": []}), ("PUT", "x", {"content": b"raw"})]
+        prepared = []  # httpx's merging of headers: never on the prebuilt path
+        own_prepare = httpx.Request._prepare
+        monkeypatch.setattr(httpx.Request, "_prepare", lambda self, h: prepared.append(1) or own_prepare(self, h))
+        for _ in range(2):  # the second comes from the cache of built URLs and headers
+            for method, path, body in calls:
+                # as ``AsyncClient.request`` calls it: every argument named, the unused ones None
+                as_request_calls = {"content": None, "data": None, "files": None, "json": None, **body}
+                prepared.clear()
+                fast = http.build_request(method=method, url=path, params=None, headers=None, cookies=None,
+                                          timeout=httpx.USE_CLIENT_DEFAULT, extensions=None, **as_request_calls)
+                assert bool(prepared) == ("content" in body), (method, body)
+                slow = httpx.AsyncClient.build_request(http, method, path, **body)
+                assert fast.url == slow.url and str(fast.url).endswith(f"/{path}")
+                assert fast.method == slow.method and fast.headers.raw == slow.headers.raw, (method, body)
+                assert fast.extensions == slow.extensions and fast.read() == slow.read()
+        with pytest.raises(ValueError):  # what httpx refuses, refused alike
+            http.build_request("POST", "agents/7", json={"x": float("nan")})
+        http.headers["X-Trace"] = "1"  # the client's headers changed in place: built afresh
+        fast, slow = http.build_request("GET", "agents"), httpx.AsyncClient.build_request(http, "GET", "agents")
+        assert fast.headers.raw == slow.headers.raw and fast.headers["x-trace"] == "1"
         with_params = http.build_request("GET", "agents", params={"page": 2})  # not the fast path
         assert with_params.url.params["page"] == "2"
         own = http.build_request("GET", "x", headers={"Accept": "text/event-stream"})

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from pipeline.providers._aiohttp import WholeBodyTransport
+from pipeline.providers._transport import build_http_client
 
 ANSWER = {"success": True, "data": {"content": "Paris — 巴黎", "tokens_used": 12, "cost": 0.0001}}
 
@@ -52,9 +53,16 @@ async def server() -> AsyncIterator[tuple[str, anyio.Event]]:
         await response.write_eof()
         return response
 
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/plain")
+
+    async def short_events(request: web.Request) -> web.Response:
+        return web.Response(body=b'data: {"n": 1}\n\n', headers={"Content-Type": "text/event-stream"})
+
     app = web.Application()
     app.add_routes([web.get("/plain", plain), web.get("/gzip", gzipped), web.get("/chunked", chunked),
-                    web.post("/echo", echo), web.get("/events", events)])
+                    web.post("/echo", echo), web.get("/events", events), web.get("/moved", moved),
+                    web.get("/short-events", short_events)])
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -94,3 +102,46 @@ async def test_an_event_stream_stays_a_stream(server: tuple[str, anyio.Event]) -
         second_event.set()
         rest = [line async for line in lines]
     assert [line for line in rest if line] == ['data: {"n": 2}', "data: [DONE]"]
+
+
+async def test_the_short_send_answers_as_httpx_own_send(server: tuple[str, anyio.Event],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job's client sends straight to the transport (``_CookielessClient.send``): what comes
+    back must be what httpx's own ``send`` gives, and the short path must be the one taken."""
+    url, _ = server
+    long_path = []
+    own_send = httpx.AsyncClient._send_handling_auth
+
+    async def counted(self: httpx.AsyncClient, *args: object, **kw: object) -> httpx.Response:
+        long_path.append(1)
+        return await own_send(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(httpx.AsyncClient, "_send_handling_auth", counted)
+    client = build_http_client(url, headers={"Authorization": "Bearer k"}, timeout=10)
+    async with client:
+        await client.get("plain")  # the first call opens the client, on httpx's path
+        long_path.clear()
+        requests = [("GET", "plain", None), ("GET", "gzip", None), ("GET", "chunked", None),
+                    ("POST", "echo", {"prompt": "巴黎 \u2028 \"q\""}), ("GET", "moved", None),
+                    ("GET", "short-events", None)]
+        for method, path, body in requests:
+            short = await client.request(method, path, json=body)
+            assert not long_path, path
+            own = await httpx.AsyncClient.send(client, client.build_request(method, path, json=body))
+            assert long_path, path
+            long_path.clear()
+            assert (short.status_code, short.content, short.headers.multi_items(), short.reason_phrase) == \
+                (own.status_code, own.content, own.headers.multi_items(), own.reason_phrase), path
+            assert short.request.url == own.request.url and short.http_version == own.http_version
+            assert (short.next_request and str(short.next_request.url)) == \
+                (own.next_request and str(own.next_request.url)), path
+        assert short.text == 'data: {"n": 1}\n\n'  # an event stream nobody asked to stream is read whole
+        assert (await client.post("echo", json={"prompt": "p"})).json()["auth"] == "Bearer k"
+
+        async def hook(request: httpx.Request) -> None:
+            seen.append(request.url.path)
+
+        seen: list[str] = []
+        client.event_hooks = {"request": [hook], "response": []}  # hooks: httpx's own path, as always
+        await client.get("plain")
+        assert seen == ["/plain"] and long_path
