@@ -43,6 +43,7 @@ from typing import Any
 import polars as pl
 
 from .errors import JobBusy, WriteError
+from .journal import COMMIT_SECONDS, ROTATE_BYTES, Journal, entries, journals
 
 SENT, ANSWER, FINAL, RETRY = 0, 1, 2, 3
 DB_NAME = "ledger.sqlite"
@@ -66,6 +67,10 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE TABLE IF NOT EXISTS merged (
     shard TEXT PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS journal (
+    generation INTEGER NOT NULL,
+    applied    INTEGER NOT NULL
 );
 """
 CHECKPOINT_SECONDS = 0.5  # how often the log is copied into the database file (see Checkpointer)
@@ -198,6 +203,10 @@ class _Store:
         except sqlite3.Error as exc:
             raise self._cannot_record(exc) from None
 
+    def flush(self) -> None:
+        """Everything written so far in the database (here the same as :meth:`commit`)."""
+        self.commit()
+
     @contextlib.contextmanager
     def grouping(self) -> Iterator[None]:
         """Group commits (see :attr:`grouped`) for the length of a run; what is left is committed
@@ -208,7 +217,7 @@ class _Store:
             yield
         finally:
             self.grouped = False
-            self.commit()
+            self.flush()
 
     def _cannot_record(self, exc: sqlite3.Error) -> WriteError:
         self._abandon()
@@ -236,12 +245,15 @@ class Ledger(_Store):
     """The job's record of every request and row outcome. Open it with :meth:`open`."""
 
     def __init__(self, root: Path, db: sqlite3.Connection, lock: int | None, run: int, *,
-                 path: Path | None = None, writer: bool = False) -> None:
+                 path: Path | None = None, writer: bool = False, journal: Journal | None = None) -> None:
         self.root = root
         self.path = path or root / DB_NAME
         self.db = db
         self._lock = lock
         self.run = run
+        self._journal = journal  # the job's own ledger has one; a worker's shard and a view do not
+        self._applying = True  # False once the database refused a write: the journal alone then
+        self._committed_at = time.monotonic()
         if writer:  # the job's ledger, or a worker's shard: not a view of someone else's
             self._checkpoint_beside()
 
@@ -256,14 +268,17 @@ class Ledger(_Store):
             if restart:
                 for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
                     (root / name).unlink(missing_ok=True)
+                for _, path in journals(root):
+                    path.unlink()
                 shutil.rmtree(root / SHARDS, ignore_errors=True)
             db = _connect(root / DB_NAME)
             db.executescript(_SCHEMA)
+            journal = _apply_journals(db, root)
             cur = db.execute("INSERT INTO runs(started_at, pid) VALUES (?, ?)",
                              (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), os.getpid()))
             assert cur.lastrowid is not None
-            return cls(root, db, lock, cur.lastrowid, writer=True)
-        except sqlite3.Error as exc:
+            return cls(root, db, lock, cur.lastrowid, writer=True, journal=journal)
+        except (sqlite3.Error, OSError) as exc:
             os.close(lock)
             raise WriteError(f"{root / DB_NAME}: cannot open the ledger ({exc})") from None
         except BaseException:
@@ -289,6 +304,7 @@ class Ledger(_Store):
 
     def fold(self) -> None:
         """Fold the write-ahead log into the database file, for readers that open it immutable."""
+        self.flush()
         try:
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
@@ -303,6 +319,7 @@ class Ledger(_Store):
     def absorb(self, shard: Path) -> None:
         """Merge a worker's shard into this ledger, once (a crash after the merge and before the
         file is removed does not count it twice), then remove the shard's files."""
+        self.flush()
         try:
             self.db.execute("ATTACH DATABASE ? AS shard", (f"file:{shard}",))
         except sqlite3.Error:  # an empty or torn file: nothing was recorded in it
@@ -342,9 +359,16 @@ class Ledger(_Store):
             return None
 
     def close(self) -> None:
-        """Fold the write-ahead log into the database (no ``-wal`` file left) and unlock."""
+        """Fold the write-ahead log into the database (no ``-wal`` file left), drop the journal
+        once the database holds it all, and unlock."""
         with contextlib.suppress(WriteError):  # a run commits its own writes (see grouping)
-            self.commit()
+            self.flush()
+        if self._journal is not None:
+            if self._applying:
+                self._journal.remove()
+            else:  # the database refused some of it: the next open applies it
+                self._journal.close()
+            self._journal = None
         if self._lock is not None or self.path.parent.name == SHARDS:
             self._stop_checkpoints()
             with contextlib.suppress(sqlite3.Error):
@@ -396,31 +420,128 @@ class Ledger(_Store):
     # -- writing ---------------------------------------------------------------------------
     def sent(self, key: str, held: float) -> None:
         """A call is about to go out: until it is settled, its outcome is unknown."""
-        self._write(
-            "INSERT INTO entries(key, state, run, held) VALUES (?, 0, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET state = 0, run = excluded.run, held = held + excluded.held",
-            (key, self.run, held))
+        self._record("sent", (key, self.run, held), durable=True)
 
     def not_charged(self, key: str, held: float) -> None:
         """The call failed in a way that cannot have been charged (a 4xx, a 429)."""
-        self._write("UPDATE entries SET held = MAX(0, held - ?) WHERE key = ?", (held, key), durable=False)
+        self._record("not_charged", (held, key), durable=False)
 
     def answered(self, key: str, answer: dict[str, Any], paid: float, held: float) -> None:
         """A call's answer (label votes and re-asks; plain rows record their outcome instead)."""
-        self._write(
-            "INSERT INTO entries(key, state, run, cost, held, record) VALUES (?, 1, ?, ?, 0, ?) "
-            "ON CONFLICT(key) DO UPDATE SET state = 1, run = excluded.run, cost = cost + excluded.cost, "
-            "held = MAX(0, held - ?), record = excluded.record",
-            (key, self.run, paid, json.dumps(answer, ensure_ascii=False), held), durable=False)
+        self._record("answered", (key, self.run, paid, _encode(answer), held), durable=False)
 
     def outcome(self, key: str, record: dict[str, Any], *, final: bool, paid: float, held: float) -> None:
         """A row's outcome: its output columns, and what its own (unrecorded) calls cost."""
-        self._write(
-            "INSERT INTO entries(key, state, run, cost, held, record) VALUES (?, ?, ?, ?, 0, ?) "
-            "ON CONFLICT(key) DO UPDATE SET state = excluded.state, run = excluded.run, "
-            "cost = cost + excluded.cost, held = MAX(0, held - ?), record = excluded.record",
-            (key, FINAL if final else RETRY, self.run, paid, json.dumps(record, ensure_ascii=False), held),
-            durable=False)
+        self._record("outcome", (key, FINAL if final else RETRY, self.run, paid, _encode(record), held),
+                     durable=False)
+
+    def _record(self, write: str, args: tuple[Any, ...], *, durable: bool) -> None:
+        """While a run groups its writes and the journal is open: appended to the journal (durable
+        from then on), then executed in the open transaction; otherwise as :meth:`_write` does."""
+        journal = self._journal
+        if journal is None or not self.grouped:
+            self._write(_WRITES[write], args, durable=durable)
+            return
+        try:
+            journal.append(write, args)
+        except OSError as exc:
+            raise WriteError(f"{journal.path}: cannot record ({exc.strerror or exc}); the ledger keeps what "
+                             "it already has: free the space and run again to resume") from None
+        if not self._applying:
+            return
+        try:
+            if not self.db.in_transaction:
+                self.db.execute("BEGIN")
+            self.db.execute(_WRITES[write], args)
+        except sqlite3.Error as exc:
+            raise self._cannot_apply(exc) from None
+
+    def _cannot_apply(self, exc: sqlite3.Error) -> WriteError:
+        """The database refused a write the journal holds: the rest of the run goes to the journal
+        alone, and the next open applies it all (nothing is lost, so nothing is abandoned)."""
+        self._applying = False
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("ROLLBACK")
+        return WriteError(f"{self.path}: cannot record ({exc}); what this run recorded is kept in its "
+                          "journal and applied when the job next runs: free the space and run again to resume")
+
+    def commit(self) -> None:
+        """With the journal open, writes are durable already: the open transaction is committed
+        once :data:`COMMIT_SECONDS` have passed since the last commit (:meth:`flush` now)."""
+        if self._journal is None:
+            super().commit()
+        elif time.monotonic() - self._committed_at >= COMMIT_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit everything written so far to the database, with how far into the journal it reaches."""
+        journal = self._journal
+        if journal is None:
+            super().commit()
+            return
+        self._committed_at = time.monotonic()
+        if not self._applying or not self.db.in_transaction:
+            return
+        try:
+            self.db.execute("UPDATE journal SET generation = ?, applied = ?", (journal.generation, journal.size))
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self._cannot_apply(exc) from None
+        if journal.size > ROTATE_BYTES:
+            self._next_journal()
+
+    def _next_journal(self) -> None:
+        """Start a new journal file once the database holds all of the current one."""
+        old = self._journal
+        assert old is not None
+        self._journal = Journal(self.root, old.generation + 1)
+        try:
+            self.db.execute("UPDATE journal SET generation = ?, applied = 0", (self._journal.generation,))
+        except sqlite3.Error as exc:  # the old file stays: its lines are applied, and skipped
+            old.close()
+            raise self._cannot_apply(exc) from None
+        old.remove()
+
+
+# The writes a ledger makes, by name: what a journal line says, replayed through the same statement.
+_WRITES = {
+    "sent": "INSERT INTO entries(key, state, run, held) VALUES (?, 0, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET state = 0, run = excluded.run, held = held + excluded.held",
+    "not_charged": "UPDATE entries SET held = MAX(0, held - ?) WHERE key = ?",
+    "answered": "INSERT INTO entries(key, state, run, cost, held, record) VALUES (?, 1, ?, ?, 0, ?) "
+                "ON CONFLICT(key) DO UPDATE SET state = 1, run = excluded.run, cost = cost + excluded.cost, "
+                "held = MAX(0, held - ?), record = excluded.record",
+    "outcome": "INSERT INTO entries(key, state, run, cost, held, record) VALUES (?, ?, ?, ?, 0, ?) "
+               "ON CONFLICT(key) DO UPDATE SET state = excluded.state, run = excluded.run, "
+               "cost = cost + excluded.cost, held = MAX(0, held - ?), record = excluded.record",
+}
+_encode = json.JSONEncoder(ensure_ascii=False).encode  # made once: ``json.dumps`` with options makes one a call
+
+
+def _apply_journals(db: sqlite3.Connection, root: Path) -> Journal:
+    """Apply what the journal files hold beyond the database's last commit, drop them, and open
+    a new one (a job killed mid-run loses nothing the journal had)."""
+    row = db.execute("SELECT generation, applied FROM journal").fetchone()
+    generation, applied = row if row else (0, 0)
+    files = journals(root)
+    db.execute("BEGIN")
+    try:
+        for number, path in files:
+            if number >= generation:
+                for write, args in entries(path, applied if number == generation else 0):
+                    if write in _WRITES:
+                        db.execute(_WRITES[write], args)
+        journal = Journal(root, max([generation, *(n for n, _ in files)]) + 1)
+        db.execute("DELETE FROM journal")
+        db.execute("INSERT INTO journal(generation, applied) VALUES (?, 0)", (journal.generation,))
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+    for _, path in files:
+        path.unlink(missing_ok=True)
+    return journal
 
 
 class Cache(_Store):

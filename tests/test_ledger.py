@@ -260,9 +260,9 @@ def test_readers_and_views_start_no_checkpointer(tmp_path: Path) -> None:
     view.close()
 
 
-# -- group commit: one commit a row ------------------------------------------------------------
-def _state_seen_by_another_connection(out: Path, key: str) -> int | None:
-    db = sqlite3.connect(f"file:{ledger_dir(out) / 'ledger.sqlite'}?mode=ro", uri=True)
+# -- group commit: a worker's shard commits once a row ------------------------------------------
+def _state_seen_by_another_connection(db_file: Path, key: str) -> int | None:
+    db = sqlite3.connect(f"file:{db_file}?mode=ro", uri=True)
     try:
         row = db.execute("SELECT state FROM entries WHERE key = ?", (key,)).fetchone()
     finally:
@@ -271,26 +271,27 @@ def _state_seen_by_another_connection(out: Path, key: str) -> int | None:
 
 
 def test_while_grouped_an_outcome_waits_for_the_next_sent_mark_which_is_durable_at_once(tmp_path: Path) -> None:
-    out = tmp_path / "out.parquet"
-    with Ledger.open(out) as led:
+    """A worker's shard (no journal): each "sent" mark commits, taking the outcomes before it along."""
+    db_file = tmp_path / "shards" / "w1.sqlite"
+    with Ledger.shard(db_file, run=1) as led:
         commits: list[str] = []
         led.db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
         with led.grouping():
             led.sent("k1", 0.0)
-            assert _state_seen_by_another_connection(out, "k1") == SENT  # before its call goes out
+            assert _state_seen_by_another_connection(db_file, "k1") == SENT  # before its call goes out
             led.outcome("k1", _record(status="ok", response="a"), final=True, paid=0.1, held=0.0)
             assert led.get("k1").state == FINAL  # type: ignore[union-attr]  (this connection sees it)
-            assert _state_seen_by_another_connection(out, "k1") == SENT  # not committed yet
+            assert _state_seen_by_another_connection(db_file, "k1") == SENT  # not committed yet
             led.sent("k2", 0.0)  # the next call's mark commits both
-            assert _state_seen_by_another_connection(out, "k1") == FINAL
-            assert _state_seen_by_another_connection(out, "k2") == SENT
+            assert _state_seen_by_another_connection(db_file, "k1") == FINAL
+            assert _state_seen_by_another_connection(db_file, "k2") == SENT
             led.outcome("k2", _record(status="ok", response="b"), final=True, paid=0.1, held=0.0)
-        assert _state_seen_by_another_connection(out, "k2") == FINAL  # the end of the run commits
+        assert _state_seen_by_another_connection(db_file, "k2") == FINAL  # the end of the run commits
         # k1's mark commits alone (nothing was waiting); k1's outcome rides with k2's mark, and k2's
         # outcome with the end: two transactions with an explicit COMMIT for two rows, not four
         assert len(commits) == 2
         led.outcome("k3", _record(status="ok", response="c"), final=True, paid=0.1, held=0.0)
-        assert _state_seen_by_another_connection(out, "k3") == FINAL  # not grouped: at once
+        assert _state_seen_by_another_connection(db_file, "k3") == FINAL  # not grouped: at once
 
 
 class _FailingCommit:
@@ -311,8 +312,8 @@ class _FailingCommit:
 
 
 def test_a_failed_commit_loses_only_what_it_held_and_says_so(tmp_path: Path) -> None:
-    out = tmp_path / "out.parquet"
-    with Ledger.open(out) as led, led.grouping():
+    db_file = tmp_path / "shards" / "w1.sqlite"
+    with Ledger.shard(db_file, run=1) as led, led.grouping():
         led.sent("k1", 0.0)
         led.outcome("k1", _record(status="ok", response="a"), final=True, paid=0.1, held=0.0)
         real = led.db
@@ -324,4 +325,147 @@ def test_a_failed_commit_loses_only_what_it_held_and_says_so(tmp_path: Path) -> 
         # rolled back: k1 is where its durable "sent" mark left it (a resume sends it again), k2 unknown
         assert led.get("k1").state == SENT and led.get("k2") is None  # type: ignore[union-attr]
         led.sent("k3", 0.0)
-        assert _state_seen_by_another_connection(out, "k3") == SENT  # and it goes on
+        assert _state_seen_by_another_connection(db_file, "k3") == SENT  # and it goes on
+
+
+# -- the journal: a running job's writes, durable at once, committed every COMMIT_SECONDS -------
+def _grouped_writer(out: Path, rows: str, *, end: str) -> str:
+    """A child process that writes ``rows`` (a Python expression) as a run does, printing each
+    row once its outcome is written, then ends with ``end``."""
+    return ("import os, sys; from pathlib import Path; from pipeline.ledger import Ledger\n"
+            f"led = Ledger.open(Path({str(out)!r}))\n"
+            "with led.grouping():\n"
+            f"    for i in {rows}:\n"
+            "        led.sent(f'k{i}', 0.25)\n"
+            "        led.outcome(f'k{i}', {'status': 'ok', 'response': 'x' * 300}, final=True, paid=0.5, held=0.25)\n"
+            "        led.commit()\n"
+            "        print(i, flush=True)\n"
+            f"    {end}\n")
+
+
+def test_kill_9_mid_run_keeps_every_row_the_journal_had(tmp_path: Path) -> None:
+    """A run's writes are committed to the database every 50 ms; killed between two commits, the
+    journal has the rest: every row the writer went past is there once the ledger opens again."""
+    out = tmp_path / "out.parquet"
+    proc = subprocess.Popen([sys.executable, "-c", _grouped_writer(out, "range(10**9)", end="pass")],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    last = -1
+    for line in proc.stdout:
+        last = int(line)
+        if last >= 3000:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    proc.stdout.close()
+    db_file = ledger_dir(out) / "ledger.sqlite"
+    with sqlite3.connect(db_file) as db:  # what the database itself had: less than that
+        committed = db.execute("SELECT COUNT(*) FROM entries WHERE state = 2").fetchone()[0]
+    assert committed < last + 1
+    with Ledger.open(out) as led:
+        have = led.states([f"k{i}" for i in range(last + 1)])
+        assert len(have) == last + 1 and {s for s, _ in have.values()} == {FINAL}
+        rows = led.db.execute("SELECT COUNT(*), SUM(state = 2), SUM(held) FROM entries").fetchone()
+        # each row paid 0.5 once, and held nothing once settled; a row sent and not settled holds 0.25
+        assert led.totals().spent == pytest.approx(0.5 * rows[1] + 0.25 * (rows[0] - rows[1]))
+        assert rows[0] - rows[1] <= 1 and rows[2] == pytest.approx(0.25 * (rows[0] - rows[1]))
+
+
+def test_the_journal_is_applied_once_and_a_line_cut_short_is_ignored(tmp_path: Path) -> None:
+    out = tmp_path / "out.parquet"
+    # 40 rows, then the process ends without a commit or a close, as a crash would
+    code = _grouped_writer(out, "range(40)", end="os._exit(0)")
+    code = code.replace("led.commit()", "pass")  # not even the 50 ms commits: all in the journal
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    root = ledger_dir(out)
+    [journal] = root.glob("journal-*.log")
+    lines = journal.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 80 and all(line.endswith(b"\n") for line in lines)  # a sent and an outcome a row
+    with journal.open("ab") as cut:  # a line the crash cut short: never acknowledged
+        cut.write(b'["outcome","k99",2,1,100.0,"{}"')
+    assert _state_seen_by_another_connection(root / "ledger.sqlite", "k0") is None  # never committed
+    for _ in range(2):  # applied by the first open, and only once
+        with Ledger.open(out) as led:
+            assert led.totals().spent == pytest.approx(40 * 0.5) and led.totals().unknown == 0
+            assert led.get("k39").state == FINAL and led.get("k99") is None  # type: ignore[union-attr]
+    assert list(root.glob("journal-*.log")) == []  # closed with everything in the database
+
+
+def test_a_run_commits_on_a_clock_not_once_a_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out.parquet"
+    db_file = ledger_dir(out) / "ledger.sqlite"
+    with Ledger.open(out) as led:
+        commits: list[str] = []
+        led.db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+        monkeypatch.setattr(ledger_module, "COMMIT_SECONDS", 3600.0)
+        with led.grouping():
+            for i in range(100):
+                led.sent(f"k{i}", 0.0)
+                assert led.get(f"k{i}").state == SENT  # type: ignore[union-attr]  (its own reads see it)
+                led.outcome(f"k{i}", _record(status="ok", response="a"), final=True, paid=0.1, held=0.0)
+                led.commit()  # what the runner calls each turn: not due yet
+            assert commits == [] and _state_seen_by_another_connection(db_file, "k0") is None
+            monkeypatch.setattr(ledger_module, "COMMIT_SECONDS", 0.0)
+            led.commit()  # due: one commit for the hundred rows
+            assert commits == ["COMMIT"] and _state_seen_by_another_connection(db_file, "k99") == FINAL
+        assert commits == ["COMMIT"]  # nothing left for the end of the run
+        led.outcome("late", _record(status="ok", response="b"), final=True, paid=0.1, held=0.0)
+        assert _state_seen_by_another_connection(db_file, "late") == FINAL  # not grouped: at once
+
+
+def test_a_long_run_starts_new_journal_files_and_loses_nothing(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out.parquet"
+    monkeypatch.setattr(ledger_module, "ROTATE_BYTES", 2_000)  # a new file every few rows
+    monkeypatch.setattr(ledger_module, "COMMIT_SECONDS", 0.0)
+    led = Ledger.open(out)
+    root = ledger_dir(out)
+    first = {p.name for p in root.glob("journal-*.log")}
+    led.grouped = True  # what ``grouping`` sets: a run that never ends, the process "dies" in it
+    for i in range(30):
+        led.sent(f"k{i}", 0.0)
+        led.outcome(f"k{i}", _record(status="ok", response="a" * 100), final=True, paid=0.1, held=0.0)
+        led.commit()
+    led.sent("k30", 0.0)  # journaled, not committed, when the process dies
+    files = list(root.glob("journal-*.log"))
+    assert len(files) == 1 and files[0].name not in first  # the applied ones are gone
+    led.db.close()  # the crash: the open transaction is lost, the journal file is not
+    led._journal.close()  # type: ignore[union-attr]
+    __import__("os").close(led._lock)  # type: ignore[arg-type]
+    with Ledger.open(out) as again:
+        assert again.totals().spent == pytest.approx(3.0) and again.get("k30").state == SENT  # type: ignore[union-attr]
+
+
+class _FailingWrite:
+    """The ledger's connection, whose next write to ``entries`` fails as a full disk would."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.fail = True
+
+    def execute(self, sql: str, *args: object) -> object:
+        if "entries" in sql and self.fail:
+            self.fail = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+
+def test_a_database_that_refuses_a_write_loses_nothing_the_journal_has(tmp_path: Path) -> None:
+    out = tmp_path / "out.parquet"
+    with Ledger.open(out) as led, led.grouping():
+        led.sent("k1", 0.0)
+        led.outcome("k1", _record(status="ok", response="a"), final=True, paid=0.1, held=0.0)
+        real = led.db
+        led.db = _FailingWrite(real)  # type: ignore[assignment]
+        with pytest.raises(WriteError, match="kept in its journal"):
+            led.sent("k2", 0.0)
+        led.db = real
+        assert led.abandoned == 0  # nothing lost: the runner reports what it wrote
+        led.outcome("k2", _record(status="ok", response="b"), final=True, paid=0.1, held=0.0)  # journal only
+    assert list(ledger_dir(out).glob("journal-*.log"))  # kept for the next open
+    with Ledger.open(out) as led:
+        assert led.get("k1").state == FINAL and led.get("k2").state == FINAL  # type: ignore[union-attr]
+        assert led.totals().spent == pytest.approx(0.2)
