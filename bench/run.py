@@ -137,7 +137,9 @@ def child_pipeline(url: str, data: Path, out: Path) -> dict[str, float]:
     import anyio
 
     from pipeline import Credentials, open_provider, run_job  # noqa: F401  (loaded before the clock
-    # starts, as the bare loops load theirs and as the CLI has them loaded when a run starts)
+    # starts, as the bare loops load theirs and as the CLI has them loaded when a run starts: the
+    # CLI opens the provider, and so imports aiohttp, before it calls run_job)
+    from pipeline.providers import _aiohttp  # noqa: F401
 
     job = _job(data, out, url)
     cpu0 = _usage()["cpu"]
