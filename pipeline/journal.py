@@ -14,8 +14,9 @@ opening the ledger for writing applies whatever the journal holds beyond that po
 No library offers this: SQLite's own log is the one we have, and what costs is its per-commit
 page images, which no setting removes.
 
-Files are ``journal-<generation>.log`` beside the database, one JSON array a line:
-``[write, *arguments]``. A line cut short by a crash (no newline, not JSON) ends the replay.
+Files are ``journal-<generation>.log`` beside the database, one line a write: a JSON array
+``[write, *arguments]``, then for a write that carries a record, a tab and the record's JSON. A
+line cut short by a crash (no newline, not JSON) ends the replay.
 """
 
 from __future__ import annotations
@@ -41,10 +42,23 @@ class Journal:
         self.path = root / f"{_PREFIX}{generation:08d}{_SUFFIX}"
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self.size = os.fstat(self._fd).st_size  # bytes in the file: the point a commit reaches
+        self._pending: list[str] = []  # lines not written yet: they wait for a durable one
 
-    def append(self, write: str, args: Sequence[Any]) -> None:
-        """One line, in one ``write()`` (raises ``OSError``, e.g. a full disk)."""
-        data = (_encode([write, *args]) + "\n").encode()
+    def append(self, write: str, args: Sequence[Any], *, durable: bool, record: bool = False) -> None:
+        """A line for ``write``; ``durable``: in the file when this returns, with the lines that
+        waited for it, in one ``write()`` (raises ``OSError``, e.g. a full disk). ``record``: the
+        last argument is JSON text already, kept as it is after a tab (not encoded again)."""
+        # JSON text has no raw tab or newline: the record needs no escaping to share the line
+        self._pending.append(f"{_encode([write, *args[:-1]])}\t{args[-1]}\n" if record
+                             else f"{_encode([write, *args])}\n")
+        if durable:
+            self.write_pending()
+
+    def write_pending(self) -> None:
+        if not self._pending:
+            return
+        data = "".join(self._pending).encode()
+        self._pending.clear()
         done = os.write(self._fd, data)
         while done < len(data):  # a short write: only ever seen with the disk filling up
             done += os.write(self._fd, data[done:])
@@ -78,8 +92,12 @@ def entries(path: Path, start: int) -> Iterator[tuple[str, list[Any]]]:
         for line in lines:
             if not line.endswith(b"\n"):
                 return  # cut short by a crash: it was never acknowledged
+            head, tab, record = line[:-1].partition(b"\t")
             try:
-                write, *args = json.loads(line)
+                write, *args = json.loads(head)
+                if tab:
+                    json.loads(record)  # whole, or the line was cut short
+                    args.append(record.decode())
             except ValueError:
                 return
             yield write, args

@@ -428,25 +428,27 @@ class Ledger(_Store):
 
     def answered(self, key: str, answer: dict[str, Any], paid: float, held: float) -> None:
         """A call's answer (label votes and re-asks; plain rows record their outcome instead)."""
-        self._record("answered", (key, self.run, paid, _encode(answer), held), durable=False)
+        self._record("answered", (key, self.run, paid, held, _encode(answer)), durable=False)
 
     def outcome(self, key: str, record: dict[str, Any], *, final: bool, paid: float, held: float) -> None:
         """A row's outcome: its output columns, and what its own (unrecorded) calls cost."""
-        self._record("outcome", (key, FINAL if final else RETRY, self.run, paid, _encode(record), held),
+        self._record("outcome", (key, FINAL if final else RETRY, self.run, paid, held, _encode(record)),
                      durable=False)
 
     def _record(self, write: str, args: tuple[Any, ...], *, durable: bool) -> None:
-        """While a run groups its writes and the journal is open: appended to the journal (durable
-        from then on), then executed in the open transaction; otherwise as :meth:`_write` does."""
+        """While a run groups its writes and the journal is open: appended to the journal, then
+        executed in the open transaction; otherwise as :meth:`_write` does. A ``durable`` write is
+        in the journal file when this returns, with any written before it; the others wait in
+        memory for it, or for :meth:`commit` (what the runner calls before it reports a row): one
+        ``write()`` a row, not two."""
         journal = self._journal
         if journal is None or not self.grouped:
             self._write(_WRITES[write], args, durable=durable)
             return
         try:
-            journal.append(write, args)
+            journal.append(write, args, durable=durable, record=write in _RECORDED)
         except OSError as exc:
-            raise WriteError(f"{journal.path}: cannot record ({exc.strerror or exc}); the ledger keeps what "
-                             "it already has: free the space and run again to resume") from None
+            raise self._cannot_journal(journal, exc) from None
         if not self._applying:
             return
         try:
@@ -466,12 +468,23 @@ class Ledger(_Store):
                           "journal and applied when the job next runs: free the space and run again to resume")
 
     def commit(self) -> None:
-        """With the journal open, writes are durable already: the open transaction is committed
-        once :data:`COMMIT_SECONDS` have passed since the last commit (:meth:`flush` now)."""
-        if self._journal is None:
+        """Make every write so far durable: with the journal open, in the journal file, and the
+        open transaction committed once :data:`COMMIT_SECONDS` have passed since the last one."""
+        journal = self._journal
+        if journal is None:
             super().commit()
-        elif time.monotonic() - self._committed_at >= COMMIT_SECONDS:
+            return
+        if time.monotonic() - self._committed_at >= COMMIT_SECONDS:
             self.flush()
+            return
+        try:
+            journal.write_pending()
+        except OSError as exc:
+            raise self._cannot_journal(journal, exc) from None
+
+    def _cannot_journal(self, journal: Journal, exc: OSError) -> WriteError:
+        return WriteError(f"{journal.path}: cannot record ({exc.strerror or exc}); the ledger keeps what "
+                          "it already has: free the space and run again to resume")
 
     def flush(self) -> None:
         """Commit everything written so far to the database, with how far into the journal it reaches."""
@@ -480,6 +493,10 @@ class Ledger(_Store):
             super().commit()
             return
         self._committed_at = time.monotonic()
+        try:  # first: what the commit says it reaches must be in the file
+            journal.write_pending()
+        except OSError as exc:
+            raise self._cannot_journal(journal, exc) from None
         if not self._applying or not self.db.in_transaction:
             return
         try:
@@ -504,17 +521,19 @@ class Ledger(_Store):
 
 
 # The writes a ledger makes, by name: what a journal line says, replayed through the same statement.
+# (numbered parameters: the record, when there is one, comes last, as a journal line keeps it)
 _WRITES = {
-    "sent": "INSERT INTO entries(key, state, run, held) VALUES (?, 0, ?, ?) "
+    "sent": "INSERT INTO entries(key, state, run, held) VALUES (?1, 0, ?2, ?3) "
             "ON CONFLICT(key) DO UPDATE SET state = 0, run = excluded.run, held = held + excluded.held",
-    "not_charged": "UPDATE entries SET held = MAX(0, held - ?) WHERE key = ?",
-    "answered": "INSERT INTO entries(key, state, run, cost, held, record) VALUES (?, 1, ?, ?, 0, ?) "
+    "not_charged": "UPDATE entries SET held = MAX(0, held - ?1) WHERE key = ?2",
+    "answered": "INSERT INTO entries(key, state, run, cost, held, record) VALUES (?1, 1, ?2, ?3, 0, ?5) "
                 "ON CONFLICT(key) DO UPDATE SET state = 1, run = excluded.run, cost = cost + excluded.cost, "
-                "held = MAX(0, held - ?), record = excluded.record",
-    "outcome": "INSERT INTO entries(key, state, run, cost, held, record) VALUES (?, ?, ?, ?, 0, ?) "
+                "held = MAX(0, held - ?4), record = excluded.record",
+    "outcome": "INSERT INTO entries(key, state, run, cost, held, record) VALUES (?1, ?2, ?3, ?4, 0, ?6) "
                "ON CONFLICT(key) DO UPDATE SET state = excluded.state, run = excluded.run, "
-               "cost = cost + excluded.cost, held = MAX(0, held - ?), record = excluded.record",
+               "cost = cost + excluded.cost, held = MAX(0, held - ?5), record = excluded.record",
 }
+_RECORDED = {"answered", "outcome"}  # writes whose last argument is a JSON record
 _encode = json.JSONEncoder(ensure_ascii=False).encode  # made once: ``json.dumps`` with options makes one a call
 
 

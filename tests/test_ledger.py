@@ -375,7 +375,9 @@ def test_the_journal_is_applied_once_and_a_line_cut_short_is_ignored(tmp_path: P
     out = tmp_path / "out.parquet"
     # 40 rows, then the process ends without a commit or a close, as a crash would
     code = _grouped_writer(out, "range(40)", end="os._exit(0)")
-    code = code.replace("led.commit()", "pass")  # not even the 50 ms commits: all in the journal
+    # the database never commits: all of it is in the journal (``commit`` writes what waits for it)
+    code = code.replace("from pipeline.ledger import Ledger", "from pipeline.ledger import Ledger\n"
+                        "import pipeline.ledger; pipeline.ledger.COMMIT_SECONDS = 1e9")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     root = ledger_dir(out)
     [journal] = root.glob("journal-*.log")
@@ -405,9 +407,16 @@ def test_a_run_commits_on_a_clock_not_once_a_call(tmp_path: Path, monkeypatch: p
                 led.outcome(f"k{i}", _record(status="ok", response="a"), final=True, paid=0.1, held=0.0)
                 led.commit()  # what the runner calls each turn: not due yet
             assert commits == [] and _state_seen_by_another_connection(db_file, "k0") is None
+            [journal] = ledger_dir(out).glob("journal-*.log")
+            assert b'"k99"' in journal.read_bytes()  # each commit() wrote the lines that waited
+            led.outcome("k100", _record(status="ok", response="a"), final=True, paid=0.1, held=0.0)
+            assert b'"k100"' not in journal.read_bytes()  # an outcome waits for a "sent" mark or commit()
+            led.sent("k101", 0.0)
+            assert journal.read_bytes().endswith(b'["sent","k101",1,0.0]\n')  # both in one write
+            assert b'"k100"' in journal.read_bytes()
             monkeypatch.setattr(ledger_module, "COMMIT_SECONDS", 0.0)
             led.commit()  # due: one commit for the hundred rows
-            assert commits == ["COMMIT"] and _state_seen_by_another_connection(db_file, "k99") == FINAL
+            assert commits == ["COMMIT"] and _state_seen_by_another_connection(db_file, "k100") == FINAL
         assert commits == ["COMMIT"]  # nothing left for the end of the run
         led.outcome("late", _record(status="ok", response="b"), final=True, paid=0.1, held=0.0)
         assert _state_seen_by_another_connection(db_file, "late") == FINAL  # not grouped: at once
