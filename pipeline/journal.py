@@ -43,6 +43,7 @@ class Journal:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self.size = os.fstat(self._fd).st_size  # bytes in the file: the point a commit reaches
         self._pending: list[str] = []  # lines not written yet: they wait for a durable one
+        self._failed: OSError | None = None
 
     def append(self, write: str, args: Sequence[Any], *, durable: bool, record: bool = False) -> None:
         """A line for ``write``; ``durable``: in the file when this returns, with the lines that
@@ -55,13 +56,19 @@ class Journal:
             self.write_pending()
 
     def write_pending(self) -> None:
+        if self._failed is not None:  # a failed write may have left part of a line: nothing after it
+            raise self._failed
         if not self._pending:
             return
         data = "".join(self._pending).encode()
         self._pending.clear()
-        done = os.write(self._fd, data)
-        while done < len(data):  # a short write: only ever seen with the disk filling up
-            done += os.write(self._fd, data[done:])
+        try:
+            done = os.write(self._fd, data)
+            while done < len(data):  # a short write: only ever seen with the disk filling up
+                done += os.write(self._fd, data[done:])
+        except OSError as exc:
+            self._failed = exc
+            raise
         self.size += len(data)
 
     def close(self) -> None:

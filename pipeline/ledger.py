@@ -448,7 +448,7 @@ class Ledger(_Store):
         try:
             journal.append(write, args, durable=durable, record=write in _RECORDED)
         except OSError as exc:
-            raise self._cannot_journal(journal, exc) from None
+            raise self._journal_failed(journal, exc) from None
         if not self._applying:
             return
         try:
@@ -480,9 +480,18 @@ class Ledger(_Store):
         try:
             journal.write_pending()
         except OSError as exc:
-            raise self._cannot_journal(journal, exc) from None
+            raise self._journal_failed(journal, exc) from None
 
-    def _cannot_journal(self, journal: Journal, exc: OSError) -> WriteError:
+    def _journal_failed(self, journal: Journal, exc: OSError) -> WriteError:
+        """The journal refused a write (a full disk): the file may end in part of a line, so
+        nothing more goes to it. What the open transaction holds is committed now, and the rest of
+        the run commits each write itself, as a worker's shard does."""
+        self._journal = None
+        journal.close()  # the next open skips what the database holds, and stops at a cut line
+        if self._applying and self.db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # if not, the journal up to here is applied then
+                self.db.execute("UPDATE journal SET generation = ?, applied = ?", (journal.generation, journal.size))
+                self.db.execute("COMMIT")
         return WriteError(f"{journal.path}: cannot record ({exc.strerror or exc}); the ledger keeps what "
                           "it already has: free the space and run again to resume")
 
@@ -496,7 +505,7 @@ class Ledger(_Store):
         try:  # first: what the commit says it reaches must be in the file
             journal.write_pending()
         except OSError as exc:
-            raise self._cannot_journal(journal, exc) from None
+            raise self._journal_failed(journal, exc) from None
         if not self._applying or not self.db.in_transaction:
             return
         try:
@@ -511,7 +520,10 @@ class Ledger(_Store):
         """Start a new journal file once the database holds all of the current one."""
         old = self._journal
         assert old is not None
-        self._journal = Journal(self.root, old.generation + 1)
+        try:
+            self._journal = Journal(self.root, old.generation + 1)
+        except OSError:  # no new file now: the current one goes on, and the next commit tries again
+            return
         try:
             self.db.execute("UPDATE journal SET generation = ?, applied = 0", (self._journal.generation,))
         except sqlite3.Error as exc:  # the old file stays: its lines are applied, and skipped

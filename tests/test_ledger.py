@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -478,3 +479,25 @@ def test_a_database_that_refuses_a_write_loses_nothing_the_journal_has(tmp_path:
     with Ledger.open(out) as led:
         assert led.get("k1").state == FINAL and led.get("k2").state == FINAL  # type: ignore[union-attr]
         assert led.totals().spent == pytest.approx(0.2)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_under_the_journal_is_one_clear_error_and_loses_nothing_written(tmp_path: Path) -> None:
+    out = tmp_path / "out.parquet"
+    with Ledger.open(out) as led, led.grouping():
+        led.sent("k1", 0.0)
+        led.outcome("k1", _record(status="ok", response="a"), final=True, paid=0.1, held=0.0)  # waits in memory
+        journal = led._journal
+        assert journal is not None
+        real_fd, journal._fd = journal._fd, os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
+        os.close(real_fd)
+        with pytest.raises(WriteError, match=r"journal-\d+\.log: cannot record \(No space left on device\)"):
+            led.sent("k2", 0.0)  # its call must not go out
+        # the journal is done with (it may end in part of a line); what the database held is committed
+        assert led._journal is None and _state_seen_by_another_connection(led.path, "k1") == FINAL
+        led.sent("k3", 0.0)  # the rest of the run commits each write, as a shard does
+        assert _state_seen_by_another_connection(led.path, "k3") == SENT
+        led.outcome("k3", _record(status="ok", response="c"), final=True, paid=0.1, held=0.0)
+    with Ledger.open(out) as led:
+        assert led.get("k1").state == FINAL and led.get("k3").state == FINAL  # type: ignore[union-attr]
+        assert led.get("k2") is None and led.totals().spent == pytest.approx(0.2)
