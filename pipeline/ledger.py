@@ -23,6 +23,10 @@ clustered on them (~30 % more CPU per result here).
 
 One writer per job: :class:`Ledger` holds an exclusive ``flock`` on ``lock`` beside the
 database while it is open; the lock dies with its process, so ``kill -9`` needs no clean-up.
+
+While a job's run writes (:meth:`_Store.grouping`), each write goes to the journal first
+(:mod:`pipeline.journal`) and the database commits every 50 ms; a worker's shard commits once a
+row instead (each call's "sent" mark, with the outcomes written before it).
 """
 
 from __future__ import annotations
@@ -174,7 +178,8 @@ class _Store:
     # its own; a run made two a row (the call's "sent" mark, then the row's outcome). While
     # ``grouped``, an outcome is written into an open transaction that the next "sent" mark (which
     # must be durable before its call goes out) or :meth:`commit` closes: one commit a row, and
-    # fewer when several rows finish in one turn of the event loop (bench/ledger.py).
+    # fewer when several rows finish in one turn of the event loop (bench/ledger.py). A job's
+    # ledger with its journal open goes further (see ``Ledger._record``): no commit a row at all.
     grouped: bool = False
     abandoned = 0  # transactions rolled back after a failed write: what they held is lost
 
