@@ -6,9 +6,9 @@ Each store records ``--results`` plain-row results the way a run does: one "sent
 the call and one outcome after (the ledger outside a run: two autocommitted statements in WAL
 mode, ``synchronous=NORMAL``; a worker's shard in a run: one commit a row; a job's run: both
 appended to the journal, the database committed every 50 ms; JSON lines: a flushed "started"
-line and a flushed result line, as the old journal did). The record is a typical answer (~600 characters). CPU time is this process's
-user + system time (``resource.getrusage``); the figure is the median of three runs. The end
-size is the store's bytes on disk after it is closed.
+line and a flushed result line, as the old journal did). The record is a typical answer (~600
+characters). CPU time is this process's user + system time (``resource.getrusage``); the figure
+is the median of three runs. The end size is the store's bytes on disk after it is closed.
 """
 
 from __future__ import annotations

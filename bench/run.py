@@ -136,9 +136,9 @@ def _job(data: Path, out: Path, url: str) -> object:
 def child_pipeline(url: str, data: Path, out: Path) -> dict[str, float]:
     import anyio
 
-    from pipeline import Credentials, open_provider, run_job  # noqa: F401  (loaded before the clock
-    # starts, as the bare loops load theirs and as the CLI has them loaded when a run starts: the
-    # CLI opens the provider, and so imports aiohttp, before it calls run_job)
+    # loaded before the clock starts, as the bare loops load theirs and as the CLI has them loaded
+    # when a run starts: the CLI opens the provider, and so imports aiohttp, before it calls run_job
+    from pipeline import Credentials, open_provider, run_job  # noqa: F401
     from pipeline.providers import _aiohttp  # noqa: F401
 
     job = _job(data, out, url)
