@@ -354,14 +354,33 @@ class Ledger(_Store):
 
     @classmethod
     def peek(cls, output: Path) -> Ledger | None:
-        """Read-only, without the lock (``estimate``): ``None`` when the job never ran."""
+        """Read-only, without the lock (``estimate``): ``None`` when the job never ran. A run that
+        died left its last results in its journal: they are applied first, unless a run is on
+        (which applied them when it opened)."""
         path = ledger_dir(output) / DB_NAME
         if not path.exists():
             return None
+        if journals(path.parent):
+            cls._apply_left_journals(path.parent)
         try:
             return cls(path.parent, _connect(path, readonly=True), None, 0)
         except sqlite3.Error:
             return None
+
+    @classmethod
+    def _apply_left_journals(cls, root: Path) -> None:
+        try:
+            lock = _take_lock(root / LOCK_NAME)
+        except (JobBusy, OSError):  # a run is on: what it reads is its own business
+            return
+        try:
+            db = _connect(root / DB_NAME)
+            db.executescript(_SCHEMA)
+            journal = _apply_journals(db, root)
+        except (sqlite3.Error, OSError):  # the reader goes on with what the database has
+            os.close(lock)
+            return
+        cls(root, db, lock, 0, journal=journal).close()  # the new, empty journal goes too
 
     def close(self) -> None:
         """Fold the write-ahead log into the database (no ``-wal`` file left), drop the journal

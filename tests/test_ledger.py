@@ -501,3 +501,30 @@ def test_a_full_disk_under_the_journal_is_one_clear_error_and_loses_nothing_writ
     with Ledger.open(out) as led:
         assert led.get("k1").state == FINAL and led.get("k3").state == FINAL  # type: ignore[union-attr]
         assert led.get("k2") is None and led.totals().spent == pytest.approx(0.2)
+
+
+def test_estimate_sees_what_a_dead_run_left_in_its_journal_but_never_touches_a_running_one(tmp_path: Path) -> None:
+    out = tmp_path / "out.parquet"
+    code = _grouped_writer(out, "range(25)", end="os._exit(0)")
+    code = code.replace("from pipeline.ledger import Ledger", "from pipeline.ledger import Ledger\n"
+                        "import pipeline.ledger; pipeline.ledger.COMMIT_SECONDS = 1e9")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    root = ledger_dir(out)
+    assert _state_seen_by_another_connection(root / "ledger.sqlite", "k0") is None  # all in the journal
+    # a run is on (it holds the lock): the view reads the database as it is, and waits for nothing
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1]); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
+                               str(root / "lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    view = Ledger.peek(out)
+    assert view is not None and view.get("k0") is None and list(root.glob("journal-*.log"))
+    view.close()
+    holder.communicate("")
+    view = Ledger.peek(out)  # nobody runs it: the dead run's journal is applied, then dropped
+    assert view is not None and view.totals().spent == pytest.approx(25 * 0.5)
+    assert view.get("k24").state == FINAL  # type: ignore[union-attr]
+    view.close()
+    assert not list(root.glob("journal-*.log"))
+    with Ledger.open(out) as led:  # and applied once only
+        assert led.totals().spent == pytest.approx(25 * 0.5)
+        assert led.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2  # the dead run and this one
