@@ -259,6 +259,7 @@ class Ledger(_Store):
         self._journal = journal  # the job's own ledger has one; a worker's shard and a view do not
         self._applying = True  # False once the database refused a write: the journal alone then
         self._committed_at = time.monotonic()
+        self._writer = writer or lock is not None
         if writer:  # the job's ledger, or a worker's shard: not a view of someone else's
             self._checkpoint_beside()
 
@@ -393,7 +394,7 @@ class Ledger(_Store):
             else:  # the database refused some of it: the next open applies it
                 self._journal.close()
             self._journal = None
-        if self._lock is not None or self.path.parent.name == SHARDS:
+        if self._writer:  # a view of a worker's shard is not its to fold
             self._stop_checkpoints()
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

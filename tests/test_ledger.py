@@ -528,3 +528,18 @@ def test_estimate_sees_what_a_dead_run_left_in_its_journal_but_never_touches_a_r
     with Ledger.open(out) as led:  # and applied once only
         assert led.totals().spent == pytest.approx(25 * 0.5)
         assert led.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2  # the dead run and this one
+
+
+def test_a_view_of_a_workers_shard_leaves_its_log_alone(tmp_path: Path) -> None:
+    """Workers read each other's shards through read-only views (``pipeline.ray.worker``): closing
+    one must not try to fold the log of a file another process writes."""
+    shard = tmp_path / "shards" / "w1.sqlite"
+    with Ledger.shard(shard, run=1) as writer:
+        writer.sent("k1", 0.0)
+        view = Ledger(shard.parent, ledger_module._connect(shard, readonly=True), None, 0, path=shard)
+        statements: list[str] = []
+        view.db.set_trace_callback(statements.append)
+        assert view.get("k1") is not None
+        view.close()
+        assert not [sql for sql in statements if "checkpoint" in sql]
+        writer.sent("k2", 0.0)  # the writer goes on
