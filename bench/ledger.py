@@ -6,7 +6,7 @@ Each store records ``--results`` plain-row results the way a run does: one "sent
 the call and one outcome after (the ledger outside a run: two autocommitted statements in WAL
 mode, ``synchronous=NORMAL``; a worker's shard in a run: one commit a row; a job's run: both
 appended to the journal, the database committed every 50 ms; JSON lines: a flushed "started"
-line and a flushed result line, as the old journal did). The record is a typical answer (~600
+line and a flushed result line, as the store before the ledger did). The record is a typical answer (~600
 characters). CPU time is this process's user + system time (``resource.getrusage``); the figure
 is the median of three runs. The end size is the store's bytes on disk after it is closed.
 """
@@ -107,7 +107,7 @@ def main() -> None:
     for name, store in (("SQLite ledger, a commit each", sqlite_ledger),
                         ("a shard in a run: a commit a row", sqlite_grouped),
                         ("a run: journal, commit each 50 ms", sqlite_journal),
-                        ("JSON lines (old journal)", json_lines)):
+                        ("JSON lines (before the ledger)", json_lines)):
         us, size = measure(store, n)
         print(f"{name:<36}{us:>15.1f}{size / 1e6:>13.1f} MB")
 
