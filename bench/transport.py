@@ -7,7 +7,9 @@ with two endpoints: an instant one and one that answers after 0.5 s. Each candid
 same POSTs with ``--inflight`` requests in flight:
 
 * ``httpx``          httpx.AsyncClient with its own pool (httpcore)
-* ``httpx+aiohttp``  httpx.AsyncClient over httpx-aiohttp's AiohttpTransport (what we ship)
+* ``httpx+aiohttp``  httpx.AsyncClient over httpx-aiohttp's AiohttpTransport, as the library comes
+* ``shipped``        what the clients use (``build_http_client``): the same, with answers read
+                     whole, requests built from a template and sent straight to the transport
 * ``aiohttp``        a bare aiohttp.ClientSession (the ceiling)
 """
 
@@ -84,6 +86,18 @@ async def _httpx(url: str, n: int, inflight: int, transport: str) -> tuple[float
         return await _drive(send, n, inflight)
 
 
+async def _shipped(url: str, n: int, inflight: int) -> tuple[float, float]:
+    from pipeline.providers._transport import build_http_client
+
+    base, _, path = url.rpartition("/")
+    async with build_http_client(base, headers={}, timeout=30, max_connections=inflight) as client:
+        async def send() -> None:
+            r = await client.post(path, json={"prompt": "hello"})
+            r.json()
+
+        return await _drive(send, n, inflight)
+
+
 async def _aiohttp(url: str, n: int, inflight: int) -> tuple[float, float]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=inflight)) as session:
         async def send() -> None:
@@ -116,11 +130,13 @@ def main() -> None:
             time.sleep(0.05)
     print(f"{args.inflight} in flight, server on its own core; req/s and client CPU µs per request")
     print(f"{'transport':<16}{'instant req/s':>14}{'µs CPU/req':>12}{'0.5 s req/s':>13}")
-    for name in ("httpx", "httpx+aiohttp", "aiohttp"):
+    for name in ("httpx", "httpx+aiohttp", "shipped", "aiohttp"):
         results = []
         for path, n in (("/instant", args.requests), ("/slow", max(args.inflight * 4, 400))):
             if name == "aiohttp":
                 results.append(asyncio.run(_aiohttp(base + path, n, args.inflight)))
+            elif name == "shipped":
+                results.append(asyncio.run(_shipped(base + path, n, args.inflight)))
             else:
                 kind = "aiohttp" if name == "httpx+aiohttp" else "httpx"
                 results.append(asyncio.run(_httpx(base + path, n, args.inflight, kind)))
