@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -295,16 +296,16 @@ def test_while_grouped_an_outcome_waits_for_the_next_sent_mark_which_is_durable_
         assert _state_seen_by_another_connection(db_file, "k3") == FINAL  # not grouped: at once
 
 
-class _FailingCommit:
-    """The ledger's connection, whose next COMMIT fails as a full disk would."""
+class _FailingOnce:
+    """The ledger's connection, whose next statement that ``fails`` picks fails as a full disk would."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, fails: Callable[[str], bool]) -> None:
         self.db = db
-        self.fail = True
+        self.fails: Callable[[str], bool] | None = fails
 
     def execute(self, sql: str, *args: object) -> object:
-        if sql == "COMMIT" and self.fail:
-            self.fail = False
+        if self.fails is not None and self.fails(sql):
+            self.fails = None
             raise sqlite3.OperationalError("database or disk is full")
         return self.db.execute(sql, *args)
 
@@ -318,7 +319,7 @@ def test_a_failed_commit_loses_only_what_it_held_and_says_so(tmp_path: Path) -> 
         led.sent("k1", 0.0)
         led.outcome("k1", _record(status="ok", response="a"), final=True, paid=0.1, held=0.0)
         real = led.db
-        led.db = _FailingCommit(real)  # type: ignore[assignment]
+        led.db = _FailingOnce(real, lambda sql: sql == "COMMIT")  # type: ignore[assignment]
         with pytest.raises(WriteError, match="cannot record"):
             led.sent("k2", 0.0)
         led.db = real
@@ -330,10 +331,14 @@ def test_a_failed_commit_loses_only_what_it_held_and_says_so(tmp_path: Path) -> 
 
 
 # -- the journal: a running job's writes, durable at once, committed every COMMIT_SECONDS -------
-def _grouped_writer(out: Path, rows: str, *, end: str) -> str:
+def _grouped_writer(out: Path, rows: str, *, end: str, commit_seconds: float | None = None) -> str:
     """A child process that writes ``rows`` (a Python expression) as a run does, printing each
-    row once its outcome is written, then ends with ``end``."""
+    row once its outcome is written, then ends with ``end``; ``commit_seconds``: the database's
+    commit interval, in place of the ledger's own."""
+    interval = "" if commit_seconds is None else \
+        f"import pipeline.ledger; pipeline.ledger.COMMIT_SECONDS = {commit_seconds!r}\n"
     return ("import os, sys; from pathlib import Path; from pipeline.ledger import Ledger\n"
+            f"{interval}"
             f"led = Ledger.open(Path({str(out)!r}))\n"
             "with led.grouping():\n"
             f"    for i in {rows}:\n"
@@ -375,10 +380,8 @@ def test_kill_9_mid_run_keeps_every_row_the_journal_had(tmp_path: Path) -> None:
 def test_the_journal_is_applied_once_and_a_line_cut_short_is_ignored(tmp_path: Path) -> None:
     out = tmp_path / "out.parquet"
     # 40 rows, then the process ends without a commit or a close, as a crash would
-    code = _grouped_writer(out, "range(40)", end="os._exit(0)")
     # the database never commits: all of it is in the journal (``commit`` writes what waits for it)
-    code = code.replace("from pipeline.ledger import Ledger", "from pipeline.ledger import Ledger\n"
-                        "import pipeline.ledger; pipeline.ledger.COMMIT_SECONDS = 1e9")
+    code = _grouped_writer(out, "range(40)", end="os._exit(0)", commit_seconds=1e9)
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     root = ledger_dir(out)
     [journal] = root.glob("journal-*.log")
@@ -446,30 +449,13 @@ def test_a_long_run_starts_new_journal_files_and_loses_nothing(tmp_path: Path,
         assert again.totals().spent == pytest.approx(3.0) and again.get("k30").state == SENT  # type: ignore[union-attr]
 
 
-class _FailingWrite:
-    """The ledger's connection, whose next write to ``entries`` fails as a full disk would."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-        self.fail = True
-
-    def execute(self, sql: str, *args: object) -> object:
-        if "entries" in sql and self.fail:
-            self.fail = False
-            raise sqlite3.OperationalError("database or disk is full")
-        return self.db.execute(sql, *args)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.db, name)
-
-
 def test_a_database_that_refuses_a_write_loses_nothing_the_journal_has(tmp_path: Path) -> None:
     out = tmp_path / "out.parquet"
     with Ledger.open(out) as led, led.grouping():
         led.sent("k1", 0.0)
         led.outcome("k1", _record(status="ok", response="a"), final=True, paid=0.1, held=0.0)
         real = led.db
-        led.db = _FailingWrite(real)  # type: ignore[assignment]
+        led.db = _FailingOnce(real, lambda sql: "entries" in sql)  # type: ignore[assignment]
         with pytest.raises(WriteError, match="kept in its journal"):
             led.sent("k2", 0.0)
         led.db = real
@@ -505,9 +491,7 @@ def test_a_full_disk_under_the_journal_is_one_clear_error_and_loses_nothing_writ
 
 def test_estimate_sees_what_a_dead_run_left_in_its_journal_but_never_touches_a_running_one(tmp_path: Path) -> None:
     out = tmp_path / "out.parquet"
-    code = _grouped_writer(out, "range(25)", end="os._exit(0)")
-    code = code.replace("from pipeline.ledger import Ledger", "from pipeline.ledger import Ledger\n"
-                        "import pipeline.ledger; pipeline.ledger.COMMIT_SECONDS = 1e9")
+    code = _grouped_writer(out, "range(25)", end="os._exit(0)", commit_seconds=1e9)
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     root = ledger_dir(out)
     assert _state_seen_by_another_connection(root / "ledger.sqlite", "k0") is None  # all in the journal
