@@ -43,7 +43,6 @@ class Journal:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self.size = os.fstat(self._fd).st_size  # bytes in the file: the point a commit reaches
         self._pending: list[str] = []  # lines not written yet: they wait for a durable one
-        self._failed: OSError | None = None
 
     def append(self, write: str, args: Sequence[Any], *, durable: bool, record: bool = False) -> None:
         """A line for ``write``; ``durable``: in the file when this returns, with the lines that
@@ -56,19 +55,15 @@ class Journal:
             self.write_pending()
 
     def write_pending(self) -> None:
-        if self._failed is not None:  # a failed write may have left part of a line: nothing after it
-            raise self._failed
+        """The lines that wait, in one ``write()``. A write that fails may leave part of a line:
+        nothing may be written after it (the ledger closes the journal and goes on without it)."""
         if not self._pending:
             return
         data = "".join(self._pending).encode()
         self._pending.clear()
-        try:
-            done = os.write(self._fd, data)
-            while done < len(data):  # a short write: only ever seen with the disk filling up
-                done += os.write(self._fd, data[done:])
-        except OSError as exc:
-            self._failed = exc
-            raise
+        done = os.write(self._fd, data)
+        while done < len(data):  # a short write: only ever seen with the disk filling up
+            done += os.write(self._fd, data[done:])
         self.size += len(data)
 
     def close(self) -> None:

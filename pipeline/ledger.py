@@ -226,8 +226,7 @@ class _Store:
 
     def _cannot_record(self, exc: sqlite3.Error) -> WriteError:
         self._abandon()
-        return WriteError(f"{self.path}: cannot record ({exc}); the ledger keeps what it already has: "
-                          "free the space and run again to resume")
+        return WriteError(_cannot_record_message(self.path, exc))
 
     def _abandon(self) -> None:
         if self.db.in_transaction:
@@ -501,11 +500,19 @@ class Ledger(_Store):
             return
         if time.monotonic() - self._committed_at >= COMMIT_SECONDS:
             self.flush()
-            return
+        else:
+            self._write_pending(journal)
+
+    def _write_pending(self, journal: Journal) -> None:
         try:
             journal.write_pending()
         except OSError as exc:
             raise self._journal_failed(journal, exc) from None
+
+    def _commit_through(self, journal: Journal) -> None:
+        """Commit the open transaction, and with it how far into the journal the database now reaches."""
+        self.db.execute("UPDATE journal SET generation = ?, applied = ?", (journal.generation, journal.size))
+        self.db.execute("COMMIT")
 
     def _journal_failed(self, journal: Journal, exc: OSError) -> WriteError:
         """The journal refused a write (a full disk): the file may end in part of a line, so
@@ -515,10 +522,8 @@ class Ledger(_Store):
         journal.close()  # the next open skips what the database holds, and stops at a cut line
         if self._applying and self.db.in_transaction:
             with contextlib.suppress(sqlite3.Error):  # if not, the journal up to here is applied then
-                self.db.execute("UPDATE journal SET generation = ?, applied = ?", (journal.generation, journal.size))
-                self.db.execute("COMMIT")
-        return WriteError(f"{journal.path}: cannot record ({exc.strerror or exc}); the ledger keeps what "
-                          "it already has: free the space and run again to resume")
+                self._commit_through(journal)
+        return WriteError(_cannot_record_message(journal.path, exc.strerror or exc))
 
     def flush(self) -> None:
         """Commit everything written so far to the database, with how far into the journal it reaches."""
@@ -527,15 +532,11 @@ class Ledger(_Store):
             super().commit()
             return
         self._committed_at = time.monotonic()
-        try:  # first: what the commit says it reaches must be in the file
-            journal.write_pending()
-        except OSError as exc:
-            raise self._journal_failed(journal, exc) from None
+        self._write_pending(journal)  # first: what the commit says it reaches must be in the file
         if not self._applying or not self.db.in_transaction:
             return
         try:
-            self.db.execute("UPDATE journal SET generation = ?, applied = ?", (journal.generation, journal.size))
-            self.db.execute("COMMIT")
+            self._commit_through(journal)
         except sqlite3.Error as exc:
             raise self._cannot_apply(exc) from None
         if journal.size > ROTATE_BYTES:
@@ -572,6 +573,11 @@ _WRITES = {
 }
 _RECORDED = {"answered", "outcome"}  # writes whose last argument is a JSON record
 _encode = json.JSONEncoder(ensure_ascii=False).encode  # made once: ``json.dumps`` with options makes one a call
+
+
+def _cannot_record_message(path: Path, reason: object) -> str:
+    return (f"{path}: cannot record ({reason}); the ledger keeps what it already has: "
+            "free the space and run again to resume")
 
 
 def _apply_journals(db: sqlite3.Connection, root: Path) -> Journal:

@@ -114,10 +114,9 @@ class _CookielessClient(httpx.AsyncClient):
         if (headers is None and params is None and cookies is None and extensions is None
                 and timeout is httpx.USE_CLIENT_DEFAULT and isinstance(url, str)):
             template = self._template(url)
-            json_body = body.pop("json", None)
-            if not any(value is not None for value in body.values()):  # JSON or no body (``request`` passes Nones)
-                return template.request(method, json_body, self._timeout_extension)
-            body["json"] = json_body
+            # JSON or no body (``AsyncClient.request`` passes the unused ones as None)
+            if all(value is None for name, value in body.items() if name != "json"):
+                return template.request(method, body.get("json"), self._timeout_extension)
             return httpx.Request(method, template.url, headers=self.headers, extensions=self._timeout_extension,
                                  **body)
         return super().build_request(method, url, params=params, headers=headers, cookies=cookies,
