@@ -86,6 +86,18 @@ def charged_per_prompt(records: list[dict[str, Any]]) -> Counter[str]:
     return Counter(r["prompt_sha"] for r in calls(records) if r.get("charged"))
 
 
+def journaled_finals(ledger_root: Path) -> set[str]:
+    """Keys with a final outcome in the ledger's journal files, read as plain lines (a JSON array,
+    then a tab and the record), not through the ledger: only whole lines (a kill may cut the last)."""
+    finals = set()
+    for path in ledger_root.glob("journal-*.log"):
+        for line in path.read_bytes().split(b"\n")[:-1]:
+            write, key, state, *_ = json.loads(line.partition(b"\t")[0])
+            if write == "outcome" and state == 2:
+                finals.add(key)
+    return finals
+
+
 def posts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every call request, whatever its answer (refused ones have no prompt hash)."""
     return [r for r in records if r.get("method") == "POST"]

@@ -27,7 +27,7 @@ from pipeline.journal import COMMIT_SECONDS
 from pipeline.ledger import Ledger
 from pipeline.sandbox import FaultConfig, Sandbox, SandboxConfig
 
-from .helpers import calls, charged_per_prompt, momo_job, provider_for, run, sha, write_job_toml
+from .helpers import calls, charged_per_prompt, journaled_finals, momo_job, provider_for, run, sha, write_job_toml
 
 KEY = "momo-sandbox-enterprise"
 BASE = [f"Question {i}: how many legs has a {i}-pede?" for i in range(30)]
@@ -317,15 +317,6 @@ async def test_a_run_commits_on_a_clock_and_reports_a_row_only_once_it_is_durabl
         led.db.set_trace_callback(trace)
         opened.append(led)
         return led
-
-    def journaled_finals(root: Path) -> set[str]:
-        finals = set()
-        for path in root.glob("journal-*.log"):
-            for line in path.read_text().splitlines():  # a JSON array, then a tab and the record
-                write, key, state, *_ = json.loads(line.partition("\t")[0])
-                if write == "outcome" and state == 2:
-                    finals.add(key)
-        return finals
 
     monkeypatch.setattr(Ledger, "open", staticmethod(open_traced))
     durable_when_reported: list[bool] = []

@@ -17,7 +17,7 @@ from pipeline import Job
 from pipeline.plan import prepare
 from pipeline.sandbox import Sandbox, SandboxConfig
 
-from .helpers import calls, questions, sha, write_job_toml
+from .helpers import calls, journaled_finals, questions, sha, write_job_toml
 
 ROWS = 400
 
@@ -33,9 +33,11 @@ def write_job(tmp: Path, url: str) -> Path:
 
 
 def recorded_prompts(job: Path, url: str) -> set[str]:
-    """Prompts whose row has a final outcome in the ledger (read as a user would, with sqlite3)."""
-    db = sqlite3.connect(f"file:{job.parent / 'out.parquet.ledger' / 'ledger.sqlite'}?mode=ro", uri=True)
-    final = {key for (key,) in db.execute("SELECT key FROM entries WHERE state = 2")}
+    """Prompts whose row has a final outcome in the ledger: in its database (read as a user would,
+    with sqlite3) or still only in the journal the killed run wrote (read as plain lines)."""
+    root = job.parent / "out.parquet.ledger"
+    db = sqlite3.connect(f"file:{root / 'ledger.sqlite'}?mode=ro", uri=True)
+    final = {key for (key,) in db.execute("SELECT key FROM entries WHERE state = 2")} | journaled_finals(root)
     db.close()
     plan = prepare(Job.load(job), endpoint=url)
     prompts = pl.read_csv(job.parent / "q.csv")["question"].to_list()
