@@ -51,7 +51,7 @@ STRATEGIES: list[tuple[str, dict[str, Any], int]] = [  # name, [label] changes, 
 
 
 def strategy_job(base: Job, changes: dict[str, Any], agent: int, output: Path) -> Job:
-    label = {k: v for k, v in {**(base.label or {}), **changes}.items() if v is not None}
+    label = {k: v for k, v in {**(base.label_table or {}), **changes}.items() if v is not None}
     return base.with_overrides(label=label, output=OutputConfig(path=output),
                                provider=base.provider.model_copy(update={"agent_id": agent}))
 

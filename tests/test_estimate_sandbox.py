@@ -107,7 +107,7 @@ async def test_escalation_is_priced_from_the_pilots_agreement_and_token_figures_
 async def test_without_a_pilot_escalation_is_assumed_for_half_and_the_worst_case_for_all(
         tmp_path: Path, sandbox: object) -> None:
     job = Job.load(ROOT / "jobs/label-gold.toml").with_overrides(output=OutputConfig(path=tmp_path / "g.parquet"))
-    plain = job.with_overrides(label={k: v for k, v in (job.label or {}).items() if k != "escalate"})
+    plain = job.with_overrides(label={k: v for k, v in (job.label_table or {}).items() if k != "escalate"})
     provider = provider_for(job, "momo-sandbox-pro", sandbox.momo_url)  # type: ignore[attr-defined]
     try:
         with_esc, without = await estimate(job, provider), await estimate(plain, provider)
