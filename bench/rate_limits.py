@@ -128,7 +128,7 @@ def run_once(scenario: Scenario, algorithm: str, scale: float, tmp: Path) -> Res
     ideal = scenario.rows / (scenario.limit / scenario.server_window)
     span = max(r["ts"] for r in posts) - min(r["ts"] for r in posts)
     return Result(wall / scale, span / scale, ideal, report.stats.ok, scenario.rows, len(posts),
-                  sum(r["status"] == 429 for r in posts), report.extra["rate_limiter"], scale)
+                  sum(r["status"] == 429 for r in posts), report.rate_limiter, scale)
 
 
 def median_run(scenario: Scenario, algorithm: str, scale: float, repeat: int) -> Result:

@@ -40,7 +40,7 @@ from .errors import ConfigError
 from .labels.spec import EscalateConfig
 from .ledger import FINAL, Ledger
 from .output_path import check_output
-from .plan import FIRST, KEY, Plan, endpoint_of, prepare
+from .plan import FIRST, KEY, Plan, prepare
 from .providers.base import Account, Price, Provider
 from .sink import decode_outcomes, record_schema
 from .tokens import DEFAULT_ENCODING, TOKENIZER_NAME, count_one, count_tokens
@@ -269,7 +269,7 @@ async def estimate(job: Job, provider: Provider, *, pilot: int = 0, limit: int |
 
     ``restart``: estimate as if nothing had run yet (what ``run --restart`` will pay).
     """
-    prep = plan or prepare(job, endpoint=endpoint_of(provider), limit=limit)
+    prep = plan or prepare(job, endpoint=provider.endpoint, limit=limit)
     check_output(job.output.path, job.input.path)  # before any paid call (a pilot's, the run's)
     price = await provider.price()
     esc = escalation_of(job)

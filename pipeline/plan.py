@@ -57,11 +57,6 @@ def make_keyer(job: Job, endpoint: str, target: str | None = None) -> Keyer:
                  task=canonical(job.label_table) if job.label_table else "")
 
 
-def endpoint_of(provider: object) -> str:
-    """What the request keys call the service's address (its base URL; "sandbox" for ``--sandbox``)."""
-    return str(getattr(provider, "endpoint", "") or "")
-
-
 @dataclass
 class Plan:
     """Everything checked and keyed before the first paid call."""
