@@ -21,7 +21,7 @@ from .errors import MomoError, WriteError
 from .estimator import Estimate
 from .job import RunOptions, run_job
 from .job import estimate as estimate_job
-from .outcome import RunReport
+from .outcome import Reconciliation, Reuse, RunReport
 from .output_path import check_output, export_path
 from .progress import Reporter
 from .providers.base import Provider
@@ -167,63 +167,70 @@ def _flat(name: str, dtype: pl.DataType) -> pl.Expr:
 
 
 def render_summary(report: RunReport, console: Console) -> None:
-    d = report.as_dict()
-    totals = d.get("job_totals", {})
+    """The whole job first (every run so far, as the output shows it), then what this run did."""
+    s, totals, money = report.stats, report.job_totals, report.currency or ""
     table = Table(title="run summary", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
-    rows = [
-        ("output", d["output"]),
-        ("rows", f"{d['rows']:,}"),
-        ("ok / error / skipped", f"{totals.get('ok', 0):,} / {totals.get('error', 0):,} / "
-                                 f"{totals.get('skipped', 0):,}"),
-        ("distinct requests (dedup saved)", _dedup(d.get("requests") or {})),
-        ("finished in earlier runs", f"{d['already_done']:,}"),
-        ("re-sent after a crash", f"{d['resent_after_crash']:,}"),
-        ("calls this run (retries, 429s)", f"{d['calls']:,} ({d['retries']:,}, {d['rate_limited']:,})"),
-        ("tokens this run / whole job", f"{d['tokens']:,} / {totals.get('tokens', 0):,}"),
-        ("cost this run / whole job", f"{d['cost']:.6f} / {totals.get('cost', 0):.6f}"),
-        ("wall time", f"{d['wall_seconds']:.2f} s"),
-        ("rate: achieved / allowed per minute",
-         f"{_num(d['achieved_per_minute'])} / {_num(d['rate_limit_per_minute'], 'unlimited')}"),
+    rows: list[tuple[str, str]] = [("output", str(report.output)), ("rows", f"{s.total:,}")]
+    if totals is not None:
+        unparsed = f" / {totals.unparsed:,} unparsed" if totals.unparsed else ""
+        rows += [("job: ok / error / skipped", f"{totals.ok:,} / {totals.error:,} / {totals.skipped:,}{unparsed}"),
+                 ("job: tokens", f"{totals.tokens:,}"),
+                 ("job: cost", f"{totals.cost:.6f} {money}".rstrip())]
+    rows.append(("job: distinct requests (dedup saved)", _dedup(report.requests)))
+    rows += [
+        ("this run: finished in earlier runs", f"{s.already_done:,}"),
+        ("this run: calls (retries, 429s)", f"{s.calls:,} ({s.retries:,}, {s.rate_limited:,})"),
+        ("this run: tokens", f"{s.tokens:,}"),
+        ("this run: cost", f"{s.cost:.6f} {money}".rstrip()),
+        ("this run: wall time", f"{report.wall_seconds:.2f} s"),
+        ("this run: rate achieved / allowed per minute",
+         f"{_num(report.achieved_per_window)} / {_num(report.rate_target, 'unlimited')}"),
     ]
-    reuse = d.get("requests") or {}
-    if reuse.get("cache_answers"):
+    if s.resent:
+        rows.append(("this run: re-sent after a crash", f"{s.resent:,}"))
+    if report.cost_note:
+        rows.append(("why the cost is 0", report.cost_note))
+    if report.requests is not None and report.requests.cache_answers:
         rows.append(("answers from the cache (saved)",
-                     f"{reuse['cache_answers']:,} ({reuse['cache_saved_cost']:.6f})"))
-    if d.get("unknown_outcomes"):
-        rows.append(("calls sent without an answer (may be charged)", f"{d['unknown_outcomes']:,}"))
-    rec = d.get("reconciliation") or {}
-    if rec:
-        lo, hi = rec["interval"]
-        rows.append(("estimated cost (interval)", f"{rec['estimated_cost']:.6f} ({lo:.6f}-{hi:.6f})"))
-        if "account_charged" in rec:
-            rows.append(("account charged / gap to cost column",
-                         f"{rec['account_charged']:.6f} / {rec['gap']:+.6f}"))
-        if rec.get("balance_unknown"):
-            rows.append(("account charged", f"not known: {rec['balance_unknown']}"))
-        if rec.get("calls_with_unknown_cost"):
-            rows.append(("calls whose cost the server did not report",
-                         str(rec["calls_with_unknown_cost"])))
-    labels = d.get("labels") or {}
+                     f"{report.requests.cache_answers:,} ({report.requests.cache_saved_cost:.6f} {money})"))
+    if s.unknown_outcomes:
+        rows.append(("calls sent without an answer (may be charged)", f"{s.unknown_outcomes:,}"))
+    rows += _reconciliation_rows(report.reconciliation, money)
+    labels = report.labels or {}
     if labels:
         rows.append(("labels: unparsed / escalated",
                      f"{labels['unparsed_rate']:.1%} / {labels['escalated']:,} ({labels['escalation_rate']:.1%})"))
-    if d["stop_code"]:
-        rows.append(("stopped", f"{d['stop_code']}: {d['stop_message']}"))
+    if report.stop_code:
+        rows.append(("stopped", f"{report.stop_code}: {report.stop_message}"))
     for what, value in rows:
-        table.add_row(what, str(value))
+        table.add_row(what, value)
     console.print(table)
-    for warning in d.get("warnings", []):
+    for warning in report.warnings:
         console.print(f"warning: {warning}", highlight=False)
     console.print(f"exit code {report.exit_code}; output: [bold]{report.output}[/bold]")
 
 
-def _dedup(reuse: dict[str, Any]) -> str:
-    if not reuse:
+def _reconciliation_rows(rec: Reconciliation | None, money: str) -> list[tuple[str, str]]:
+    if rec is None:
+        return []
+    lo, hi = rec.interval
+    rows = [("estimated cost (interval)", f"{rec.estimated_cost:.6f} ({lo:.6f}-{hi:.6f}) {money}".rstrip())]
+    if rec.account_charged is not None:
+        rows.append(("account charged / gap to cost column", f"{rec.account_charged:.6f} / {rec.gap:+.6f}"))
+    if rec.balance_unknown:
+        rows.append(("account charged", f"not known: {rec.balance_unknown}"))
+    if rec.calls_with_unknown_cost:
+        rows.append(("calls whose cost the server did not report", str(rec.calls_with_unknown_cost)))
+    return rows
+
+
+def _dedup(reuse: Reuse | None) -> str:
+    if reuse is None:
         return "-"
-    return (f"{reuse['distinct_requests']:,} of {reuse['rows_with_prompt']:,} rows "
-            f"({reuse['dedup_saved_requests']:,} not sent)")
+    return (f"{reuse.distinct_requests:,} of {reuse.rows_with_prompt:,} rows "
+            f"({reuse.dedup_saved_requests:,} not sent)")
 
 
 def _num(x: float | None, none: str = "-") -> str:

@@ -74,6 +74,9 @@ def test_a_cap_holds_across_workers_and_a_raised_cap_resumes(tmp_path: Path) -> 
         second = run_job(job, Connection(Credentials(key), sb.momo_url), max_cost=10.0, options=opts)
         records = calls(sb.records())
     assert first.exit_code == 4 and first.stop_code == "BUDGET_EXCEEDED"
+    # reconciled as a local run is: what the account lost is what the cost column says
+    assert first.reconciliation is not None and first.reconciliation.account_charged == pytest.approx(charged_first)
+    assert first.reconciliation.gap == pytest.approx(0.0, abs=1e-9) and first.currency == "CNY"
     assert charged_first <= cap and capped["cost"].sum() == pytest.approx(charged_first)
     _every_row_once(capped, n)
     assert capped.filter(pl.col("status") == "ok").height > 10
