@@ -14,6 +14,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from pipeline import sink
 from pipeline.config import Job
 from pipeline.dataset import PROMPT, ROW
 from pipeline.errors import ConfigError, ServerError, WriteError
@@ -100,7 +101,10 @@ async def _run(tmp: Path, provider: FakeProvider, plan: Plan) -> None:
                  metadata=lambda totals: {"totals": str(totals)})
 
 
-async def test_the_output_has_every_row_once_in_input_order_and_repeats_cost_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk_rows", [3, sink.FINAL_CHUNK_ROWS])
+async def test_the_output_has_every_row_once_in_input_order_and_repeats_cost_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_rows: int) -> None:
+    monkeypatch.setattr(sink, "FINAL_CHUNK_ROWS", chunk_rows)  # several output batches, or one
     costs = {"a": 0.001, "b": 0.002, "c": 0.004, "d": 0.008, "e": 0.016}
     provider = FakeProvider(lambda p, n: answer(p, cost=costs[p]))
     plan = _plan(tmp_path)

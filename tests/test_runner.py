@@ -242,7 +242,8 @@ async def test_an_interrupt_sends_nothing_more_and_records_every_call_it_made(tm
             r.stop.soft("INTERRUPTED", MomoError("interrupted"))
 
     with r.ledger:
-        await r.run(prompts(40), concurrency=4, on_result=interrupt_after_three)
+        # one batch: the reader has queued rows beyond those in flight when the stop comes
+        await r.run(prompts(40), concurrency=4, rows_per_batch=40, on_result=interrupt_after_three)
         assert len(provider.calls) == at_stop[0] < 40  # not one call started after the stop
         assert all(r.outcome(c.prompt) is not None for c in provider.calls)  # each call's answer kept
     assert r.stop.reason is not None and r.stop.reason.code == "INTERRUPTED"
@@ -264,7 +265,7 @@ async def test_a_hard_stop_cancels_calls_in_flight_and_leaves_them_marked_sent(t
             assert entry is not None and entry.state == SENT
 
 
-async def test_a_stop_cuts_a_retry_wait_short_and_the_row_is_left_for_resume(tmp_path: Path) -> None:
+async def test_a_stop_between_retries_ends_them_and_leaves_the_row_for_resume(tmp_path: Path) -> None:
     r = rig(tmp_path, FakeProvider())
 
     def script(prompt: str, n: int) -> object:
