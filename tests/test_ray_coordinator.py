@@ -6,6 +6,8 @@ and no assertion depends on how fast this machine runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from pipeline.ray.coordinator import Coordinator, ScheduleClock, lateness
@@ -124,3 +126,39 @@ async def test_a_reservation_that_waits_on_a_dead_workers_calls_gives_up() -> No
     await coord.reserve(0.8)  # held by a worker that then died: it never settles
     refused = await coord.reserve(0.5)
     assert isinstance(refused, str) and "did not settle in 0.2 s" in refused
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_log", "token_bucket"])
+async def test_four_workers_leasing_from_one_coordinator_are_never_refused(algorithm: str) -> None:
+    """The virtual-time form of ``test_ray.py``'s four workers at the pro tier: four lessees take
+    leases of 16 in turn as they run out, and each uses every grant up to the allowed lateness late
+    (the latest a worker sends one; a later one it drops). The sandbox's own window algorithm, at
+    the exact times of use, refuses none of them, and the tier is used (its measure in real time,
+    with the network in between, is ``make bench``'s: bench/ray_run.py, tier use)."""
+    import random
+
+    from pipeline.sandbox.ratelimit import make_limiter
+
+    limit, window, rows = 300, 2.0, 1500  # five windows' worth
+    coord, wall = _coordinator(limit, window)
+    late, rng = lateness(window), random.Random(7)
+    # how late each lessee is: two use their grants as late as allowed (the worst for the grants of
+    # the lessees that follow theirs), one on time, one anywhere in between
+    delay: list[Callable[[], float]] = [lambda: late, lambda: 0.0, lambda: late, lambda: rng.uniform(0, late)]
+    workers: list[list[float]] = [[] for _ in range(4)]
+    used: list[float] = []
+    while len(used) < rows:
+        for held in workers:
+            if not held:  # out of grants: lease more, at what the wall clock says now
+                held.extend((await coord.lease(16)).slots)
+        i = min(range(4), key=lambda k: workers[k][0])  # the worker with the earliest grant sends next
+        slot = workers[i].pop(0)
+        wall.t = max(wall.t, slot)  # time passes until the grant is due
+        used.append(slot + delay[i]())
+    server = make_limiter(algorithm, limit, window)  # type: ignore[arg-type]
+    assert server is not None
+    refused = [t for t in sorted(used) if not server.acquire(t).allowed]
+    assert refused == []
+    assert max_in_any_window(sorted(used), window) <= limit
+    span = max(used) - min(used)
+    assert rows / span * window > 0.95 * limit  # and the four together use the tier, not a quarter of it
