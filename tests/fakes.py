@@ -90,6 +90,8 @@ class FakeProvider:
     in_flight: int = 0
     most_in_flight: int = 0
     started: anyio.Event = field(default_factory=anyio.Event)  # set at the first call
+    clock: VirtualClock | None = None  # when given, each call's time on it is kept in ``times``
+    times: list[float] = field(default_factory=list)
 
     @property
     def prompts(self) -> Counter[str]:
@@ -98,6 +100,8 @@ class FakeProvider:
     async def complete(self, request: PromptRequest) -> CallResult:
         before = self.prompts[request.prompt]
         self.calls.append(request)
+        if self.clock is not None:
+            self.times.append(self.clock.now())
         self.started.set()
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
@@ -202,6 +206,7 @@ def rig(tmp: Path, provider: FakeProvider, *, cap: float | None = None, spent: f
         rate: float | None = None, window: float = 60.0) -> Rig:
     """A :class:`Rig` whose ledger is ``tmp/out.ledger`` (close it: ``with rig(...).ledger``)."""
     clock = VirtualClock()
+    provider.clock = clock
     return Rig(provider, Ledger.open(tmp / "out.parquet"), clock, VirtualStop(clock), RunStats(),
                Budget(cap, spent=spent), RateLimiter(rate, window, clock=clock))
 

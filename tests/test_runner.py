@@ -30,6 +30,7 @@ from pipeline.ledger import FINAL, RETRY, SENT
 from pipeline.result import RowResult
 
 from .fakes import KEYER, FakeProvider, answer, prompts, rig
+from .helpers import max_in_any_window
 
 
 def _by_row(results: list[RowResult]) -> dict[int, RowResult]:
@@ -114,6 +115,19 @@ async def test_retries_stop_at_max_attempts_and_the_row_is_tried_again_on_resume
         second = _by_row(await again.run(["only"], max_attempts=4))
         assert again.ledger.get(KEYER.row("only")).state == FINAL  # type: ignore[union-attr]
     assert second[0].status == "ok" and provider.prompts["only"] == 5
+
+
+async def test_the_limiter_paces_the_calls_in_virtual_time(tmp_path: Path) -> None:
+    """60 a minute, 8 workers: the calls go out a limiter interval apart on the virtual clock, and
+    no 60 s window holds more than 60 of them (the run takes no real minute)."""
+    provider = FakeProvider()
+    r = rig(tmp_path, provider, rate=60, window=60.0)
+    with r.ledger:
+        await r.run(prompts(130), concurrency=8, rows_per_batch=32)
+    times = provider.times
+    assert len(times) == 130 and times == sorted(times)
+    assert max_in_any_window(times, 60.0) <= 60
+    assert (times[-1] - times[0]) / 129 == pytest.approx(60 / 60 * 1.015, rel=0.01)  # near the rate, not below
 
 
 # -- terminal errors stop the job --------------------------------------------------------------------
