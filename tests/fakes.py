@@ -92,6 +92,7 @@ class FakeProvider:
     started: anyio.Event = field(default_factory=anyio.Event)  # set at the first call
     clock: VirtualClock | None = None  # when given, each call's time on it is kept in ``times``
     times: list[float] = field(default_factory=list)
+    answered: Counter[str] = field(default_factory=Counter)  # calls that got an answer, by prompt
 
     @property
     def prompts(self) -> Counter[str]:
@@ -118,6 +119,7 @@ class FakeProvider:
             raise outcome
         assert isinstance(outcome, CallResult), outcome
         self.charged.append(outcome.cost or 0.0)
+        self.answered[request.prompt] += 1
         return outcome
 
     async def account(self) -> Account:

@@ -9,6 +9,7 @@ ledger holds afterwards.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -279,6 +280,24 @@ async def test_a_hard_stop_cancels_calls_in_flight_and_leaves_them_marked_sent(t
             assert entry is not None and entry.state == SENT
 
 
+async def test_a_resume_sends_again_what_a_killed_run_had_in_flight_and_counts_it(tmp_path: Path) -> None:
+    hung = FakeProvider(gate=anyio.Event())
+    killed = rig(tmp_path, hung)
+    with killed.ledger:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: killed.run(prompts(10), concurrency=3))
+            while hung.in_flight < 3:
+                await anyio.lowlevel.checkpoint()
+            killed.stop.now("INTERRUPTED", MomoError("killed"))
+    provider = FakeProvider()
+    again = rig(tmp_path, provider)
+    with again.ledger:
+        by_row = _by_row(await again.run(prompts(10)))
+        assert all(again.outcome(f"question {i}") is not None for i in range(10))
+    assert sorted(by_row) == list(range(10)) and again.stats.resent == 3
+    assert set(provider.prompts) == {f"question {i}" for i in range(10)} and set(provider.prompts.values()) == {1}
+
+
 async def test_a_stop_between_retries_ends_them_and_leaves_the_row_for_resume(tmp_path: Path) -> None:
     r = rig(tmp_path, FakeProvider())
 
@@ -292,3 +311,67 @@ async def test_a_stop_between_retries_ends_them_and_leaves_the_row_for_resume(tm
         await r.run(["only"], max_attempts=6)
         assert r.outcome("only") is None
     assert r.provider.prompts["only"] == 2 and r.results == []
+
+
+# -- properties over arbitrary scripts ---------------------------------------------------------------
+FAILURES: dict[str, Callable[[], MomoError]] = {
+    "5xx": lambda: ServerError("down", status=503),
+    "reset": lambda: ConnectionLost("reset"),
+    "429": lambda: RateLimited("slow down", status=429, retry_after=2.0),
+    "400": lambda: InvalidParameters("bad", status=400),
+    "409": lambda: RequestRejected("conflict", status=409),
+}
+MAX_ATTEMPTS = 3
+
+
+def _expected(steps: list[str]) -> tuple[str, int]:
+    """What the policy makes of a prompt's answers, call by call: the row's status and its calls.
+    (Written out here from the contract of retry.py, not computed by it.)"""
+    failures = 0
+    for calls, step in enumerate([*steps, "ok"], start=1):
+        if step == "ok":
+            return "ok", calls
+        if step in ("400", "409"):
+            return "error", calls
+        failures += step != "429"  # a 429 does not use up an attempt
+        if failures == MAX_ATTEMPTS:
+            return "error", calls
+    raise AssertionError("unreachable")
+
+
+@settings(max_examples=60)
+@given(scripts=st.lists(st.lists(st.sampled_from(["429", "429", "5xx", "reset", "400", "409"]), max_size=5),
+                        min_size=1, max_size=8),
+       picks=st.lists(st.integers(0, 9), min_size=1, max_size=24), concurrency=st.integers(1, 6))
+def test_whatever_the_service_answers_every_row_ends_once_and_no_answer_is_paid_twice(
+        scripts: list[list[str]], picks: list[int], concurrency: int) -> None:
+    """Rows pick prompts (so some repeat, and a pick past the scripts is an empty prompt); each
+    prompt's calls fail as its script says, then succeed."""
+    asked: list[str | None] = [f"p{i}" if i < len(scripts) else None for i in picks]
+
+    def script(prompt: str, n: int) -> object:
+        steps = scripts[int(prompt[1:])]
+        return FAILURES[steps[n]]() if n < len(steps) else answer(prompt)
+
+    async def main(tmp: Path) -> None:
+        provider = FakeProvider(script)
+        r = rig(tmp, provider)
+        with r.ledger:
+            await r.run(asked, concurrency=concurrency, max_attempts=MAX_ATTEMPTS, rows_per_batch=5)
+            by_row = _by_row(r.results)
+            firsts = {asked.index(p) for p in asked}  # the first row asking each prompt, or the first blank
+            assert set(by_row) == firsts | {i for i, p in enumerate(asked) if p is None}
+            for row, result in by_row.items():
+                prompt = asked[row]
+                if prompt is None:
+                    assert result.status == "skipped"
+                    continue
+                status, calls = _expected(scripts[int(prompt[1:])])
+                assert (result.status, provider.prompts[prompt]) == (status, calls), (prompt, result)
+                entry = r.ledger.get(KEYER.row(prompt))
+                assert entry is not None and entry.record is not None and entry.record["status"] == status
+        assert r.stop.reason is None
+        assert set(provider.answered.values()) <= {1}  # no prompt answered (and paid) twice
+
+    with tempfile.TemporaryDirectory() as tmp:
+        anyio.run(main, Path(tmp))
