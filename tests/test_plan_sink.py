@@ -8,11 +8,15 @@ written whole or not at all. The runs here use the scripted provider of :mod:`te
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import anyio
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import sink
 from pipeline.config import Job
@@ -151,3 +155,33 @@ async def test_an_output_that_cannot_be_written_leaves_nothing_half_written(tmp_
                      metadata=lambda t: {})
     assert str(blocker / "out.parquet") in str(err.value)
     assert not (tmp_path / "out.parquet").exists() and blocker.read_text().startswith("a file")
+
+
+@settings(max_examples=25)
+@given(questions=st.lists(st.one_of(st.none(), st.sampled_from(["", "a", "b", "c", "d", "e", "f"])), min_size=1,
+                          max_size=30),
+       chunk_rows=st.integers(1, 8))
+def test_any_input_comes_out_whole_in_order_and_its_cost_column_adds_up_to_what_was_paid(
+        questions: list[str | None], chunk_rows: int) -> None:
+    def cost(prompt: str) -> float:
+        return (ord(prompt) - ord("a") + 1) / 1000
+
+    async def main(tmp: Path) -> None:
+        provider = FakeProvider(lambda p, n: answer(p, cost=cost(p)))
+        plan = prepare(_job(tmp, _input(tmp, questions)), endpoint="http://fake")
+        await _run(tmp, provider, plan)
+        out = pl.read_parquet(tmp / "out.parquet")
+        assert out["id"].to_list() == [f"r{i}" for i in range(len(questions))]
+        assert out["q"].to_list() == questions
+        asked = [q for q in questions if q]
+        firsts = {q: i for i, q in reversed(list(enumerate(questions))) if q}
+        assert out["duplicate"].to_list() == [bool(q) and firsts[q] != i for i, q in enumerate(questions)]
+        assert out["status"].to_list() == ["ok" if q else "skipped" for q in questions]
+        # what was paid: each distinct prompt once, by a hand count, by the fake server, and in the file
+        assert provider.prompts == dict.fromkeys(set(asked), 1)
+        paid = sum(cost(q) for q in set(asked))
+        assert (out["cost"].sum() or 0.0) == pytest.approx(paid) == pytest.approx(sum(provider.charged))
+
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sink, "FINAL_CHUNK_ROWS", chunk_rows)
+        anyio.run(main, Path(tmp))
