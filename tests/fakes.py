@@ -22,7 +22,7 @@ import polars as pl
 from pipeline.budget import Budget
 from pipeline.dataset import PROMPT, ROW
 from pipeline.keys import KEY, OCC, Keyer
-from pipeline.ledger import Ledger
+from pipeline.ledger import Cache, Ledger
 from pipeline.limiter import RateLimiter
 from pipeline.plan import Plan
 from pipeline.providers.base import Account, CallResult, Price, PromptRequest
@@ -170,12 +170,13 @@ class Rig:
     budget: Budget
     limiter: RateLimiter
     results: list[RowResult] = field(default_factory=list)
+    cache: Cache | None = None  # answers shared across jobs (``--cache``)
 
     def caller(self, *, max_attempts: int = 3, worst_cost: WorstCost | None = None,
                keyer: Keyer = KEYER) -> Caller:
         return Caller(self.provider, limiter=self.limiter, budget=self.budget, stats=self.stats, stop=self.stop,
                       max_attempts=max_attempts, request=PromptRequest(prompt="", max_tokens=keyer.max_tokens),
-                      keyer=keyer, ledger=self.ledger, worst_cost=worst_cost, backoff=(0.5, 30.0))
+                      keyer=keyer, ledger=self.ledger, cache=self.cache, worst_cost=worst_cost, backoff=(0.5, 30.0))
 
     async def run(self, prompts: Sequence[str | None], *, concurrency: int = 4, max_attempts: int = 3,
                   worst_cost: WorstCost | None = None, rows_per_batch: int = 4, dedup: bool = True,

@@ -27,7 +27,7 @@ from pipeline.errors import (
     RequestRejected,
     ServerError,
 )
-from pipeline.ledger import FINAL, RETRY, SENT
+from pipeline.ledger import FINAL, RETRY, SENT, Cache
 from pipeline.result import RowResult
 
 from .fakes import KEYER, FakeProvider, answer, prompts, rig
@@ -196,6 +196,26 @@ async def test_with_dedup_off_each_repeat_is_its_own_paid_request(tmp_path: Path
     with r.ledger:
         await r.run(["a", "b", "a", "a"], dedup=False)
     assert provider.prompts == {"a": 3, "b": 1} and r.stats.duplicates == 0 and len(r.results) == 4
+
+
+async def test_an_answer_in_the_shared_cache_is_not_paid_for_again_by_another_job(tmp_path: Path) -> None:
+    provider = FakeProvider(lambda p, n: answer(p, cost=0.003))
+    cache = Cache(tmp_path / "cache")
+    try:
+        first = rig(tmp_path / "job-a", provider)
+        first.cache = cache
+        with first.ledger:
+            await first.run(prompts(5))
+        other = rig(tmp_path / "job-b", provider)  # another job: its own ledger, the same cache
+        other.cache = cache
+        with other.ledger:
+            by_row = _by_row(await other.run(prompts(7)))
+    finally:
+        cache.close()
+    assert set(provider.prompts.values()) == {1} and len(provider.prompts) == 7
+    assert [by_row[i].cached for i in range(7)] == [True] * 5 + [False] * 2
+    assert [by_row[i].cost for i in range(7)] == [0.0] * 5 + [0.003] * 2  # cached: no cost to this job
+    assert other.stats.cached == 5 and other.stats.cache_saved == pytest.approx(5 * 0.003)
 
 
 # -- the cap -----------------------------------------------------------------------------------------
