@@ -88,11 +88,16 @@ class FakeProvider:
     calls: list[PromptRequest] = field(default_factory=list)
     charged: list[float] = field(default_factory=list)
     in_flight: int = 0
-    most_in_flight: int = 0
-    started: anyio.Event = field(default_factory=anyio.Event)  # set at the first call
     clock: VirtualClock | None = None  # when given, each call's time on it is kept in ``times``
     times: list[float] = field(default_factory=list)
     answered: Counter[str] = field(default_factory=Counter)  # calls that got an answer, by prompt
+    _waiting_for: tuple[int, anyio.Event] | None = None
+
+    async def wait_in_flight(self, n: int) -> None:
+        """Until ``n`` calls are in flight at once."""
+        if self.in_flight < n:
+            self._waiting_for = (n, anyio.Event())
+            await self._waiting_for[1].wait()
 
     @property
     def prompts(self) -> Counter[str]:
@@ -103,9 +108,9 @@ class FakeProvider:
         self.calls.append(request)
         if self.clock is not None:
             self.times.append(self.clock.now())
-        self.started.set()
         self.in_flight += 1
-        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        if self._waiting_for is not None and self.in_flight >= self._waiting_for[0]:
+            self._waiting_for[1].set()
         try:
             if self.gate is not None:
                 await self.gate.wait()

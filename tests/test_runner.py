@@ -151,8 +151,7 @@ async def test_a_soft_stop_lets_calls_in_flight_finish_and_sends_nothing_new(tmp
     with r.ledger:
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: r.run(prompts(20), concurrency=4))
-            while provider.in_flight < 4:  # all four workers have a call out (each waits on the gate)
-                await anyio.lowlevel.checkpoint()
+            await provider.wait_in_flight(4)  # all four workers have a call out (each waits on the gate)
             gate.set()
         by_row = _by_row(r.results)
         assert set(by_row) == {1, 2, 3} and {res.status for res in by_row.values()} == {"ok"}
@@ -170,9 +169,7 @@ async def test_a_repeated_prompt_is_sent_once_across_batches_and_in_flight(tmp_p
     with r.ledger:
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: r.run(asked, concurrency=4, rows_per_batch=2))
-            await provider.started.wait()
-            while provider.in_flight < 4:  # a, b, c, d out at once: the repeats came while "a" was in flight
-                await anyio.lowlevel.checkpoint()
+            await provider.wait_in_flight(4)  # a, b, c, d out at once: the repeats came while "a" was in flight
             gate.set()
     assert provider.prompts == {"a": 1, "b": 1, "c": 1, "d": 1}
     assert r.stats.duplicates == 5 and sorted(res.row for res in r.results) == [0, 1, 3, 8]
@@ -290,8 +287,7 @@ async def test_a_hard_stop_cancels_calls_in_flight_and_leaves_them_marked_sent(t
     with r.ledger:
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: r.run(prompts(10), concurrency=3))
-            while provider.in_flight < 3:
-                await anyio.lowlevel.checkpoint()
+            await provider.wait_in_flight(3)
             r.stop.now("INVALID_API_KEY", InvalidApiKey("revoked"))
         assert r.results == [] and len(provider.calls) == 3
         # each cancelled call may have been charged: it stays "sent", so a resume knows to count it
@@ -306,8 +302,7 @@ async def test_a_resume_sends_again_what_a_killed_run_had_in_flight_and_counts_i
     with killed.ledger:
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: killed.run(prompts(10), concurrency=3))
-            while hung.in_flight < 3:
-                await anyio.lowlevel.checkpoint()
+            await hung.wait_in_flight(3)
             killed.stop.now("INTERRUPTED", MomoError("killed"))
     provider = FakeProvider()
     again = rig(tmp_path, provider)
