@@ -175,7 +175,7 @@ def test_any_input_comes_out_whole_in_order_and_its_cost_column_adds_up_to_what_
         assert out["q"].to_list() == questions
         asked = [q for q in questions if q]
         firsts = {q: i for i, q in reversed(list(enumerate(questions))) if q}
-        assert out["duplicate"].to_list() == [bool(q) and firsts[q] != i for i, q in enumerate(questions)]
+        assert out["duplicate"].to_list() == [firsts[q] != i if q else False for i, q in enumerate(questions)]
         assert out["status"].to_list() == ["ok" if q else "skipped" for q in questions]
         # what was paid: each distinct prompt once, by a hand count, by the fake server, and in the file
         assert provider.prompts == dict.fromkeys(set(asked), 1)
