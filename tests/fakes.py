@@ -85,6 +85,7 @@ class FakeProvider:
     charge_before_raise: float = 0.0
     name: str = "momo"
     target: str = "159"
+    endpoint: str = "http://fake.example/v1"
     calls: list[PromptRequest] = field(default_factory=list)
     charged: list[float] = field(default_factory=list)
     in_flight: int = 0

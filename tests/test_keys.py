@@ -108,11 +108,11 @@ def test_what_does_not_change_the_request_does_not_change_the_key(tmp_path: Path
 
 def test_a_label_jobs_settings_change_the_key(tmp_path: Path) -> None:
     plain = _job(tmp_path)
-    three = plain.model_copy(update={"label": {"labels": ["yes", "no"], "votes": 3}})
-    five = plain.model_copy(update={"label": {"labels": ["yes", "no"], "votes": 5}})
+    three = plain.with_overrides(label={"set": ["yes", "no"], "votes": 3})
+    five = plain.with_overrides(label={"set": ["yes", "no"], "votes": 5})
     keys = {make_keyer(job, "e").row("hello") for job in (plain, three, five)}
     assert len(keys) == 3
-    reordered = plain.model_copy(update={"label": {"votes": 3, "labels": ["yes", "no"]}})
+    reordered = plain.with_overrides(label={"votes": 3, "set": ["yes", "no"]})
     assert make_keyer(reordered, "e").row("hello") == make_keyer(three, "e").row("hello")  # canonical JSON
 
 
