@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import signal
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import anyio
 import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from .config import Job, OutputConfig
+from .config import Job
 from .connect import Connection
 from .errors import MomoError, WriteError
 from .estimator import Estimate
-from .job import RunOptions, run_job
+from .job import RunOptions, resolve, run_job
 from .job import estimate as estimate_job
 from .outcome import Reconciliation, Reuse, RunReport
 from .output_path import check_output, export_path
 from .progress import Reporter
 from .providers.base import Provider
 from .runner import RunStats, Stop
+
+if TYPE_CHECKING:
+    from .ray import RayOptions
 
 
 async def _run(job: Job, provider: Provider, *, quiet: bool, errors: Console, limit: int | None,
@@ -82,34 +86,47 @@ async def _stop_on_signals(stop: Stop, errors: Console) -> None:
                 return
 
 
-def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: int | None,
-                max_cost: float | None, restart: bool, yes: bool, sandbox: bool, fmt: str,
-                as_json: bool, quiet: bool, credentials: Any, sandbox_for: Any,
-                console: Console, errors: Console, cache: Path | None = None,
-                with_report: bool = False, ray_options: Any = None) -> int:
-    cfg = job.provider
-    if output is not None:
-        job = job.with_overrides(output=OutputConfig(path=output))
-    parts = getattr(ray_options, "parts_rows", None) is not None
-    check_output(job.output.path, job.input.path, formats=[fmt], parts=parts)  # before anything is paid
-    if cache is not None:
-        job = job.with_overrides(reuse=job.reuse.model_copy(update={"cache": cache}))
-    with sandbox_for(cfg, job.limits.tier, sandbox, label_truth=sandbox_truth(job)) as (sb_url, sb_creds):
-        connection = Connection(sb_creds or credentials(cfg), sb_url or base_url,
-                                endpoint="sandbox" if sb_url else None)  # a sandbox's port is new each run
-        if ray_options is not None:
+@dataclass(frozen=True)
+class RunCommand:
+    """``momo-batch run``'s options, as parsed (the job file and where its calls go aside)."""
+
+    output: Path | None = None
+    limit: int | None = None
+    max_cost: float | None = None
+    restart: bool = False
+    yes: bool = False
+    fmt: str = "parquet"  # also export: jsonl or csv
+    as_json: bool = False
+    quiet: bool = False
+    cache: Path | None = None
+    with_report: bool = False
+    ray: RayOptions | None = None  # run on Ray (``--ray``)
+
+
+Connect = Callable[[Job], contextlib.AbstractContextManager[Connection]]
+
+
+def run_cli_job(job: Job, command: RunCommand, *, connect: Connect, console: Console, errors: Console) -> int:
+    """``run``: the library's run (local or on Ray), then the exports, the report and the summary."""
+    c = command
+    job = resolve(job, output=c.output, cache=c.cache)
+    # the exports are the CLI's own: their paths are checked before anything is paid
+    check_output(job.output.path, job.input.path, formats=[c.fmt], parts=c.ray is not None and
+                 c.ray.parts_rows is not None)
+    with connect(job) as connection:
+        if c.ray is not None:
             from .ray import run_job as run_on_ray
 
-            report = run_on_ray(job, connection, limit=limit, restart=restart, max_cost=max_cost, yes=yes,
-                                options=replace(ray_options, warn=_warner(errors), stop_on_signals=True))
+            report = run_on_ray(job, connection, limit=c.limit, restart=c.restart, max_cost=c.max_cost, yes=c.yes,
+                                options=replace(c.ray, warn=_warner(errors), stop_on_signals=True))
         else:
-            provider = connection.open(cfg, max_connections=job.limits.concurrency)
-            report = anyio.run(lambda: _run(job, provider, quiet=quiet, errors=errors, yes=yes,
-                                            limit=limit, restart=restart, max_cost=max_cost))
-    if fmt != "parquet" and report.output.is_file():
-        export(report.output, fmt)
-    page = _write_report(report.output) if with_report and report.output.is_file() else None
-    if as_json:
+            provider = connection.open(job.provider, max_connections=job.limits.concurrency)
+            report = anyio.run(lambda: _run(job, provider, quiet=c.quiet, errors=errors, yes=c.yes,
+                                            limit=c.limit, restart=c.restart, max_cost=c.max_cost))
+    if c.fmt != "parquet" and report.output.is_file():
+        export(report.output, c.fmt)
+    page = _write_report(report.output) if c.with_report and report.output.is_file() else None
+    if c.as_json:
         print(json.dumps({**report.as_dict(), **({"report": str(page)} if page else {})}, ensure_ascii=False))
     else:
         render_summary(report, console)
@@ -237,10 +254,8 @@ def _num(x: float | None, none: str = "-") -> str:
     return none if x is None else f"{x:,.1f}"
 
 
-def estimate_cli_job(job: Job, *, pilot: int, base_url: str | None, limit: int | None,
-                     max_cost: float | None, sandbox: bool, as_json: bool, credentials: Any,
-                     sandbox_for: Any, console: Console) -> int:
-    cfg = job.provider
+def estimate_cli_job(job: Job, *, pilot: int, limit: int | None, max_cost: float | None, as_json: bool,
+                     connect: Connect, console: Console) -> int:
 
     async def go(provider: Provider) -> Estimate:
         try:
@@ -248,10 +263,8 @@ def estimate_cli_job(job: Job, *, pilot: int, base_url: str | None, limit: int |
         finally:
             await provider.aclose()
 
-    with sandbox_for(cfg, job.limits.tier, sandbox, label_truth=sandbox_truth(job)) as (sb_url, sb_creds):
-        connection = Connection(sb_creds or credentials(cfg), sb_url or base_url,
-                                endpoint="sandbox" if sb_url else None)
-        est = anyio.run(go, connection.open(cfg, max_connections=job.limits.concurrency))
+    with connect(job) as connection:
+        est = anyio.run(go, connection.open(job.provider, max_connections=job.limits.concurrency))
     if as_json:
         print(json.dumps(est.as_dict(), ensure_ascii=False))
     else:
