@@ -295,7 +295,7 @@ async def run_frame(frame: pl.DataFrame, job: Job, provider: Provider, **kw: Any
         src = Path(tmp) / "input.parquet"
         frame.write_parquet(src)
         job = job.with_overrides(
-            input=job.input.model_copy(update={"path": src}),
+            input=job.input.model_copy(update={"path": src, "id_column": None}),  # a frame has no id of its own
             output=OutputConfig(path=Path(tmp) / "output.parquet"),
         )
         await run_job(job, provider, **kw)

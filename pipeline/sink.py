@@ -157,14 +157,22 @@ def with_outcomes(batch: pl.DataFrame, ledger: Outcomes, schema: dict[str, pl.Da
                 .otherwise(pl.col(column)).alias(column))
 
     return joined.with_columns(
+        *paid_by_first(joined.columns, duplicate),
         fill("status", "skipped", "error"),
         fill("error_code", "EMPTY_PROMPT", unfinished.code),
         fill("error_message", "prompt is null or empty: not sent", unfinished.message),
         pl.col("attempts").fill_null(0),
         pl.col("cached").fill_null(False),
-        # the first row asking it carries the cost: the column sums to what the job paid
-        pl.when(duplicate & pl.col("cost").is_not_null()).then(pl.lit(0.0)).otherwise(pl.col("cost"))
-        .alias("cost"),
         duplicate.alias("duplicate"),
         pl.col(KEY).alias("request_key"),
     )
+
+
+# what a duplicate row shares but did not use: the first row asking the request carries it, so
+# each of these columns sums to what the job paid and the server counted
+PAID_COLUMNS = ("cost", "tokens_used", "prompt_tokens", "completion_tokens")
+
+
+def paid_by_first(columns: Sequence[str], duplicate: pl.Expr) -> list[pl.Expr]:
+    return [pl.when(duplicate & pl.col(c).is_not_null()).then(pl.lit(0).cast(pl.Float64 if c == "cost" else pl.Int64))
+            .otherwise(pl.col(c)).alias(c) for c in PAID_COLUMNS if c in columns]

@@ -38,7 +38,7 @@ from ..output_path import PARTS_MARK
 from ..plan import check_collisions, make_task, output_columns, prompt_expr
 from ..providers.base import Price
 from ..runner import RunStats
-from ..sink import Totals
+from ..sink import Totals, paid_by_first
 from .coordinator import Coordinator, lateness
 from .worker import Worker, WorkerSpec
 
@@ -75,7 +75,7 @@ def run_job(job: Job | str | Path, credentials: Credentials, *, base_url: str | 
     """
     import ray
 
-    opts = options or RayOptions()
+    opts, base_url = options or RayOptions(), base_url or credentials.base_url
     job = job if isinstance(job, Job) else Job.load(job)
     if output is not None:
         job = job.with_overrides(output=OutputConfig(path=output))
@@ -243,7 +243,7 @@ def _dataset(job: Job, limit: int | None, batch_rows: int) -> Any:
 
 def _first_pays(part: pl.DataFrame, seen: set[str]) -> pl.DataFrame:
     """As in a local run: the first row (in input order) asking a request carries its cost; the
-    rows after it are duplicates at no cost, so the cost column sums to what the job paid."""
+    rows after it are duplicates at no cost and no tokens, so those columns sum to what the job used."""
     first = []
     for key in part["request_key"].to_list():
         first.append(key is None or key not in seen)
@@ -252,7 +252,7 @@ def _first_pays(part: pl.DataFrame, seen: set[str]) -> pl.DataFrame:
     duplicate = ~pl.Series(first) & part["request_key"].is_not_null()
     return part.with_columns(
         duplicate.alias("duplicate"),
-        pl.when(duplicate & pl.col("cost").is_not_null()).then(pl.lit(0.0)).otherwise(pl.col("cost")).alias("cost"))
+        *paid_by_first(part.columns, pl.lit(duplicate)))
 
 
 def _report(report: RunReport, got: dict[str, Any], rows: int, wall: float) -> RunReport:
