@@ -95,8 +95,6 @@ def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: i
     check_output(job.output.path, job.input.path, formats=[fmt], parts=parts)  # before anything is paid
     if cache is not None:
         job = job.with_overrides(reuse=job.reuse.model_copy(update={"cache": cache}))
-    if not quiet:  # the pace is the account's tier: a job that did not say runs at the slowest
-        errors.print(f"rate: {job.limits.describe_rate()}", highlight=False, soft_wrap=True)
     with sandbox_for(cfg, job.limits.tier, sandbox, label_truth=sandbox_truth(job)) as (sb_url, sb_creds):
         provider = _provider(job, sb_url, sb_creds, base_url, credentials)
         if ray_options is not None:
@@ -111,6 +109,8 @@ def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: i
     if as_json:
         print(json.dumps({**report.as_dict(), **({"report": str(page)} if page else {})}, ensure_ascii=False))
     else:
+        # the pace is the account's tier: a job that does not say runs at the slowest
+        console.print(f"rate assumed: {job.limits.describe_rate()}", highlight=False, soft_wrap=True)
         render_summary(report, console)
         if page:
             console.print(f"report: {page}", highlight=False, soft_wrap=True)

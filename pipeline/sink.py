@@ -22,6 +22,7 @@ from .errors import ConfigError, WriteError
 from .ledger import Ledger
 from .plan import FIRST, KEY, Plan
 from .result import RESULT_SCHEMA, TOKEN_SPLIT_SCHEMA, Unfinished
+from .usage import paid_by_first
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
@@ -167,12 +168,3 @@ def with_outcomes(batch: pl.DataFrame, ledger: Outcomes, schema: dict[str, pl.Da
         pl.col(KEY).alias("request_key"),
     )
 
-
-# what a duplicate row shares but did not use: the first row asking the request carries it, so
-# each of these columns sums to what the job paid and the server counted
-PAID_COLUMNS = ("cost", "tokens_used", "prompt_tokens", "completion_tokens")
-
-
-def paid_by_first(columns: Sequence[str], duplicate: pl.Expr) -> list[pl.Expr]:
-    return [pl.when(duplicate & pl.col(c).is_not_null()).then(pl.lit(0).cast(pl.Float64 if c == "cost" else pl.Int64))
-            .otherwise(pl.col(c)).alias(c) for c in PAID_COLUMNS if c in columns]

@@ -38,7 +38,8 @@ from ..output_path import PARTS_MARK
 from ..plan import check_collisions, make_task, output_columns, prompt_expr
 from ..providers.base import Price
 from ..runner import RunStats
-from ..sink import Totals, paid_by_first
+from ..sink import Totals
+from ..usage import paid_by_first
 from .coordinator import Coordinator, lateness
 from .worker import Worker, WorkerSpec
 
