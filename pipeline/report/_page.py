@@ -143,14 +143,13 @@ def _money(amount: float, currency: str | None) -> str:
 
 
 def _cost_note(run: d.RunData) -> str:
-    """Where the cost comes from, its unit, and why it is 0 when it is."""
-    source = {"server": "as the server charged it", "price_table": "from the job's prices"}
-    parts = [source.get(run.metadata.get("momo_batch.cost_source", ""), "")]
-    if not run.currency:
-        parts.append("in the account's currency")
+    """Where the cost comes from and its unit, or why it is 0."""
+    by = run.metadata.get("momo_batch.cost_source", "")
     if not float(run.rows["cost"].sum() or 0.0) and int(run.rows["tokens_used"].sum() or 0):
-        parts.append("0: prepaid tokens covered the calls")
-    return " · ".join(p for p in parts if p)
+        # MOMO charges a call covered by a prepaid package nothing; a relay's cost is the job's prices
+        return "0: prepaid tokens covered the calls" if by == "server" else "0: the job's prices are 0"
+    source = {"server": "as charged", "price_table": "at the job's prices"}.get(by, "")
+    return source if run.currency else f"{source}, account currency".lstrip(", ")
 
 
 def _status_note(status: dict[str, int]) -> str:
