@@ -101,6 +101,7 @@ class Estimate:
     pilot_rows: int = 0
     token_ratio: float | None = None  # server tokens / local tokens, learned by the pilot
     minutes: float | None = None  # at the tier's rate (None: enterprise, bounded by concurrency)
+    rate: str = ""  # the rate ``minutes`` assumes and where it comes from (LimitsConfig.describe_rate)
     balance: float | None = None
     fits_balance: bool | None = None
     max_cost: float | None = None
@@ -389,7 +390,7 @@ def _assemble(job: Job, price: Price, account: Account, t: PromptTotals, spent: 
         list_price=round(spend.cost, 6), package_tokens=_package_tokens(job, account), completion_basis=spend.basis,
         pilot_rows=fitted.fit.n if fitted else 0, completion_tokens=round(spend.completion),
         token_ratio=None if ratio is None else round(ratio, 4),
-        minutes=None if minutes is None else round(minutes, 2), notes=notes,
+        minutes=None if minutes is None else round(minutes, 2), rate=job.limits.describe_rate(), notes=notes,
         expected_calls_per_row=round(spend.calls, 3), prompt_tokens_sent=round(spend.prompt_sent), escalation=esc,
         token_split=job.provider.kind == "openai",
     )

@@ -304,7 +304,7 @@ async def run_frame(frame: pl.DataFrame, job: Job, provider: Provider, *, limit:
         src = Path(tmp) / "input.parquet"
         frame.write_parquet(src)
         job = job.with_overrides(
-            input=job.input.model_copy(update={"path": src}),
+            input=job.input.model_copy(update={"path": src, "id_column": None}),  # a frame has no id of its own
             output=OutputConfig(path=Path(tmp) / "output.parquet"),
         )
         await run_job(job, provider, limit=limit, restart=restart, max_cost=max_cost, yes=yes, options=options)
