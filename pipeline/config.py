@@ -20,7 +20,7 @@ TIER_RPM: dict[str, float | None] = {"free": 10, "basic": 60, "pro": 300, "enter
 
 
 class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 # TOML has no path type: a path is written as a string (or given as a Path from Python)
@@ -85,6 +85,8 @@ class LimitsConfig(_Table):
     concurrency: int = Field(16, gt=0, le=4096)
     max_attempts: int = Field(6, gt=0)
     max_cost: float | None = Field(None, ge=0)
+    # a server-requested pause (Retry-After) longer than this stops the job softly, resumable
+    max_wait_seconds: float = Field(300.0, ge=0)
     # length of the rate window in seconds; only tests and benchmarks change it (scaled time)
     window_seconds: float = Field(60.0, gt=0)
 

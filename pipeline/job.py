@@ -15,6 +15,7 @@ from typing import Any
 import polars as pl
 
 from . import __version__
+from .arguments import check_frame, check_job_argument, check_limit, check_max_cost, check_provider
 from .budget import BalanceReader, Budget
 from .config import Job, OutputConfig
 from .errors import MomoError
@@ -130,7 +131,8 @@ async def run_job(
     asks the stronger target through ``provider``'s own client, retargeted, unless
     ``escalation_provider`` is given.
     """
-    job = job if isinstance(job, Job) else Job.load(job)
+    job, provider = check_job_argument(job), check_provider(provider)  # the package's errors, naming
+    limit, max_cost = check_limit(limit), check_max_cost(max_cost)  # the argument (pipeline.arguments)
     if output is not None:
         job = job.with_overrides(output=OutputConfig(path=output))
     if cache is not None:
@@ -178,6 +180,7 @@ async def run_job(
             cache=shared,
             worst_cost=worst_cost,
             backoff=backoff,
+            max_wait=limits.max_wait_seconds,
         )
         task = await prep.task.bind(job, provider, caller, capped=cap is not None,
                                     escalation_provider=escalation_provider)
@@ -291,6 +294,8 @@ def provenance(job: Job, target: str, report: RunReport) -> dict[str, str]:
 
 async def run_frame(frame: pl.DataFrame, job: Job, provider: Provider, **kw: Any) -> pl.DataFrame:
     """For notebooks: run ``job`` over an in-memory DataFrame and return it with result columns."""
+    frame, job = check_frame(frame), check_job_argument(job, "run_frame")
+    check_provider(provider, "run_frame")
     with tempfile.TemporaryDirectory(prefix="momo-batch-") as tmp:
         src = Path(tmp) / "input.parquet"
         frame.write_parquet(src)

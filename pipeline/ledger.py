@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -446,9 +447,13 @@ class Ledger(_Store):
         """A call is about to go out: until it is settled, its outcome is unknown."""
         self._record("sent", (key, self.run, held), durable=True)
 
-    def not_charged(self, key: str, held: float) -> None:
-        """The call failed in a way that cannot have been charged (a 4xx, a 429)."""
-        self._record("not_charged", (held, key), durable=False)
+    def not_charged(self, key: str, held: float, *, before: int | None = SENT) -> None:
+        """The call failed in a way that cannot have been charged (a 4xx, a 429). ``before``: the
+        key's state before this send, when the caller knows it: ``None`` (no entry) removes the
+        "sent" mark, ``RETRY`` puts the earlier outcome back, so a refused call is not counted as
+        in flight ("re-sent after a crash") by the next run. ``SENT`` (default) keeps the mark."""
+        write = "not_sent" if before is None else "refused" if before == RETRY else "not_charged"
+        self._record(write, (held, key), durable=False)
 
     def answered(self, key: str, answer: dict[str, Any], paid: float, held: float) -> None:
         """A call's answer (label votes and re-asks; plain rows record their outcome instead)."""
@@ -564,6 +569,11 @@ _WRITES = {
     "sent": "INSERT INTO entries(key, state, run, held) VALUES (?1, 0, ?2, ?3) "
             "ON CONFLICT(key) DO UPDATE SET state = 0, run = excluded.run, held = held + excluded.held",
     "not_charged": "UPDATE entries SET held = MAX(0, held - ?1) WHERE key = ?2",
+    # a refused send of a key that had no entry, or a transient outcome, before it: as if unsent
+    "not_sent": "DELETE FROM entries WHERE key = ?2 AND state = 0 AND record IS NULL AND cost = 0 "
+                "AND held <= ?1 + 1e-12",
+    "refused": "UPDATE entries SET held = MAX(0, held - ?1), state = 3 WHERE key = ?2 AND state = 0 "
+               "AND record IS NOT NULL",
     "answered": "INSERT INTO entries(key, state, run, cost, held, record) VALUES (?1, 1, ?2, ?3, 0, ?5) "
                 "ON CONFLICT(key) DO UPDATE SET state = 1, run = excluded.run, cost = cost + excluded.cost, "
                 "held = MAX(0, held - ?4), record = excluded.record",
@@ -580,6 +590,14 @@ def _cannot_record_message(path: Path, reason: object) -> str:
             "free the space and run again to resume")
 
 
+def _finite(args: Sequence[Any]) -> bool:
+    """Whether a journal line's numbers are all finite. A version that believed a server's NaN
+    cost wrote such lines, which SQLite cannot store (NaN is NULL there): left out, the call's
+    entry stays "sent", its worst case held, and its row runs again, rather than the ledger never
+    opening again."""
+    return all(math.isfinite(a) for a in args if isinstance(a, float))
+
+
 def _apply_journals(db: sqlite3.Connection, root: Path) -> Journal:
     """Apply what the journal files hold beyond the database's last commit, drop them, and open
     a new one (a job killed mid-run loses nothing the journal had)."""
@@ -591,7 +609,7 @@ def _apply_journals(db: sqlite3.Connection, root: Path) -> Journal:
         for number, path in files:
             if number >= generation:
                 for write, args in entries(path, applied if number == generation else 0):
-                    if write in _WRITES:
+                    if write in _WRITES and _finite(args):
                         db.execute(_WRITES[write], args)
         journal = Journal(root, max([generation, *(n for n, _ in files)]) + 1)
         db.execute("DELETE FROM journal")

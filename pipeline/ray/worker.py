@@ -37,7 +37,7 @@ from ..config import Job
 from ..connect import Credentials, open_provider
 from ..dataset import PROMPT, ROW
 from ..errors import BudgetExceeded, MomoError
-from ..ledger import DB_NAME, FINAL, RETRY, SHARDS, Entry, Ledger, _connect
+from ..ledger import DB_NAME, FINAL, RETRY, SENT, SHARDS, Entry, Ledger, _connect
 from ..plan import FIRST, KEY, OCC, make_keyer, make_task, output_columns, prompt_expr
 from ..providers.base import Price, PromptRequest
 from ..result import RowResult, Unfinished
@@ -247,8 +247,8 @@ class LedgerView:
     def sent(self, key: str, held: float) -> None:
         self.own.sent(key, held)
 
-    def not_charged(self, key: str, held: float) -> None:
-        self.own.not_charged(key, held)
+    def not_charged(self, key: str, held: float, *, before: int | None = SENT) -> None:
+        self.own.not_charged(key, held, before=before)
 
     def answered(self, key: str, answer: dict[str, Any], paid: float, held: float) -> None:
         self.own.answered(key, answer, paid, held)
