@@ -20,7 +20,9 @@ __all__ = ["check_frame", "check_job_argument", "check_limit", "check_max_cost",
 
 def _shown(value: Any) -> str:
     """What was given, short: its type, and its value when that is a number or a short text."""
-    if isinstance(value, bool) or value is None or not isinstance(value, int | float | str):
+    if value is None:
+        return "None"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return type(value).__name__
     text = repr(value)
     return text if len(text) <= 40 else f"{text[:37]}..."
