@@ -8,13 +8,22 @@ or ``stream = "yes"`` is an error naming the key, not a guess (an integer is sti
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_env_name(text: str) -> bool:
+    """Whether ``text`` can be an environment variable's name (what a job file gives for a key)."""
+    return _ENV_NAME.fullmatch(text) is not None
+
 
 TIER_RPM: dict[str, float | None] = {"free": 10, "basic": 60, "pro": 300, "enterprise": None}
 
@@ -61,6 +70,15 @@ class ProviderConfig(_Table):
     # relay /api/user/self, for balance reads and reconciliation
     access_token_env: str | None = None
     user_id: str | None = None
+
+    @field_validator("api_key_env", "access_token_env")
+    @classmethod
+    def _env_name(cls, name: str | None) -> str | None:
+        if name is not None and not is_env_name(name):
+            # a key pasted where its variable's name goes: say so, and never show it (see _describe)
+            raise ValueError("must be the name of an environment variable (letters, digits and _, not "
+                             "starting with a digit), not a key: set the key in that variable")
+        return name
 
     @model_validator(mode="after")
     def _target(self) -> ProviderConfig:
@@ -160,5 +178,14 @@ def _describe(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "job"
         given = err.get("input")
         shown = f" (got {given!r})" if isinstance(given, str | int | float | bool) else ""
+        if isinstance(given, str) and _may_be_secret(err) and not is_env_name(given):
+            shown = " (the value is not shown: it may be a key)"
         parts.append(f"{where}: {err['msg']}{shown}")
     return "; ".join(parts)
+
+
+def _may_be_secret(err: Any) -> bool:
+    """A value where a key's name goes (``*_env``), or under a key the job file does not know
+    (``api_key = "..."``): it may be a key, so it is shown only when it is a plain name."""
+    last = str(err["loc"][-1]) if err["loc"] else ""
+    return last.endswith("_env") or err["type"] == "extra_forbidden"

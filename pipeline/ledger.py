@@ -364,9 +364,11 @@ class Ledger(_Store):
         if journals(path.parent):
             cls._apply_left_journals(path.parent)
         try:
-            return cls(path.parent, _connect(path, readonly=True), None, 0)
-        except sqlite3.Error:
-            return None
+            db = _connect(path, readonly=True)
+            db.execute("SELECT 1 FROM entries LIMIT 1").fetchall()  # errors here, not in the caller's read
+        except sqlite3.Error as exc:  # a full disk (no room for its shared memory), an I/O error
+            raise WriteError(f"{path}: cannot read the ledger ({exc})") from None
+        return cls(path.parent, db, None, 0)
 
     @classmethod
     def _apply_left_journals(cls, root: Path) -> None:
