@@ -376,22 +376,40 @@ class Caller:
         key = self.keyer.request(prompt, request.temperature, vote=vote, reask=reask,
                                  occurrence=acc.occurrence)
         reused = self._reuse(key, acc, final)
+        if reused is None and self.cache is not None:
+            reused = await self._claimed(key, acc, final)
         if reused is not None:
             self._before.pop(key, None)
             return reused
         try:
             result, held, latency = await self._send(request, acc, key)
+            answer = answer_record(result, round(latency, 3))
+            if final:
+                acc.unrecorded_cost += result.cost or 0.0
+                acc.unrecorded_held += held
+            else:
+                self.ledger.answered(key, answer, paid=result.cost or 0.0, held=held)
+            if self.cache is not None:
+                self.cache.put(key, answer)  # before the claim goes: a job waiting for it finds it
         finally:
             self._before.pop(key, None)
-        answer = answer_record(result, round(latency, 3))
-        if final:
-            acc.unrecorded_cost += result.cost or 0.0
-            acc.unrecorded_held += held
-        else:
-            self.ledger.answered(key, answer, paid=result.cost or 0.0, held=held)
-        if self.cache is not None:
-            self.cache.put(key, answer)
+            if self.cache is not None:
+                self.cache.release(key)
         return result
+
+    async def _claimed(self, key: str, acc: RowCalls, final: bool) -> CallResult | None:
+        """With a shared cache: claim ``key`` before paying for it. When another job (process) is
+        asking it now, wait for that job, and take its answer from the cache (``None``: it got none,
+        and the claim is this job's now)."""
+        assert self.cache is not None
+        if not self.cache.claim_now(key):
+            with self.stop.waiting():
+                await self.cache.claim(key)
+        # looked again once claimed: the other job may have put its answer since the first look
+        found = self._from_cache(key, acc, final)
+        if found is not None:
+            self.cache.release(key)
+        return found
 
     async def _send(self, request: PromptRequest, acc: RowCalls, key: str) -> tuple[CallResult, float, float]:
         try:  # most calls succeed at once: no retry machinery for them (~34 µs of CPU each)
@@ -435,6 +453,9 @@ class Caller:
             if found is not None:  # paid by an earlier run of this job (counted in its cost)
                 acc.add(found, 0.0)
                 return found
+        return self._from_cache(key, acc, final)
+
+    def _from_cache(self, key: str, acc: RowCalls, final: bool) -> CallResult | None:
         if self.cache is None:
             return None
         answer = self.cache.get(key)

@@ -160,3 +160,36 @@ async def test_a_pause_within_max_wait_is_waited_and_said(tmp_path: Path) -> Non
     assert re.search(r"^paused: the server asked to wait 1 s \(Retry-After\), until \d\d:\d\d:\d\d$",
                      out.getvalue(), re.M)
     assert max(charged_per_prompt(records).values()) == 1
+
+
+# -- a shared cache ---------------------------------------------------------------------------------
+def test_two_jobs_sharing_a_cache_at_once_pay_each_request_once(tmp_path: Path) -> None:
+    """Two processes run jobs asking the same 80 prompts through one ``--cache`` at the same time:
+    the sandbox's log shows each prompt charged once, and both outputs have every answer."""
+    import subprocess
+    import sys
+
+    from .helpers import ROOT, write_job_toml
+
+    data = questions(tmp_path / "q.csv", 80)
+    with Sandbox(SandboxConfig(latency_ms=30, keys={KEY: KeyConfig(tier="enterprise", packages={})})).running() as sb:
+        procs = []
+        for name in ("a", "b"):
+            job = write_job_toml(tmp_path / f"{name}.toml", {
+                "input": {"path": data, "id_column": "id"}, "prompt": {"template": "{question}"},
+                "provider": {"kind": "momo", "base_url": sb.momo_url, "agent_id": 159, "max_tokens": 200},
+                "limits": {"tier": "enterprise", "concurrency": 8},
+                "output": {"path": tmp_path / f"{name}.parquet"},
+            })
+            env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("MOMO_", "OPENAI_"))}
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "pipeline", "run", str(job), "--cache", str(tmp_path / "cache"), "--quiet"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**env, "MOMO_API_KEY": KEY}))
+        results = [p.communicate(timeout=120) for p in procs]
+        records = sb.records()
+    assert [p.returncode for p in procs] == [0, 0], results
+    charged = charged_per_prompt(records)
+    assert len(charged) == 80 and max(charged.values()) == 1  # each request paid once, by one of the jobs
+    a, b = pl.read_parquet(tmp_path / "a.parquet"), pl.read_parquet(tmp_path / "b.parquet")
+    assert a["response"].to_list() == b["response"].to_list() and a["response"].null_count() == 0
+    assert a["cached"].sum() + b["cached"].sum() == 80  # every answer one job paid, the other took
