@@ -15,7 +15,7 @@ from .config import Job
 from .errors import ConfigError
 from .providers.base import Provider
 
-__all__ = ["check_frame", "check_job_argument", "check_limit", "check_max_cost", "check_provider"]
+__all__ = ["check_frame", "check_job_argument", "check_limit", "check_max_cost", "check_price", "check_provider"]
 
 
 def _shown(value: Any) -> str:
@@ -63,6 +63,13 @@ def check_max_cost(max_cost: Any, where: str = "run_job") -> float | None:
         raise ConfigError(f"{where}: max_cost must be a finite amount ≥ 0 (got {_shown(max_cost)}); "
                           "0 means nothing may be spent, None no cap")
     return float(max_cost)
+
+
+def check_price(price: Any, name: str, where: str = "OpenAIProvider") -> float:
+    """A list price per million tokens: a finite amount ≥ 0 (as the job file's ``*_price_per_million``)."""
+    if isinstance(price, bool) or not isinstance(price, int | float) or not math.isfinite(price) or price < 0:
+        raise ConfigError(f"{where}: {name} must be a finite amount ≥ 0 (got {_shown(price)})")
+    return float(price)
 
 
 def check_frame(frame: Any, where: str = "run_frame") -> Any:

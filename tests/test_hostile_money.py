@@ -180,3 +180,12 @@ async def test_a_cache_answer_with_a_nan_cost_is_not_reused(tmp_path: Path) -> N
         records = sb.records()
     assert report.stats.cached == 0 and len(paid(records)) == 6
     assert "lie" not in pl.read_parquet(tmp_path / "b.parquet")["response"].to_list()
+
+
+@pytest.mark.parametrize("price", [math.nan, -0.5, math.inf])
+async def test_a_relay_price_that_is_not_an_amount_is_refused_by_the_provider(price: float) -> None:
+    from pipeline import OpenAIClient, OpenAIProvider
+
+    async with OpenAIClient("sk-sandbox-relay", "http://127.0.0.1:9/v1") as client:
+        with pytest.raises(ConfigError, match="OpenAIProvider: completion_price_per_million must be a finite"):
+            OpenAIProvider(client, "gpt-4o-mini", prompt_price_per_million=1.0, completion_price_per_million=price)

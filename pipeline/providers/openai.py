@@ -305,7 +305,12 @@ class OpenAIProvider:
         self.client = client
         self.model = self.target = model
         self.endpoint = client.base_url  # part of every request key (see pipeline.keys)
-        self._price = Price(prompt_price_per_million, completion_price_per_million, currency)
+        # a job file's prices are checked when it loads, a caller's here (a late import: pipeline.arguments
+        # imports this package)
+        from ..arguments import check_price
+
+        self._price = Price(check_price(prompt_price_per_million, "prompt_price_per_million"),
+                            check_price(completion_price_per_million, "completion_price_per_million"), currency)
         self._listed: bool | None = None
         self._owns_client = True
 
