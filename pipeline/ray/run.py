@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from ..arguments import check_job_argument, check_limit, check_max_cost
 from ..config import Job, OutputConfig
 from ..connect import Credentials
 from ..errors import ConfigError, MomoError, WriteError
@@ -76,7 +77,8 @@ def run_job(job: Job | str | Path, credentials: Credentials, *, base_url: str | 
     import ray
 
     opts = options or RayOptions()
-    job = job if isinstance(job, Job) else Job.load(job)
+    job = check_job_argument(job, "pipeline.ray.run_job")  # the package's errors, naming the argument
+    limit, max_cost = check_limit(limit, "pipeline.ray.run_job"), check_max_cost(max_cost, "pipeline.ray.run_job")
     if output is not None:
         job = job.with_overrides(output=OutputConfig(path=output))
     _check(job)
