@@ -189,3 +189,23 @@ async def test_a_relay_price_that_is_not_an_amount_is_refused_by_the_provider(pr
     async with OpenAIClient("sk-sandbox-relay", "http://127.0.0.1:9/v1") as client:
         with pytest.raises(ConfigError, match="OpenAIProvider: completion_price_per_million must be a finite"):
             OpenAIProvider(client, "gpt-4o-mini", prompt_price_per_million=1.0, completion_price_per_million=price)
+
+
+@pytest.mark.parametrize("figures", [
+    '"tokens_used": 1e400, "cost": 0.1', '"tokens_used": 10, "cost": -1.5', '"tokens_used": -5, "cost": 0.1',
+    '"tokens_used": 10, "cost": NaN', '"tokens_used": 10, "cost": Infinity',
+])
+async def test_a_momo_answer_whose_figures_are_not_numbers_is_malformed(figures: str) -> None:
+    """The client and the runner's check together: no figure that is not a finite number >= 0 gets
+    through (``int(inf)`` was an OverflowError that escaped as a bug)."""
+    import httpx
+
+    from pipeline import MalformedResponse, MomoClient
+    from pipeline.providers.base import check_reported
+
+    body = '{"success": true, "data": {"id": "r1", "content": "hi", ' + figures + "}}"
+    handler = lambda request: httpx.Response(200, content=body.encode(),  # noqa: E731
+                                             headers={"content-type": "application/json"})
+    async with MomoClient("momo-x", "http://momo.test/v1", transport=httpx.MockTransport(handler)) as client:
+        with pytest.raises(MalformedResponse):
+            check_reported(await client.call(1, "hello"))
