@@ -209,3 +209,14 @@ async def test_a_momo_answer_whose_figures_are_not_numbers_is_malformed(figures:
     async with MomoClient("momo-x", "http://momo.test/v1", transport=httpx.MockTransport(handler)) as client:
         with pytest.raises(MalformedResponse):
             check_reported(await client.call(1, "hello"))
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "1e999"])
+def test_rate_headers_that_are_not_finite_numbers_are_ignored(value: str) -> None:
+    import httpx
+
+    from pipeline.providers._transport import rate_limit_info, retry_after
+
+    headers = httpx.Headers({"X-RateLimit-Limit": value, "X-RateLimit-Remaining": value,
+                             "X-RateLimit-Reset": value, "Retry-After": value})
+    assert rate_limit_info(headers) is None and retry_after(headers) is None
