@@ -62,11 +62,14 @@ class RunStats:
     cached: int = 0  # answers taken from the cache (--cache), at no charge
     cache_saved: float = 0.0  # what those answers had cost
     started: float = field(default_factory=time.monotonic)
-    # the end of the latest pause a server asked for (Retry-After), as time.time(); None: none yet
-    paused_until: float | None = None
-    on_pause: Callable[[float], None] | None = None  # told each pause's length (the progress line)
     first_call: float | None = None
     last_call: float | None = None
+
+    def __post_init__(self) -> None:
+        # not fields: every field is a counter (a distributed run adds them up across workers)
+        # the end of the latest pause a server asked for (Retry-After), as time.time(); None: none yet
+        self.paused_until: float | None = None
+        self.on_pause: Callable[[float], None] | None = None  # told each pause's length (the progress line)
 
     @property
     def done(self) -> int:
