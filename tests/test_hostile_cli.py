@@ -7,6 +7,7 @@ excerpt at most; a key pasted where a key's name or a key goes is never shown.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -131,3 +132,20 @@ def test_a_key_in_the_job_file_is_never_echoed(tmp_path: Path, key: str) -> None
         line = one_line_error(proc)
         assert proc.returncode == 2 and next(iter(table["provider"])) in line
         assert key not in line and key[:8] not in line, line
+
+
+def test_the_cli_names_a_wait_it_will_not_make_and_exits_10(tmp_path: Path) -> None:
+    from pipeline.sandbox import FaultConfig, SandboxConfig
+
+    faults = FaultConfig(long_rate_limit=1.0, long_retry_after=3600.0, max_faults_per_prompt=1)
+    with Sandbox(SandboxConfig(faults=faults)).running() as sb:
+        job = job_file(tmp_path, questions(tmp_path / "q.csv", 5), tmp_path / "out.parquet", sb.momo_url,
+                       limits={"max_wait_seconds": 60})
+        proc = cli("run", str(job), "--quiet", "--json")
+        text = cli("run", str(job), "--quiet")
+    summary = json.loads(proc.stdout)
+    assert proc.returncode == 10 and summary["exit_code"] == 10 and summary["stop_code"] == "WAIT_TOO_LONG"
+    assert "3600 s (Retry-After)" in summary["stop_message"] and "max_wait_seconds = 60 s" in summary["stop_message"]
+    said = " ".join(text.stdout.replace("│", " ").split())  # the summary table, its cells unwrapped
+    assert text.returncode == 10 and "WAIT_TOO_LONG: the server asked to wait 3600 s" in said
+    assert "Traceback" not in proc.stderr + text.stderr
