@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -54,8 +55,13 @@ def _options(version: Annotated[bool, typer.Option(
     """
 
 
+MAX_LINE = 1000  # characters of an error line: what a message quotes from a bad file is short anyway
+
+
 def _fail(message: str, code: int) -> typer.Exit:
     line = " ".join(part.strip() for part in message.splitlines() if part.strip())  # always one line
+    line = "".join(ch if ch.isprintable() else "?" for ch in line)  # never a terminal's control bytes
+    line = line if len(line) <= MAX_LINE else line[:MAX_LINE - 1] + "…"
     err.print(f"[red]error:[/red] {redact(line)}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
 
@@ -80,7 +86,7 @@ def _expected(exc: BaseException) -> BaseException | None:
             if found is not None:
                 return found
         return None
-    return exc if isinstance(exc, MomoError | OSError | KeyboardInterrupt) else None
+    return exc if isinstance(exc, MomoError | OSError | sqlite3.Error | KeyboardInterrupt) else None
 
 
 def _one_line(exc: BaseException) -> tuple[str, int]:
@@ -91,6 +97,8 @@ def _one_line(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, OSError):  # a write that failed outside the places that say so (ledger, export)
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror or exc}{where} — {EXIT_MEANINGS[ExitCode.WRITE]}", ExitCode.WRITE
+    if isinstance(exc, sqlite3.Error):  # the ledger or the cache, read or written outside the places that say so
+        return f"the ledger or the cache: {exc} — {EXIT_MEANINGS[ExitCode.WRITE]}", ExitCode.WRITE
     return "interrupted", ExitCode.INTERRUPTED
 
 

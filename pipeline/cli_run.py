@@ -61,7 +61,7 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 def _warner(errors: Console) -> Callable[[str], None]:
     def warn(text: str) -> None:
-        errors.print(f"[yellow]warning:[/yellow] {text}", highlight=False)
+        errors.print(f"[yellow]warning:[/yellow] {text}", highlight=False, soft_wrap=True)
 
     return warn
 
@@ -78,11 +78,11 @@ async def _stop_on_signals(stop: Stop, errors: Console) -> None:
             if not stop.stopped:
                 stop.soft(code, MomoError(f"stopped by {name}"))
                 errors.print(f"{name}: no new calls; waiting for the calls in flight to finish and be "
-                             "recorded (again to abort them)", highlight=False)
+                             "recorded (again to abort them)", highlight=False, soft_wrap=True)
             else:
                 stop.now(code, MomoError(f"stopped by {name}"))
                 errors.print(f"{name} again: aborting the calls in flight; writing the output",
-                             highlight=False)
+                             highlight=False, soft_wrap=True)
                 return
 
 

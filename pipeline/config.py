@@ -9,20 +9,29 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .labels.spec import LabelConfig
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_env_name(text: str) -> bool:
+    """Whether ``text`` can be an environment variable's name (what a job file gives for a key)."""
+    return _ENV_NAME.fullmatch(text) is not None
+
 
 TIER_RPM: dict[str, float | None] = {"free": 10, "basic": 60, "pro": 300, "enterprise": None}
 
 
 class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 # TOML has no path type: a path is written as a string (or given as a Path from Python)
@@ -83,6 +92,15 @@ class ProviderConfig(_Table):
     user_id: str | None = Field(None, description="Relays: the user id for `/api/user/self` "
                                 "(`RELAY_USER_ID` wins).")
 
+    @field_validator("api_key_env", "access_token_env")
+    @classmethod
+    def _env_name(cls, name: str | None) -> str | None:
+        if name is not None and not is_env_name(name):
+            # a key pasted where its variable's name goes: say so, and never show it (see _describe)
+            raise ValueError("must be the name of an environment variable (letters, digits and _, not "
+                             "starting with a digit), not a key: set the key in that variable")
+        return name
+
     @model_validator(mode="after")
     def _target(self) -> ProviderConfig:
         if self.kind == "momo" and self.agent_id is None:
@@ -111,6 +129,9 @@ class LimitsConfig(_Table):
     max_attempts: int = Field(6, gt=0, description="Tries per call for transient errors (429s do not count).")
     max_cost: float | None = Field(None, ge=0, description="Hard cap on what the job spends, in the "
                                    "account's currency (`--max-cost` wins). None: no cap but the balance.")
+    max_wait_seconds: float = Field(300.0, ge=0, description="The longest server-requested pause "
+                                    "(Retry-After) the job waits out; a longer one stops it softly, "
+                                    "resumable (exit 10).")
     # length of the rate window in seconds; only tests and benchmarks change it (scaled time)
     window_seconds: float = Field(60.0, gt=0, description="Length of the rate window in seconds; tests "
                                   "and benchmarks shorten it (scaled time).")
@@ -241,5 +262,14 @@ def _describe(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "job"
         given = err.get("input")
         shown = f" (got {given!r})" if isinstance(given, str | int | float | bool) else ""
+        if isinstance(given, str) and _may_be_secret(err) and not is_env_name(given):
+            shown = " (the value is not shown: it may be a key)"
         parts.append(f"{where}: {err['msg']}{shown}")
     return "; ".join(parts)
+
+
+def _may_be_secret(err: Any) -> bool:
+    """A value where a key's name goes (``*_env``), or under a key the job file does not know
+    (``api_key = "..."``): it may be a key, so it is shown only when it is a plain name."""
+    last = str(err["loc"][-1]) if err["loc"] else ""
+    return last.endswith("_env") or err["type"] == "extra_forbidden"

@@ -6,6 +6,7 @@
     ├── BudgetExceeded              stop softly  4   the next call's worst case does not fit max_cost
     ├── JobBusy                     stop now     8   another process holds the job's ledger (one writer per job)
     ├── WriteError                  stop softly  9   the ledger or the output cannot be written (disk full)
+    ├── WaitTooLong                 stop softly  10  the server asked to wait longer than limits.max_wait_seconds
     └── APIError                                     the service said no, or could not be understood
         ├── TerminalError                            retrying cannot help
         │   ├── InvalidApiKey       stop now     5   401 INVALID_API_KEY
@@ -59,6 +60,7 @@ __all__ = [
     "TerminalError",
     "Timeout",
     "TransientError",
+    "WaitTooLong",
     "WriteError",
     "classify",
     "redact",
@@ -151,6 +153,15 @@ class WriteError(MomoError):
     code = "WRITE_FAILED"
     action = Action.STOP_SOFT
     exit_code = ExitCode.WRITE
+
+
+class WaitTooLong(MomoError):
+    """A server asked (``Retry-After``) for a pause longer than ``limits.max_wait_seconds``: the job
+    stops softly, resumable, instead of sleeping for it silently."""
+
+    code = "WAIT_TOO_LONG"
+    action = Action.STOP_SOFT
+    exit_code = ExitCode.WAIT
 
 
 class APIError(MomoError):

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from ..arguments import check_job_argument, check_limit, check_max_cost
 from ..config import Job
 from ..connect import Connection, Credentials
 from ..errors import ConfigError, MomoError, WriteError
@@ -84,6 +85,8 @@ def run_job(job: Job | str | Path, connection: Connection | Credentials, *, outp
     """
     if isinstance(connection, Credentials):
         connection = Connection(connection)
+    job = check_job_argument(job, "pipeline.ray.run_job")  # the package's errors, naming the argument
+    limit, max_cost = check_limit(limit, "pipeline.ray.run_job"), check_max_cost(max_cost, "pipeline.ray.run_job")
     opts = options or RayOptions()
     job = resolve(job, output=output)
     _check(job)
