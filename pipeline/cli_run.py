@@ -13,6 +13,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
+from ._tuning import steady_gc
 from .config import Job, OutputConfig
 from .connect import open_provider
 from .errors import MomoError, WriteError
@@ -101,8 +102,9 @@ def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: i
             report = _run_on_ray(job, provider, sb_creds or credentials(cfg), sb_url or base_url, ray_options,
                                  limit=limit, restart=restart, max_cost=max_cost, errors=errors)
         else:
-            report = anyio.run(lambda: _run(job, provider, quiet=quiet, errors=errors, yes=yes,
-                                            limit=limit, restart=restart, max_cost=max_cost))
+            with steady_gc():  # process-wide: set here, at the CLI's entry, never by the library
+                report = anyio.run(lambda: _run(job, provider, quiet=quiet, errors=errors, yes=yes,
+                                                limit=limit, restart=restart, max_cost=max_cost))
     if fmt != "parquet" and report.output.is_file():
         export(report.output, fmt)
     page = _write_report(report.output) if with_report and report.output.is_file() else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import tempfile
 import time
@@ -185,8 +184,7 @@ async def run_job(
                      limits.concurrency, on_result=on_result or (lambda r: None), only_rows=only_rows)
         started = time.monotonic()
         try:
-            with _steady_gc():
-                await fan.run()
+            await fan.run()
         except KeyboardInterrupt:  # the Python API in a terminal; the CLI stops through ``stop``
             stop.soft("INTERRUPTED", MomoError("interrupted"))
         reason = stop.reason or Unfinished("NOT_RUN", "not run (job ended before this row)")
@@ -247,33 +245,6 @@ def _open_cache(root: Path | None) -> Iterator[Cache | None]:
         yield cache
     finally:
         cache.close()
-
-
-GC_YOUNG = 10_000  # new objects between collections of the youngest generation during a run
-
-
-@contextlib.contextmanager
-def _steady_gc() -> Iterator[None]:
-    """Keep the collector off the objects that live for the whole run (polars, pydantic, httpx).
-
-    A full collection over them took ~35 ms here: at a scaled 300 requests/s that is ten missed
-    slots of the limiter, and at any scale a stall of every in-flight call. ``gc.freeze`` moves
-    what exists now out of the collector's generations; ``unfreeze`` gives it back afterwards.
-
-    And collect the youngest generation every 10,000 new objects, not 700: a call makes hundreds
-    (httpx and aiohttp objects, most of them freed with it), and 443-480 young collections took
-    0.56-0.83 s of the CPU of a 20,000-row run (``gc.callbacks``, thread time), 47-96 of them
-    0.26-0.39 s.
-    """
-    thresholds = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG, *thresholds[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
 
 
 def provenance(job: Job, target: str, report: RunReport) -> dict[str, str]:
