@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 # Each public name, and the module it lives in. Loaded on first use (PEP 562): ``momo-batch
 # --help`` and ``import pipeline.cli`` then do not pay for polars, pyarrow and httpx (0.45 s).

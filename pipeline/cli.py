@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
 from ._memory import tune_allocators
+from ._version import __version__
 from .config import Job, OutputConfig, ProviderConfig
 from .connect import Credentials
 from .errors import ConfigError, MomoError, TransientError, redact

@@ -13,7 +13,7 @@ from typing import Any
 
 import polars as pl
 
-from . import __version__
+from ._version import __version__
 from .budget import BalanceReader, Budget
 from .config import Job, OutputConfig
 from .errors import MomoError
