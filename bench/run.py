@@ -48,8 +48,11 @@ def _pin(core: int) -> None:
 
 
 def _usage() -> dict[str, float]:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return {"cpu": r.ru_utime + r.ru_stime, "rss_mb": peak_rss_mb()}
+    """CPU of this process and of its children that have ended (the pipeline's counting process,
+    :mod:`pipeline.tokens`, which a run without a cost cap ends after its preflight)."""
+    cpu = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+    return {"cpu": cpu, "rss_mb": peak_rss_mb()}
 
 
 def peak_rss_mb() -> float:
@@ -295,7 +298,7 @@ if __name__ == "__main__":
             from pipeline.tokens import preload
 
             tune_allocators()  # as the CLI does, before polars and pyarrow load
-            preload()  # and as it does, the tokenizer's vocabulary loads while they do
+            preload(here=kind == "estimate")  # and as it does, the tokenizer's vocabulary loads while they do
         if kind == "aiohttp":
             result = child_aiohttp(url, int(rest[0]))
         elif kind == "preflight":
