@@ -60,9 +60,11 @@ class _Counter:
     so a warm-up (loading a vocabulary) runs while this process does other work."""
 
     def __init__(self) -> None:
-        # -I: the child needs toktok only, and nothing from the working directory or environment
+        # -I: the child needs toktok only, and nothing from the working directory or environment;
+        # a session of its own: a Ctrl-C at the terminal stops the run softly, and must not kill the
+        # count it is waiting for (the child ends when its pipe closes, whatever ends this process)
         self._proc = subprocess.Popen([sys.executable, "-I", "-c", _CHILD], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
         self._unread = 0  # replies sent for and not yet read (a warm-up's)
 
     def send(self, texts: list[str], encoding: str) -> None:
