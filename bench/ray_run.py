@@ -53,9 +53,12 @@ def _figures(report: Any, wall: float) -> dict[str, float]:
 def child_local(url: str, data: Path, out: Path) -> dict[str, float]:
     import anyio
 
+    from pipeline._tuning import steady_gc
+
     job = _job(data, out, url)
     t0, cpu0 = time.perf_counter(), time.process_time()
-    report = anyio.run(lambda: run_local(job, KEY, url, max_connections=CONCURRENCY))
+    with steady_gc():  # as ``momo-batch run`` runs one process
+        report = anyio.run(lambda: run_local(job, KEY, url, max_connections=CONCURRENCY))
     return {**_figures(report, time.perf_counter() - t0), "cpu": time.process_time() - cpu0}
 
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import importlib
 
+from ._version import __version__ as __version__
+
 # not ``from typing import TYPE_CHECKING``: typing takes ~10 ms to import, and a Ctrl-C in that
 # window of ``python -m pipeline`` would be a traceback before the CLI's own handling (__main__)
 TYPE_CHECKING = False
-
-__version__ = "0.1.0"
 
 # Each public name, and the module it lives in. Loaded on first use (PEP 562): ``momo-batch
 # --help`` and ``import pipeline.cli`` then do not pay for polars, pyarrow and httpx (0.45 s).

@@ -19,8 +19,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
 from ._memory import tune_allocators
+from ._version import __version__
 from .config import Job, OutputConfig, ProviderConfig
 from .connect import Connection, Credentials, base_url_env
 from .errors import ConfigError, MomoError, TransientError, redact
@@ -186,8 +186,9 @@ def run(
     """Run a job: every request not yet answered is sent once; safe to run again after any stop."""
     if fmt not in ("parquet", "jsonl", "csv"):
         raise _fail(f"--format must be parquet, jsonl or csv, not {fmt!r}", ExitCode.BAD_INPUT)
-    _preload_tokenizer()
     job = guarded(lambda: Job.load(job_file))
+    # a cost cap counts every call's prompt: its vocabulary belongs in this process
+    _preload_tokenizer(here=max_cost is not None or job.limits.max_cost is not None)
     from .cli_run import RunCommand, run_cli_job
 
     command = RunCommand(output=output, limit=limit, max_cost=max_cost, restart=restart, yes=yes, fmt=fmt,
@@ -212,7 +213,7 @@ def estimate(
     as_json: AsJson = False,
 ) -> None:
     """What the job will cost and how long it takes, before it runs (no paid call but the pilot's)."""
-    _preload_tokenizer()
+    _preload_tokenizer(here=True)  # a short command that counts all along (the prompts, a pilot's answers)
     job = guarded(lambda: Job.load(job_file))
     if output is not None:
         job = job.with_overrides(output=OutputConfig(path=output))
@@ -224,11 +225,11 @@ def estimate(
     raise typer.Exit(code)
 
 
-def _preload_tokenizer() -> None:
+def _preload_tokenizer(*, here: bool) -> None:
     """The preflight counts tokens: its vocabulary loads (~0.4 s) while polars imports and the input is read."""
     from .tokens import preload
 
-    preload()
+    preload(here=here)
 
 
 # -- report ------------------------------------------------------------------------------------

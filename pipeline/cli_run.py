@@ -16,6 +16,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
+from ._tuning import steady_gc
 from .config import Job
 from .connect import Connection
 from .errors import MomoError, WriteError
@@ -121,8 +122,9 @@ def run_cli_job(job: Job, command: RunCommand, *, connect: Connect, console: Con
                                 options=replace(c.ray, warn=_warner(errors), stop_on_signals=True))
         else:
             provider = connection.open(job.provider, max_connections=job.limits.concurrency)
-            report = anyio.run(lambda: _run(job, provider, quiet=c.quiet, errors=errors, yes=c.yes,
-                                            limit=c.limit, restart=c.restart, max_cost=c.max_cost))
+            with steady_gc():  # process-wide: set here, at the CLI's entry, never by the library
+                report = anyio.run(lambda: _run(job, provider, quiet=c.quiet, errors=errors, yes=c.yes,
+                                                limit=c.limit, restart=c.restart, max_cost=c.max_cost))
     if c.fmt != "parquet" and report.output.is_file():
         export(report.output, c.fmt)
     page = _write_report(report.output) if c.with_report and report.output.is_file() else None

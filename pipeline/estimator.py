@@ -37,17 +37,16 @@ import polars as pl
 from .arguments import check_job_argument, check_limit, check_max_cost, check_provider
 from .config import Job
 from .dataset import PROMPT, ROW
-from .errors import ConfigError
 from .labels.spec import EscalateConfig
 from .ledger import FINAL, Ledger
 from .output_path import check_output
 from .plan import FIRST, KEY, Plan, prepare
+from .pricing import PROMPT_MARGIN, PROMPT_OVERHEAD
+from .pricing import worst_cost_fn as worst_cost_fn  # where run_job has always found it
 from .providers.base import Account, Price, Provider
 from .sink import decode_outcomes, record_schema
 from .tokens import DEFAULT_ENCODING, TOKENIZER_NAME, count_one, count_tokens
 
-PROMPT_MARGIN = 1.05
-PROMPT_OVERHEAD = 32  # tokens a service may add around a prompt (system prompt, chat framing)
 DEFAULT_COMPLETION = 256  # completion length assumed without max_tokens or a pilot
 
 
@@ -132,19 +131,6 @@ def escalation_of(job: Job) -> tuple[EscalateConfig, int] | None:
     if cfg is None or cfg.escalate is None:
         return None
     return cfg.escalate, 1 + cfg.max_reasks
-
-
-def worst_cost_fn(job: Job, price: Price, *, max_tokens: int | None = None) -> Callable[[str], float]:
-    """The most one call can cost: what the budget reserves before sending it."""
-    max_tokens = max_tokens or job.provider.max_tokens
-    if max_tokens is None:
-        raise ConfigError("a cost cap needs provider.max_tokens (the worst case of a call)")
-    pp, cp = price.prompt_per_million / 1e6, price.completion_per_million / 1e6
-
-    def worst(prompt: str) -> float:
-        return (PROMPT_MARGIN * count_one(prompt) + PROMPT_OVERHEAD) * pp + max_tokens * cp
-
-    return worst
 
 
 def count_prompts(prep: Plan, ledger: Ledger | None, sample: set[int]) -> PromptTotals:

@@ -6,7 +6,6 @@ calls these and prints what they report."""
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import tempfile
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from . import __version__
+from ._version import __version__
 from .arguments import check_frame, check_job_argument, check_limit, check_max_cost, check_provider
 from .budget import BalanceReader, Budget
 from .config import Job, OutputConfig
@@ -200,8 +199,7 @@ async def _execute(prepared: Prepared, provider: Provider, ledger: Ledger, share
                  limits.concurrency, on_result=opts.on_result or (lambda r: None), only_rows=opts.only_rows)
     started = time.monotonic()
     try:
-        with _steady_gc():
-            await fan.run()
+        await fan.run()
     except KeyboardInterrupt:  # the Python API in a terminal; the CLI stops through ``stop``
         stop.soft("INTERRUPTED", MomoError("interrupted"))
     return RunReport(job.output.path, stats, stop.reason.code if stop.reason else None,
@@ -260,33 +258,6 @@ def _open_cache(root: Path | None) -> Iterator[Cache | None]:
         yield cache
     finally:
         cache.close()
-
-
-GC_YOUNG = 10_000  # new objects between collections of the youngest generation during a run
-
-
-@contextlib.contextmanager
-def _steady_gc() -> Iterator[None]:
-    """Keep the collector off the objects that live for the whole run (polars, pydantic, httpx).
-
-    A full collection over them took ~35 ms here: at a scaled 300 requests/s that is ten missed
-    slots of the limiter, and at any scale a stall of every in-flight call. ``gc.freeze`` moves
-    what exists now out of the collector's generations; ``unfreeze`` gives it back afterwards.
-
-    And collect the youngest generation every 10,000 new objects, not 700: a call makes hundreds
-    (httpx and aiohttp objects, most of them freed with it), and 443-480 young collections took
-    0.56-0.83 s of the CPU of a 20,000-row run (``gc.callbacks``, thread time), 47-96 of them
-    0.26-0.39 s.
-    """
-    thresholds = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG, *thresholds[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
 
 
 def provenance(job: Job, target: str, report: RunReport) -> dict[str, str]:

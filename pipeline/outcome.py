@@ -8,13 +8,15 @@ machinery.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .runner import RunStats
+    from .result import RowResult
 
 
 class ExitCode(IntEnum):
@@ -63,6 +65,60 @@ STOP_EXIT: dict[str, ExitCode] = {
     "INTERRUPTED": ExitCode.INTERRUPTED,
     "TERMINATED": ExitCode.TERMINATED,
 }
+
+
+@dataclass
+class RunStats:
+    """Live counters: the progress bar reads them, the summary reports them."""
+
+    total: int = 0
+    already_done: int = 0
+    ok: int = 0
+    error: int = 0
+    skipped: int = 0
+    unparsed: int = 0  # label jobs: answers that never parsed (finished, not errors)
+    tokens: int = 0
+    cost: float = 0.0
+    calls: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    resent: int = 0  # sent by a run that died before its answer, and sent again by this one
+    unknown_cost_calls: int = 0
+    unknown_outcomes: int = 0  # sent, no answer (reset, timeout, bad body): may have been charged
+    duplicates: int = 0  # rows asking what another row of this run asked: not sent again
+    cached: int = 0  # answers taken from the cache (--cache), at no charge
+    cache_saved: float = 0.0  # what those answers had cost
+    started: float = field(default_factory=time.monotonic)
+    first_call: float | None = None
+    last_call: float | None = None
+
+    def __post_init__(self) -> None:
+        # not fields: every field is a counter (a distributed run adds them up across workers)
+        # the end of the latest pause a server asked for (Retry-After), as time.time(); None: none yet
+        self.paused_until: float | None = None
+        self.on_pause: Callable[[float], None] | None = None  # told each pause's length (the progress line)
+
+    @property
+    def done(self) -> int:
+        return self.already_done + self.duplicates + self.ok + self.error + self.skipped + self.unparsed
+
+    def pause(self, seconds: float) -> None:
+        """The server asked every request to wait ``seconds`` (``Retry-After``)."""
+        self.paused_until = max(self.paused_until or 0.0, time.time() + seconds)
+        if self.on_pause is not None:
+            self.on_pause(seconds)
+
+    def record(self, result: RowResult) -> None:
+        if result.status == "ok":
+            self.ok += 1
+        elif result.status == "skipped":
+            self.skipped += 1
+        elif result.status == "unparsed":
+            self.unparsed += 1
+        else:
+            self.error += 1
+
+
 
 
 # -- what a run did: the CLI's summary, ``--json``, the exit code and provenance read its fields --

@@ -35,61 +35,10 @@ from .errors import (
 )
 from .keys import KEY, OCC, Keyer
 from .ledger import FINAL, SENT, Cache, Entry
+from .outcome import RunStats as RunStats  # counted here, reported there
 from .providers.base import CallResult, PromptRequest, Provider, check_reported
 from .result import RowResult, Unfinished
 from .retry import retry_policy, worth_retrying
-
-
-@dataclass
-class RunStats:
-    """Live counters: the progress bar reads them, the summary reports them."""
-
-    total: int = 0
-    already_done: int = 0
-    ok: int = 0
-    error: int = 0
-    skipped: int = 0
-    unparsed: int = 0  # label jobs: answers that never parsed (finished, not errors)
-    tokens: int = 0
-    cost: float = 0.0
-    calls: int = 0
-    retries: int = 0
-    rate_limited: int = 0
-    resent: int = 0  # sent by a run that died before its answer, and sent again by this one
-    unknown_cost_calls: int = 0
-    unknown_outcomes: int = 0  # sent, no answer (reset, timeout, bad body): may have been charged
-    duplicates: int = 0  # rows asking what another row of this run asked: not sent again
-    cached: int = 0  # answers taken from the cache (--cache), at no charge
-    cache_saved: float = 0.0  # what those answers had cost
-    started: float = field(default_factory=time.monotonic)
-    first_call: float | None = None
-    last_call: float | None = None
-
-    def __post_init__(self) -> None:
-        # not fields: every field is a counter (a distributed run adds them up across workers)
-        # the end of the latest pause a server asked for (Retry-After), as time.time(); None: none yet
-        self.paused_until: float | None = None
-        self.on_pause: Callable[[float], None] | None = None  # told each pause's length (the progress line)
-
-    @property
-    def done(self) -> int:
-        return self.already_done + self.duplicates + self.ok + self.error + self.skipped + self.unparsed
-
-    def pause(self, seconds: float) -> None:
-        """The server asked every request to wait ``seconds`` (``Retry-After``)."""
-        self.paused_until = max(self.paused_until or 0.0, time.time() + seconds)
-        if self.on_pause is not None:
-            self.on_pause(seconds)
-
-    def record(self, result: RowResult) -> None:
-        if result.status == "ok":
-            self.ok += 1
-        elif result.status == "skipped":
-            self.skipped += 1
-        elif result.status == "unparsed":
-            self.unparsed += 1
-        else:
-            self.error += 1
 
 
 @dataclass

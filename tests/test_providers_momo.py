@@ -297,7 +297,9 @@ async def test_a_prebuilt_request_is_the_request_httpx_itself_builds(base: str,
         calls = [("POST", "agents/159", {"json": {"prompt": "p", "stream": False}}),
                  ("POST", "agents/159", {"json": {"prompt": "巴黎 \u2028 \"q\" \\", "max_tokens": 5, "t": 0.5}}),
                  ("GET", "account/balance", {}), ("POST", "agents/7", {}), ("POST", "agents/7", {"json": None}),
-                 ("POST", "agents/7", {"json": []}), ("PUT", "x", {"content": b"raw"})]
+                 ("POST", "agents/7", {"json": []}), ("PUT", "x", {"content": b"raw"}),
+                 ("GET", "agents?page=2&q=a%20b", {}), ("GET", "/v2/models", {}), ("GET", "../up", {}),
+                 ("GET", "https://other.example.com/z?k=1", {})]
         prepared = []  # httpx's merging of headers: never on the prebuilt path
         own_prepare = httpx.Request._prepare
         monkeypatch.setattr(httpx.Request, "_prepare", lambda self, h: prepared.append(1) or own_prepare(self, h))
@@ -310,7 +312,7 @@ async def test_a_prebuilt_request_is_the_request_httpx_itself_builds(base: str,
                                           timeout=httpx.USE_CLIENT_DEFAULT, extensions=None, **as_request_calls)
                 assert bool(prepared) == ("content" in body), (method, body)
                 slow = httpx.AsyncClient.build_request(http, method, path, **body)
-                assert fast.url == slow.url and str(fast.url).endswith(f"/{path}")
+                assert fast.url == slow.url and str(fast.url).endswith(path.lstrip("./"))
                 assert fast.method == slow.method and fast.headers.raw == slow.headers.raw, (method, body)
                 assert fast.extensions == slow.extensions and fast.read() == slow.read()
         with pytest.raises(ValueError):  # what httpx refuses, refused alike

@@ -8,12 +8,12 @@ is OpenAI's own documented example ([13225, 11, 2375, 0]).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import toktok
 
 from pipeline import tokens
 from pipeline.tokens import count_one, count_tokens, preload, release
@@ -47,35 +47,62 @@ def test_characters_over_four_would_undercount_chinese() -> None:
 
 
 RSS_AFTER = """
-import sys, toktok
+import json, os, sys
 from pipeline import tokens
 
-def rss_mb():
-    with open("/proc/self/status") as status:
+def rss_mb(pid="self"):
+    with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
 
-tokens.count_one("warm")
-loaded = rss_mb()
+start = rss_mb()
+counts = tokens.count_tokens(["Hello, world!"] * 3)
+child = tokens._counter._proc  # the test looks at the package's own counting process
+held = rss_mb(child.pid)
 tokens.release()
-print(loaded - rss_mb(), len(toktok._CACHE))
+print(json.dumps({"counts": counts, "grew": rss_mb() - start, "held": held, "ended": child.poll() is not None,
+                  "again": tokens.count_tokens(["Hello, world!"])}))
 """
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
-def test_release_gives_the_vocabulary_back_and_counting_still_works() -> None:
+def test_bulk_counts_hold_the_vocabulary_in_a_process_that_release_ends() -> None:
     out = subprocess.run([sys.executable, "-c", RSS_AFTER], capture_output=True, text=True, check=True).stdout
-    freed_mb, cached = out.split()
-    assert int(cached) == 0
-    assert float(freed_mb) > 20, freed_mb  # o200k's tables: ~45 MB back to the system here
-    release()
-    assert count_one("Hello, world!") == 4  # loaded again on demand
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert seen["counts"] == [4, 4, 4] and seen["again"] == [4]  # counted again after release
+    assert seen["held"] > 40, seen  # o200k's tables: ~60 MB, in the counting process
+    assert seen["grew"] < 20, seen  # and not in this one
+    assert seen["ended"]  # released: the process, and its memory, gone
 
 
-def test_preload_loads_in_the_background_and_counting_waits_for_it() -> None:
-    release()
-    preload()
-    preload()  # a second call while loading starts nothing more
+ONE_HERE = """
+import json
+from pipeline import tokens
+
+tokens.preload()
+child = tokens._counter._proc
+one = tokens.count_one("Hello, world!")  # loaded here: the counting process is ended
+print(json.dumps({"one": one, "ended": child.poll() is not None, "counter": tokens._counter is not None,
+                  "bulk": tokens.count_tokens(["Hello, world!", "你好，世界！"])}))
+"""
+
+
+def test_a_single_count_loads_here_and_ends_the_counting_process() -> None:
+    out = subprocess.run([sys.executable, "-c", ONE_HERE], capture_output=True, text=True, check=True).stdout
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert seen == {"one": 4, "ended": True, "counter": False, "bulk": [4, 4]}
+
+
+def test_preload_here_loads_in_the_background_and_counting_waits_for_it() -> None:
+    preload(here=True)
+    preload(here=True)  # a second call while loading starts nothing more
     texts = [t for t, _, _ in KNOWN]
     assert count_tokens(texts) == [o200k for _, o200k, _ in KNOWN]
     assert tokens._loading is None
-    assert "o200k_base" in {name for name, _ in toktok._CACHE}
+
+
+def test_an_unknown_encoding_is_refused_as_toktok_refuses_it() -> None:
+    release()
+    with pytest.raises(KeyError):
+        count_tokens(["x"], "no_such_encoding")
+    with pytest.raises(KeyError):
+        count_one("x", "no_such_encoding")

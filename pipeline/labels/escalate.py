@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..keys import Keyer
+from ..pricing import worst_cost_fn
 from ..providers.base import PromptRequest, Provider
 from .spec import EscalateConfig
 
@@ -45,8 +46,6 @@ def escalation_keyer(keyer: Keyer, esc: EscalateConfig, request: PromptRequest) 
 async def escalation_caller(esc: EscalateConfig, job: Job, provider: Provider, caller: Caller, *,
                             capped: bool, override: Provider | None = None) -> Caller:
     """A caller for the stronger target; with a cost cap, its worst case is priced at its own price."""
-    from ..estimator import worst_cost_fn  # the estimate builds on the plan, which builds on this package
-
     target = override or escalation_provider(provider, esc)
     request = escalation_request(esc, job)
     worst = worst_cost_fn(job, await target.price(), max_tokens=request.max_tokens) if capped else None

@@ -23,8 +23,6 @@ _HTTP11 = {"http_version": b"HTTP/1.1"}
 
 
 class WholeBodyTransport(AiohttpTransport):
-    reads_whole = True  # answers come back read: the client may skip its own reading (``send``)
-
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self._timeouts: dict[tuple[Any, ...], ClientTimeout] = {}
@@ -70,9 +68,7 @@ class WholeBodyTransport(AiohttpTransport):
                 body = await response.read()
             finally:
                 response.release()
-        # aiohttp's headers answer "is there an encoding" in C; httpx's in a Python loop
-        return _whole(response.status, response.raw_headers, body, request, extensions,
-                      encoded="Content-Encoding" in response.headers)
+        return _whole(response.status, response.raw_headers, body, request, extensions)
 
 
 async def _close_with_the_loop(session: ClientSession) -> AsyncGenerator[None, None]:
@@ -92,14 +88,11 @@ async def _close_with_the_loop(session: ClientSession) -> AsyncGenerator[None, N
 
 
 def _whole(status: int, headers: Any, body: bytes, request: httpx.Request,
-           extensions: dict[str, Any], *, encoded: bool) -> httpx.Response:
-    """A response whose body is ``body``, as if httpx had read it. ``httpx.Response(content=...)``
-    runs the bytes through httpx's decoders and chunker at once (~12 µs); without a
-    ``Content-Encoding`` there is nothing to decode, and the body is simply set (~2 µs)."""
+           extensions: dict[str, Any]) -> httpx.Response:
+    """A response whose body is ``body``, read as httpx reads one (decoding a ``Content-Encoding``):
+    the client's ``send`` then finds it read and reads nothing more. ``stream=`` rather than
+    ``content=``: ``content=`` would add a ``Content-Length`` the server did not send."""
     answer = httpx.Response(status, headers=headers, stream=httpx.ByteStream(body), request=request,
                             extensions=extensions)
-    if encoded:
-        answer.read()  # httpx decodes gzip, deflate, br, zstd
-    else:
-        answer._content = body  # what Response.read() would set: httpx 0.28, pinned in requirements.lock
+    answer.read()
     return answer

@@ -11,7 +11,6 @@ own pool.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -21,8 +20,6 @@ from typing import Any, Literal, Self
 
 import anyio
 import httpx
-from httpx._client import ClientState  # httpx is pinned (0.28, requirements.lock)
-from httpx._exceptions import request_context
 from httpx_sse import EventSource, SSEError
 
 from ..errors import (
@@ -41,7 +38,6 @@ from .base import RateLimitInfo
 
 TransportName = Literal["aiohttp", "httpx"]
 DEFAULT_TRANSPORT: TransportName = "aiohttp"
-_http_log = logging.getLogger("httpx")  # where httpx logs each request
 
 
 def transport_name() -> TransportName:
@@ -82,14 +78,12 @@ class _NoCookies(httpx.Cookies):
 class _CookielessClient(httpx.AsyncClient):
     """httpx builds a urllib ``Request`` per response to look for cookies: ~75 µs of CPU per call
     here (16 % of a call). Both APIs authenticate by header, so there is nothing to keep, and
-    httpx has no switch for it.
+    httpx has no switch for it: the client's public ``cookies`` is a jar that keeps nothing.
 
-    Two more per-call costs have no switch either, and are cut here for the calls a job makes
-    (a path of its own, no headers, params or timeout of their own; a JSON body or none):
-    building the request (``build_request``: 16 µs → 6 µs) and sending it (``send``: the auth
-    flow, redirect loop and event-hook passes a client without auth, hooks or redirects does not
-    use). What goes out is what httpx's own would send: ``tests/test_providers_momo.py`` and
-    ``tests/test_transport.py`` compare them."""
+    Building the request has no switch either, and is cut here for the calls a job makes (a path
+    of its own, no headers, params or timeout of their own; a JSON body or none): ``build_request``
+    16 µs → 6 µs. What goes out is what httpx's own would send: ``tests/test_providers_momo.py``
+    compares them. Sending is httpx's own ``send``: only public methods are overridden."""
 
     _jar = _NoCookies()
 
@@ -127,39 +121,23 @@ class _CookielessClient(httpx.AsyncClient):
         template = self._built.get(url)
         raw = self.headers.raw  # the client's headers can change in place: a template is for one set
         if template is None or template.client_headers != raw:
-            template = _Template(self._merge_url(url), raw)
+            template = _Template(_joined(self.base_url, url), raw)
             if len(self._built) < 1024:  # one per path: an endpoint, or an agent's call
                 self._built[url] = template
         return template
 
-    async def send(self, request: httpx.Request, *, stream: bool = False, auth: Any = httpx.USE_CLIENT_DEFAULT,
-                   follow_redirects: Any = httpx.USE_CLIENT_DEFAULT) -> httpx.Response:
-        """A request the transport answers with its body read goes straight to it once the client
-        is open; anything else (a stream, auth, hooks, redirects to follow, a proxy) takes httpx's
-        own path. What the short path leaves out is what such a client does not use."""
-        transport = self._transport_for_url(request.url)
-        if (stream or auth is not httpx.USE_CLIENT_DEFAULT or follow_redirects is not httpx.USE_CLIENT_DEFAULT
-                or not getattr(transport, "reads_whole", False) or self._state is not ClientState.OPENED
-                or self._auth is not None or self.follow_redirects or self._event_hooks["request"]
-                or self._event_hooks["response"] or "timeout" not in request.extensions or request.url.userinfo):
-            return await super().send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
-        with request_context(request=request):
-            response = await transport.handle_async_request(request)
-        try:
-            if response.has_redirect_location:  # what httpx tells a client that does not follow
-                response.next_request = self._build_redirect_request(request, response)
-            await response.aread()  # read already, but for an event stream nobody asked to stream
-        except BaseException:
-            await response.aclose()
-            raise
-        if _http_log.isEnabledFor(logging.INFO):
-            _http_log.info('HTTP Request: %s %s "%s %d %s"', request.method, request.url, response.http_version,
-                           response.status_code, response.reason_phrase)
-        return response
+
+def _joined(base: httpx.URL, path: str) -> httpx.URL:
+    """``path`` on the client's base URL as httpx's client joins them (not RFC 3986's ``join``): a
+    relative path goes after the base's path, which the client always ends with "/"."""
+    url = httpx.URL(path)
+    if not url.is_relative_url:
+        return url
+    return base.copy_with(raw_path=base.raw_path + url.raw_path.lstrip(b"/"))
 
 
 _SENDS_A_LENGTH = ("POST", "PUT", "PATCH")  # httpx gives these "Content-Length: 0" when bodiless
-# httpx's own JSON encoding (``httpx._content.encode_json``), with the encoder made once
+# httpx's own JSON encoding (what ``httpx.Request(json=...)`` sends), with the encoder made once
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 

@@ -304,7 +304,7 @@ class Engine:
         self.budget = SharedBudget(coordinator, spec.cap)
         worst = None
         if spec.price is not None and spec.cap is not None:
-            from ..estimator import worst_cost_fn  # the tokenizer: only for capped jobs
+            from ..pricing import worst_cost_fn  # the tokenizer: only for capped jobs
 
             worst = worst_cost_fn(job, spec.price)
         p = job.provider

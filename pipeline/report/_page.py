@@ -11,7 +11,7 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..outcome import EXIT_MEANINGS, ExitCode
 from . import _data as d
 from ._charts import Chart

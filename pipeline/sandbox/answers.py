@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import toktok
-
-if TYPE_CHECKING:
-    from .labeller import Labeller
 
 __all__ = ["PROMPT_OVERHEAD", "answer", "completion_tokens", "count_tokens", "stable_hash"]
 
@@ -54,7 +51,15 @@ def completion_tokens(target: object, prompt: str, max_tokens: int | None) -> in
     return n if max_tokens is None else min(n, max_tokens)
 
 
-def answer(target: object, prompt: str, temperature: float, n: int, *, labeller: Labeller | None = None) -> str:
+class LabelAnswers(Protocol):
+    """What answers label prompts (:class:`~.labeller.Labeller`, which builds on this module)."""
+
+    def answer(self, target: object, prompt: str, temperature: float, n: int) -> str | None:
+        """A label reply, or None when the prompt asks for no label."""
+
+
+def answer(target: object, prompt: str, temperature: float, n: int, *,
+           labeller: LabelAnswers | None = None) -> str:
     """The content of a reply from ``target`` (an agent id or a model name); a labelling target
     passes its ``labeller``, which answers the prompts that ask for a label."""
     labelled = labeller.answer(target, prompt, temperature, n) if labeller is not None else None
