@@ -6,6 +6,8 @@
     ├── BudgetExceeded              stop softly  4   the next call's worst case does not fit max_cost
     ├── JobBusy                     stop now     8   another process holds the job's ledger (one writer per job)
     ├── WriteError                  stop softly  9   the ledger or the output cannot be written (disk full)
+    ├── Interrupted                 stop softly  130 Ctrl-C (a second one stops now)
+    │   └── Terminated              stop softly  143 SIGTERM
     └── APIError                                     the service said no, or could not be understood
         ├── TerminalError                            retrying cannot help
         │   ├── InvalidApiKey       stop now     5   401 INVALID_API_KEY
@@ -21,10 +23,14 @@
             ├── ConnectionLost                       reset, refused, stream dropped
             └── MalformedResponse                    a body that is not the contract's JSON
 
-Each class carries its :class:`Action` (what the runner does with a row's error) and its exit code
-(what the CLI exits with when the error ends a command). :func:`classify` is the one table from
-(HTTP status, error code) to a class, for both services. Decisions read ``action``, never the
-message text. No exception carries an API key: server text is scrubbed by :func:`redact`.
+Each class carries its facts as class attributes, and nothing else keeps them: its :class:`Action`
+(what the runner does with a row's error), its exit code (what the CLI exits with when the error
+ends a command), ``final`` (a row that ends in it is finished: a rerun does not send it again) and
+``may_have_been_charged`` (the request went out and no answer says it was not charged: its worst
+case stays spent). Only the connection-level transient errors (timeout, connection lost, malformed
+body) may have been charged; an error answer was not. :func:`classify` is the one table from
+(HTTP status, error code) to a class, for both services. Decisions read these attributes, never
+the message text. No exception carries an API key: server text is scrubbed by :func:`redact`.
 
 :class:`~pipeline.outcome.ExitCode` is the one table of exit codes; the README quotes
 :data:`~pipeline.outcome.EXIT_MEANINGS` and a test keeps the two equal.
@@ -33,6 +39,7 @@ message text. No exception carries an API key: server text is scrubbed by :func:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from enum import StrEnum
 
 from .outcome import ExitCode
@@ -46,6 +53,7 @@ __all__ = [
     "ConfigError",
     "ConnectionLost",
     "InsufficientBalance",
+    "Interrupted",
     "InvalidApiKey",
     "InvalidParameters",
     "JobBusy",
@@ -57,10 +65,13 @@ __all__ = [
     "RequestRejected",
     "ServerError",
     "TerminalError",
+    "Terminated",
     "Timeout",
     "TransientError",
     "WriteError",
     "classify",
+    "error_for",
+    "exit_code_for",
     "redact",
 ]
 
@@ -114,6 +125,9 @@ class MomoError(Exception):
     code: str = "ERROR"
     action: Action = Action.STOP_NOW
     exit_code: ExitCode = ExitCode.TERMINAL
+    final: bool = False  # a row that ends in this error is finished: resuming would only fail it again
+    # raised after a request may have gone out, with no answer saying it was not charged
+    may_have_been_charged: bool = True
 
 
 class ConfigError(MomoError):
@@ -153,6 +167,21 @@ class WriteError(MomoError):
     exit_code = ExitCode.WRITE
 
 
+class Interrupted(MomoError):
+    """Ctrl-C: stop sending, let calls in flight finish and be recorded; run again to resume."""
+
+    code = "INTERRUPTED"
+    action = Action.STOP_SOFT
+    exit_code = ExitCode.INTERRUPTED
+
+
+class Terminated(Interrupted):
+    """SIGTERM: as Ctrl-C."""
+
+    code = "TERMINATED"
+    exit_code = ExitCode.TERMINATED
+
+
 class APIError(MomoError):
     """An error answered by (or about) a remote API call.
 
@@ -161,6 +190,7 @@ class APIError(MomoError):
     """
 
     code = "API_ERROR"
+    may_have_been_charged = False  # the server answered: an error answer is not charged
 
     def __init__(
         self,
@@ -219,10 +249,11 @@ class InsufficientBalance(TerminalError):
 
 class InvalidParameters(TerminalError):
     """The request itself is wrong (a bad field, a prompt over the context window): the row fails
-    for good, and a rerun does not send it again (``FINAL_ERROR_CODES``)."""
+    for good, and a rerun does not send it again (``final``)."""
 
     code = "INVALID_PARAMETERS"
     action = Action.FAIL_ROW
+    final = True
 
 
 class RequestRejected(TerminalError):
@@ -269,14 +300,17 @@ class ServerError(TransientError):
 
 class Timeout(TransientError):
     code = "TIMEOUT"
+    may_have_been_charged = True  # the request went out and no whole answer came
 
 
 class ConnectionLost(TransientError):
     code = "CONNECTION_LOST"
+    may_have_been_charged = True  # the request went out and no whole answer came
 
 
 class MalformedResponse(TransientError):
     code = "MALFORMED_RESPONSE"
+    may_have_been_charged = True  # the request went out and no whole answer came
 
 
 # -- classification ----------------------------------------------------------------------------------
@@ -330,6 +364,36 @@ def classify(status: int | None, code: str | None) -> type[APIError]:
         if 400 <= status < 500:
             return RequestRejected
     return ServerError
+
+
+def _classes() -> Iterator[type[MomoError]]:
+    """Every class of the tree, each before its subclasses."""
+    queue: list[type[MomoError]] = [MomoError]
+    while queue:
+        cls = queue.pop(0)
+        yield cls
+        queue.extend(cls.__subclasses__())
+
+
+def error_class_for(code: str | None) -> type[MomoError]:
+    """The most general class whose ``code`` this is (:class:`MomoError` for a code no class names):
+    how a code that crossed a process (a Ray worker's stop) or a file finds its facts again."""
+    return next((cls for cls in _classes() if cls.code == code), MomoError)
+
+
+def exit_code_for(code: str | None) -> ExitCode:
+    """The exit code of a run stopped by the error whose ``code`` this is."""
+    return error_class_for(code).exit_code
+
+
+def error_for(code: str, message: str) -> MomoError:
+    """A stop that crossed a process (a Ray worker learns it as a code and a text): the text as it
+    was said, with the facts of the class that ``code`` names."""
+    cls = error_class_for(code)
+    err = MomoError(message)
+    err.code, err.action, err.exit_code = code, cls.action, cls.exit_code
+    err.final, err.may_have_been_charged = cls.final, cls.may_have_been_charged
+    return err
 
 
 def server_code(raw: object) -> str | None:

@@ -17,11 +17,11 @@ import polars as pl
 from . import __version__
 from .budget import BalanceReader, Budget
 from .config import Job, OutputConfig
-from .errors import MomoError
+from .errors import Interrupted, exit_code_for
 from .estimator import worst_cost_fn
 from .ledger import Cache, Ledger
 from .limiter import RateLimiter
-from .outcome import STOP_EXIT, ExitCode
+from .outcome import ExitCode
 from .plan import Plan, endpoint_of, prepare
 from .preflight import Warn, account_after, preflight, reconcile
 from .providers.base import PromptRequest, Provider
@@ -47,7 +47,7 @@ class RunReport:
     @property
     def exit_code(self) -> int:
         if self.stop_code:
-            return STOP_EXIT.get(self.stop_code, ExitCode.TERMINAL)
+            return exit_code_for(self.stop_code)  # the stopping error's class says it
         errors = self.extra.get("job_totals", {}).get("error", self.stats.error)
         return ExitCode.ROW_ERRORS if errors else ExitCode.OK
 
@@ -188,7 +188,7 @@ async def run_job(
             with _steady_gc():
                 await fan.run()
         except KeyboardInterrupt:  # the Python API in a terminal; the CLI stops through ``stop``
-            stop.soft("INTERRUPTED", MomoError("interrupted"))
+            stop.soft(Interrupted("interrupted"))
         reason = stop.reason or Unfinished("NOT_RUN", "not run (job ended before this row)")
         report = RunReport(out, stats, stop.reason.code if stop.reason else None,
                            str(stop.error) if stop.error else None, time.monotonic() - started,

@@ -42,13 +42,3 @@ EXIT_MEANINGS: dict[ExitCode, str] = {
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C) — run again to resume",
     ExitCode.TERMINATED: "terminated (SIGTERM) — run again to resume",
 }
-
-# why a run stopped early (the stopping error's ``code``) → its exit code (any other: ExitCode.TERMINAL)
-STOP_EXIT: dict[str, ExitCode] = {
-    "INSUFFICIENT_BALANCE": ExitCode.INSUFFICIENT_BALANCE,
-    "BUDGET_EXCEEDED": ExitCode.BUDGET,
-    "WRITE_FAILED": ExitCode.WRITE,
-    "NO_SUCH_API": ExitCode.UNREACHABLE,
-    "INTERRUPTED": ExitCode.INTERRUPTED,
-    "TERMINATED": ExitCode.TERMINATED,
-}

@@ -25,11 +25,8 @@ from .errors import (
     Action,
     APIError,
     BudgetExceeded,
-    ConnectionLost,
-    MalformedResponse,
     MomoError,
     RateLimited,
-    Timeout,
     WriteError,
 )
 from .keys import KEY, OCC, Keyer
@@ -149,15 +146,16 @@ class Stop:
     def stopped(self) -> bool:
         return self.reason is not None
 
-    def soft(self, code: str, exc: MomoError) -> None:
+    def soft(self, exc: MomoError) -> None:
+        """Stop sending because of ``exc`` (the rows not run are recorded with its code)."""
         if self.reason is None:
-            self.reason = Unfinished(code, f"not run: {exc} (job stopped; run again to resume)")
+            self.reason = Unfinished(exc.code, f"not run: {exc} (job stopped; run again to resume)")
             self.error = exc
         for scope in list(self._waiting):
             scope.cancel()
 
-    def now(self, code: str, exc: MomoError) -> None:
-        self.soft(code, exc)
+    def now(self, exc: MomoError) -> None:
+        self.soft(exc)
         self.hard = True
         if self.scope is not None:
             self.scope.cancel()
@@ -286,11 +284,6 @@ def answer_from_record(record: dict[str, Any]) -> CallResult | None:
                       tokens_used=record.get("tokens_used"), cost=record.get("cost"),
                       prompt_tokens=record.get("prompt_tokens"),
                       completion_tokens=record.get("completion_tokens"))
-
-
-def _may_have_been_charged(exc: BaseException) -> bool:
-    """After the request went out, no answer came: the server may have charged it."""
-    return isinstance(exc, (ConnectionLost, Timeout, MalformedResponse)) or not isinstance(exc, APIError)
 
 
 class Caller:
@@ -470,7 +463,7 @@ class Caller:
         if isinstance(exc, RateLimited):
             self.stats.rate_limited += 1
             self.limiter.on_rate_limited(exc.retry_after, None, exc.remaining, exc.reset, grant=grant)
-        if _may_have_been_charged(exc):
+        if not isinstance(exc, MomoError) or exc.may_have_been_charged:
             # the worst case stays spent, in this run's budget and in the ledger for the next
             self.budget.settle(held, None)
             self.stats.unknown_outcomes += 1
@@ -564,7 +557,7 @@ class Fanout:
         try:
             self.ledger.commit()
         except WriteError as exc:
-            self.caller.stop.soft("WRITE_FAILED", exc)
+            self.caller.stop.soft(exc)
         done, self._unreported = self._unreported, []
         lost = self.ledger.abandoned
         for result, abandoned in done:
@@ -637,7 +630,7 @@ class Fanout:
             self.ledger.outcome(acc.key, result.to_record(), final=result.finished,
                                 paid=acc.unrecorded_cost, held=acc.unrecorded_held)
         except WriteError as exc:
-            self.caller.stop.soft("WRITE_FAILED", exc)
+            self.caller.stop.soft(exc)
             return
         self._unreported.append((result, self.ledger.abandoned))
         if self._written is not None:
@@ -652,12 +645,13 @@ class Fanout:
         except (APIError, BudgetExceeded, WriteError) as exc:  # each error class says what to do
             match exc.action:
                 case Action.RETRY | Action.FAIL_ROW:  # retries spent, or retrying cannot help
-                    return acc.result(row, status="error", error_code=exc.code, error_message=str(exc))
+                    return acc.result(row, status="error", error_code=exc.code, error_message=str(exc),
+                                      final=exc.final)
                 case Action.STOP_SOFT:
-                    stop.soft(exc.code, exc)
+                    stop.soft(exc)
                     return None if isinstance(exc, WriteError) else _spent_or_none(acc, row, stop)
                 case Action.STOP_NOW:
-                    stop.now(exc.code, exc)
+                    stop.now(exc)
                     return None
 
 

@@ -17,6 +17,7 @@ from pipeline.errors import (
     ConfigError,
     ConnectionLost,
     InsufficientBalance,
+    Interrupted,
     InvalidApiKey,
     InvalidParameters,
     JobBusy,
@@ -26,13 +27,15 @@ from pipeline.errors import (
     RateLimited,
     RequestRejected,
     ServerError,
+    Terminated,
     Timeout,
     WriteError,
     classify,
+    error_for,
+    exit_code_for,
     redact,
 )
-from pipeline.outcome import EXIT_MEANINGS, STOP_EXIT, ExitCode
-from pipeline.result import FINAL_ERROR_CODES
+from pipeline.outcome import EXIT_MEANINGS, ExitCode
 
 from .helpers import ROOT
 
@@ -84,23 +87,48 @@ def test_one_table_for_both_services(status: int | None, code: str | None, expec
     (WriteError, Action.STOP_SOFT, ExitCode.WRITE),
     (JobBusy, Action.STOP_NOW, ExitCode.BUSY),
     (PreflightRefused, Action.STOP_NOW, ExitCode.REFUSED),
+    (Interrupted, Action.STOP_SOFT, ExitCode.INTERRUPTED),
+    (Terminated, Action.STOP_SOFT, ExitCode.TERMINATED),
 ])
 def test_each_class_carries_its_action_and_exit_code(cls: type, action: Action, exit_code: ExitCode) -> None:
     assert cls.action is action and cls.exit_code is exit_code
 
 
 def test_a_stopping_error_exits_with_its_own_code() -> None:
-    """A run stopped by an error exits with that error class's code (``RunReport`` reads STOP_EXIT)."""
-    for cls in (InsufficientBalance, BudgetExceeded, WriteError, NoSuchApi, InvalidApiKey, AgentNotFound):
-        assert STOP_EXIT.get(cls.code, ExitCode.TERMINAL) == cls.exit_code
+    """A run stopped by an error exits with that error class's code (``RunReport`` has the code)."""
+    expected = {InsufficientBalance: 3, BudgetExceeded: 4, WriteError: 9, NoSuchApi: 6, InvalidApiKey: 5,
+                AgentNotFound: 5, Interrupted: 130, Terminated: 143}
+    for cls, code in expected.items():
+        assert exit_code_for(cls.code) == cls.exit_code == code
+    assert exit_code_for("SOMETHING_ELSE") == exit_code_for(None) == ExitCode.TERMINAL
+    assert exit_code_for("API_ERROR") == ExitCode.TERMINAL  # the most general class with the code
+
+
+def test_a_stop_that_crossed_a_process_keeps_its_text_and_its_facts() -> None:
+    err = error_for("INSUFFICIENT_BALANCE", "INSUFFICIENT_BALANCE HTTP 402: top up")
+    assert str(err) == "INSUFFICIENT_BALANCE HTTP 402: top up" and err.code == "INSUFFICIENT_BALANCE"
+    assert err.exit_code == ExitCode.INSUFFICIENT_BALANCE and err.action is Action.STOP_SOFT
+    other = error_for("NOT_A_CLASS", "why")
+    assert other.code == "NOT_A_CLASS" and other.exit_code == ExitCode.TERMINAL
+
+
+@pytest.mark.parametrize(("cls", "charged"), [
+    (ConnectionLost, True), (Timeout, True), (MalformedResponse, True),  # no whole answer came
+    (ServerError, False), (RateLimited, False), (InsufficientBalance, False), (InvalidParameters, False),
+    (RequestRejected, False), (InvalidApiKey, False),  # an error answer is not charged
+    (WriteError, True), (BudgetExceeded, True), (ConfigError, True),  # not the server's word
+])
+def test_whether_a_failed_call_may_have_been_charged(cls: type, charged: bool) -> None:
+    assert cls.may_have_been_charged is charged
 
 
 def test_error_codes_are_the_contracts_and_a_bad_request_is_final() -> None:
     err = InvalidParameters("too long", status=400, server_code="context_length_exceeded")
-    assert err.code == "INVALID_PARAMETERS" and err.code in FINAL_ERROR_CODES
+    assert err.code == "INVALID_PARAMETERS" and err.final
     assert "context_length_exceeded" in str(err) and "HTTP 400" in str(err)
     assert RequestRejected("busy", status=409).code == "HTTP_409"
-    assert RequestRejected("busy", status=409).code not in FINAL_ERROR_CODES  # a rerun tries it again
+    assert not RequestRejected("busy", status=409).final  # a rerun tries it again
+    assert not any(cls.final for cls in (RateLimited, ServerError, InsufficientBalance, InvalidApiKey))
     assert InvalidParameters("x", server_code="INVALID_PARAMETERS").server_code is None  # not repeated
 
 
