@@ -12,12 +12,15 @@
         ├── TerminalError                            retrying cannot help
         │   ├── InvalidApiKey       stop now     5   401 INVALID_API_KEY
         │   ├── AgentNotFound       stop now     5   404 AGENT_NOT_FOUND (also model_not_found)
+        │   │   └── NoChannel       stop now     5   a relay's 503 "无可用渠道": no channel serves the model
         │   ├── NoSuchApi           stop now     6   a discovery endpoint is missing: wrong base URL
         │   ├── InsufficientBalance stop softly  3   402 INSUFFICIENT_BALANCE: keep results, resumable
+        │   │   └── KeyQuotaUsedUp  stop softly  3   a relay's "该令牌额度已用尽" (401): the key's own quota is spent
         │   ├── InvalidParameters   fail the row 5   400 INVALID_PARAMETERS (context window too): final
         │   └── RequestRejected     fail the row 5   any other 4xx (409, 413, ...)
         └── TransientError          retry        6   worth retrying, then the row fails
-            ├── RateLimited                          429 RATE_LIMIT, carries retry_after
+            ├── RateLimited                          429 RATE_LIMIT, carries retry_after (and a relay's stated quota)
+            ├── UpstreamSaturated                    a relay's 429 "上游负载已饱和": its upstream is busy, not our pace
             ├── ServerError                          5xx
             ├── Timeout                              no whole answer within provider.timeout
             ├── ConnectionLost                       reset, refused, stream dropped
@@ -27,10 +30,13 @@ Each class carries its facts as class attributes, and nothing else keeps them: i
 (what the runner does with a row's error), its exit code (what the CLI exits with when the error
 ends a command), ``final`` (a row that ends in it is finished: a rerun does not send it again) and
 ``may_have_been_charged`` (the request went out and no answer says it was not charged: its worst
-case stays spent). Only the connection-level transient errors (timeout, connection lost, malformed
-body) may have been charged; an error answer was not. :func:`classify` is the one table from
-(HTTP status, error code) to a class, for both services. Decisions read these attributes, never
-the message text. No exception carries an API key: server text is scrubbed by :func:`redact`.
+case stays spent), and ``busy`` (the server is busy, the row is not at fault: retrying it does not
+use up ``max_attempts``). Only the connection-level transient errors (timeout, connection lost,
+malformed body) may have been charged; an error answer was not. :func:`classify` is the one table
+from (HTTP status, error code, message) to a class, for both services: the message matters only
+where new-api / one-api relays say with it what their code does not (a key's quota used up, no
+channel, upstream saturation). Decisions read the class's attributes, never the message text. No
+exception carries an API key: server text is scrubbed by :func:`redact`.
 
 :class:`~pipeline.outcome.ExitCode` is the one table of exit codes; the README quotes
 :data:`~pipeline.outcome.EXIT_MEANINGS` and a test keeps the two equal.
@@ -57,8 +63,10 @@ __all__ = [
     "InvalidApiKey",
     "InvalidParameters",
     "JobBusy",
+    "KeyQuotaUsedUp",
     "MalformedResponse",
     "MomoError",
+    "NoChannel",
     "NoSuchApi",
     "PreflightRefused",
     "RateLimited",
@@ -68,11 +76,14 @@ __all__ = [
     "Terminated",
     "Timeout",
     "TransientError",
+    "UpstreamSaturated",
     "WriteError",
     "classify",
     "error_for",
     "exit_code_for",
     "redact",
+    "request_id_in",
+    "stated_quota",
 ]
 
 
@@ -128,6 +139,7 @@ class MomoError(Exception):
     final: bool = False  # a row that ends in this error is finished: resuming would only fail it again
     # raised after a request may have gone out, with no answer saying it was not charged
     may_have_been_charged: bool = True
+    busy: bool = False  # the server is busy, not the row at fault: its retries do not use up max_attempts
 
 
 class ConfigError(MomoError):
@@ -233,6 +245,12 @@ class AgentNotFound(TerminalError):
     code = "AGENT_NOT_FOUND"
 
 
+class NoChannel(AgentNotFound):
+    """A new-api / one-api relay has no channel serving the model in the key's group (503, new-api
+    with code ``model_not_found``, one-api with none): no row can succeed, so the job stops instead
+    of retrying every row. The message names the model and the group."""
+
+
 class NoSuchApi(TerminalError):
     """A discovery endpoint (agents, models, balance, billing, user self) is not there: the base URL
     is wrong, or the server is not this API. The message names the URL."""
@@ -245,6 +263,11 @@ class InsufficientBalance(TerminalError):
     code = "INSUFFICIENT_BALANCE"
     action = Action.STOP_SOFT
     exit_code = ExitCode.INSUFFICIENT_BALANCE
+
+
+class KeyQuotaUsedUp(InsufficientBalance):
+    """A relay's key has used up its own quota (new-api answers every call with 401 ``[sk-ab***yz]
+    该令牌额度已用尽``): money, not a bad key. Top up or raise the key's quota, then run again."""
 
 
 class InvalidParameters(TerminalError):
@@ -278,6 +301,7 @@ class TransientError(APIError):
 
 class RateLimited(TransientError):
     code = "RATE_LIMIT"
+    busy = True
 
     def __init__(
         self,
@@ -286,12 +310,24 @@ class RateLimited(TransientError):
         retry_after: float | None = None,
         remaining: int | None = None,
         reset: float | None = None,
+        stated: tuple[int, float] | None = None,
         **kw: object,
     ) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.retry_after = retry_after  # seconds, from Retry-After, when the server sent it
         self.remaining = remaining  # X-RateLimit-Remaining
         self.reset = reset  # X-RateLimit-Reset, seconds from now
+        # (requests, minutes) a relay's message states: new-api's "N分钟内最多请求M次" is (M, N)
+        self.stated = stated if stated is not None else stated_quota(message)
+
+
+class UpstreamSaturated(TransientError):
+    """A relay's 429 saying its upstream is saturated (one-api, older new-api: any upstream 429
+    becomes ``当前分组上游负载已饱和，请稍后再试``): back off this call, but it says nothing about the
+    job's own pace, so the rate limiter does not slow down."""
+
+    code = "UPSTREAM_SATURATED"
+    busy = True
 
 
 class ServerError(TransientError):
@@ -349,13 +385,36 @@ STATUS_ERRORS: dict[int, type[APIError]] = {
 }
 
 
-def classify(status: int | None, code: str | None) -> type[APIError]:
-    """The error class for an error answer, by its code first, then its HTTP status.
+# What new-api / one-api relays say only in their message (their code is empty, or says less):
+# the text each sends, from their source, and the class it means.
+MESSAGE_ERRORS: tuple[tuple[str, type[APIError]], ...] = (
+    ("该令牌额度已用尽", KeyQuotaUsedUp),  # the key's own quota (new-api: 401 on every call)
+    ("无可用渠道", NoChannel),  # new-api: 分组 G 下模型 M 无可用渠道; one-api: 当前分组 G 下对于模型 M 无可用渠道
+    ("上游负载已饱和", UpstreamSaturated),  # one-api's rewrite of any upstream 429
+)
+
+# A code whose meaning depends on the status: OpenAI-style ``insufficient_quota`` sent with a 429
+# is a relay's rate limit (its upstream's quota per minute), not the account's money.
+CODE_STATUS_ERRORS: dict[tuple[str, int], type[APIError]] = {
+    ("insufficient_quota", 429): RateLimited,
+}
+
+
+def classify(status: int | None, code: str | None, message: str | None = None) -> type[APIError]:
+    """The error class for an error answer: a relay's telling message first, then its code (with
+    the status where that changes it), then its HTTP status.
 
     Unknown 4xx fail their row (:class:`RequestRejected`); 5xx, and error bodies sent with a
     2xx status and no known code, are transient (:class:`ServerError`).
     """
-    named = CODE_ERRORS.get((code or "").strip().lower())
+    if message:
+        said = next((cls for text, cls in MESSAGE_ERRORS if text in message), None)
+        if said is not None:
+            return said
+    name = (code or "").strip().lower()
+    if status is not None and (name, status) in CODE_STATUS_ERRORS:
+        return CODE_STATUS_ERRORS[name, status]
+    named = CODE_ERRORS.get(name)
     if named is not None:
         return named
     if status is not None:
@@ -364,6 +423,36 @@ def classify(status: int | None, code: str | None) -> type[APIError]:
         if 400 <= status < 500:
             return RequestRejected
     return ServerError
+
+
+_STATED = re.compile(r"(\d+)\s*分钟内最多请求\s*(\d+)\s*次")
+_REQUEST_ID = re.compile(r"\(request id: ([^)\s]+)\)\s*$")
+_NO_CHANNEL = re.compile(r"分组\s*(\S+?)\s*下(?:对于)?模型\s*(\S+?)\s*无可用渠道")
+
+
+def stated_quota(message: str | None) -> tuple[int, float] | None:
+    """``(requests, minutes)`` from new-api's model rate limit message (``1分钟内最多请求60次``)."""
+    found = _STATED.search(message or "")
+    if found is None or int(found.group(2)) <= 0 or int(found.group(1)) <= 0:
+        return None
+    return int(found.group(2)), float(found.group(1))
+
+
+def request_id_in(message: str | None) -> str | None:
+    """The id new-api / one-api append to every error message: ``… (request id: 2025…)``."""
+    found = _REQUEST_ID.search(message or "")
+    return found.group(1) if found else None
+
+
+def relay_message(cls: type[APIError], message: str) -> str:
+    """What a relay's own words mean, said first (the relay's text follows)."""
+    if cls is KeyQuotaUsedUp:
+        return f"the key's own quota on the relay is used up (raise it or top up, then run again): {message}"
+    if cls is NoChannel:
+        found = _NO_CHANNEL.search(message)
+        what = (f"model {found.group(2)} in group {found.group(1)}" if found else "the model in the key's group")
+        return f"no channel of the relay serves {what}: {message}"
+    return message
 
 
 def _classes() -> Iterator[type[MomoError]]:

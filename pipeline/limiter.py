@@ -26,11 +26,19 @@ Three things set the pace, and the slowest wins:
    multiplicative decrease, the way TCP finds a link's capacity. This is how a job with no rate
    given (enterprise) settles near a server that limits it anyway and says nothing else (a
    LiteLLM-style proxy: 429s with no ``Retry-After`` and no ``X-RateLimit-*``).
+
+Two kinds of 429 are not a pace to find. A relay that states its limit in words (new-api's
+``1分钟内最多请求60次``) gives the quota outright: it joins the quotas above (its "minute" is the
+job's window), and the limiter pauses until the oldest request the server counted has left its
+window, with no probing (new-api's "total" counter counts refused requests too). And a 429 that
+carries no rate headers while the server's other answers show room is that call's trouble: the
+call waits its ``Retry-After`` in the retry policy, the pace stays.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -138,6 +146,8 @@ class ServerWindow:
             self.window = max(self.window, span)
 
 
+# Grant times kept for a stated limit's window: enough for any per-minute limit a relay states.
+_SENT_LOG = 4096
 # Successes a cycle needs before what the server admitted in it may hold the found rate down.
 _MIN_SPAN = 10
 # how much longer each refused probe waits than the one before
@@ -302,6 +312,9 @@ class RateLimiter:
         self._safety = safety
         self._increase = increase
         self._configured = Quota(float(limit), window) if limit is not None else None
+        self._stated: Quota | None = None  # what a relay's 429 said in words
+        self._sent_at: deque[float] = deque(maxlen=_SENT_LOG)  # the latest grants' times
+        self._room: int | None = None  # Remaining on the latest answer that sent it
         self.server = ServerWindow()
         # probes start at a "second" of the job's "minute"
         self.finder = RateFinder(decrease=decrease, recover=recover_per_success, probe=window / 60,
@@ -340,6 +353,7 @@ class RateLimiter:
             "server_window_seconds": round(self.server.window, 3) if self.server.quota else None,
             "pace_per_minute": None if self.rate is None else round(self.rate, 2),
             "found_per_minute": None if self.finder.rate is None else round(self.finder.rate * self._window, 2),
+            "stated_per_minute": None if self._stated is None else round(self._stated.per_second * self._window, 2),
         }
 
     @property
@@ -349,7 +363,7 @@ class RateLimiter:
         return 5 * max(self._window, self.server.window)
 
     def _quotas(self) -> list[Quota]:
-        return [q for q in (self._configured, self.server.quota) if q is not None]
+        return [q for q in (self._configured, self.server.quota, self._stated) if q is not None]
 
     def _ceiling(self) -> float | None:
         """The slowest quota, in requests per second."""
@@ -416,6 +430,7 @@ class RateLimiter:
             tat = self._tat if self._tat is not None else now + self._tau
             self._tat = max(tat, now) + self._interval
         self.granted += 1
+        self._sent_at.append(now)
         self.finder.start(now)
         self.server.sent(self.granted, now)
         return self.granted
@@ -425,6 +440,8 @@ class RateLimiter:
                    reset: float | None = None, *, grant: int | None = None) -> None:
         """A call went through; headers (when sent) may still tell us to slow down."""
         grant = self.granted if grant is None else grant
+        if remaining is not None:
+            self._room = remaining
         if limit is None and remaining is None and reset is None:
             if self.finder.rate is None and not self.finder.in_episode:
                 self.finder.successes += 1  # the fast path: nothing to learn
@@ -448,11 +465,18 @@ class RateLimiter:
 
     def on_rate_limited(self, retry_after: float | None = None, limit: int | None = None,
                         remaining: int | None = None, reset: float | None = None, *,
-                        grant: int | None = None) -> None:
-        """The server said RATE_LIMIT: slow down, and pause for ``Retry-After`` when given."""
+                        grant: int | None = None, stated: tuple[int, float] | None = None) -> None:
+        """The server said RATE_LIMIT: slow down, and pause for ``Retry-After`` when given.
+
+        ``stated`` is the limit a relay's message gave, (requests, job windows): pace to it."""
         self.rate_limited += 1
         now = self._clock.now()
         grant = self.granted if grant is None else grant
+        if stated is not None:
+            self._learn_stated(now, grant, *stated)
+            return
+        if limit is None and remaining is None and reset is None and self._room is not None and self._room > 1:
+            return  # a lone 429 while the server's answers show room: that call's trouble, not our pace
         self.server.observe(grant, limit, None, reset, retry_after)
         self._pause(now, retry_after)
         pace = None if self._interval is None else 1 / self._interval
@@ -463,6 +487,22 @@ class RateLimiter:
         if self.finder.blocked:
             self._probe_at = max(self._probe_at, now + self.finder.probe_delay)
         self._repace()
+
+    def _learn_stated(self, now: float, grant: int, count: int, windows: float) -> None:
+        quota = Quota(count, windows * self._window)
+        if self._stated is None or quota.per_second < self._stated.per_second:
+            self._stated = quota
+            self._repace()
+        # The server counted ``count`` requests in its window before this one; at most, our grants
+        # before it: the oldest of those leaves the window ``quota.window`` after it was sent. (When
+        # we sent fewer, older requests were counted too: they leave before our first grant does.)
+        oldest = self._sent_time(max(1, grant - count))
+        self._pause(now, (now if oldest is None else oldest) + quota.window - now)
+
+    def _sent_time(self, grant: int) -> float | None:
+        """When grant number ``grant`` was sent, if it is among the latest logged."""
+        index = grant - (self.granted - len(self._sent_at)) - 1
+        return self._sent_at[index] if 0 <= index < len(self._sent_at) else None
 
     def _observe(self, grant: int, limit: int | None, remaining: int | None, reset: float | None) -> None:
         before = self.server.quota

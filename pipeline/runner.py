@@ -200,7 +200,7 @@ class Pacer(Protocol):
 
     def on_rate_limited(self, retry_after: float | None = None, limit: int | None = None,
                         remaining: int | None = None, reset: float | None = None, *,
-                        grant: int | None = None) -> None: ...
+                        grant: int | None = None, stated: tuple[int, float] | None = None) -> None: ...
 
     def learned(self) -> dict[str, float | int | None]:
         """What the pacing learned of the server, for the run report."""
@@ -462,7 +462,8 @@ class Caller:
     def _failed(self, key: str, held: float, exc: BaseException, grant: int) -> None:
         if isinstance(exc, RateLimited):
             self.stats.rate_limited += 1
-            self.limiter.on_rate_limited(exc.retry_after, None, exc.remaining, exc.reset, grant=grant)
+            self.limiter.on_rate_limited(exc.retry_after, None, exc.remaining, exc.reset, grant=grant,
+                                         stated=exc.stated)
         if not isinstance(exc, MomoError) or exc.may_have_been_charged:
             # the worst case stays spent, in this run's budget and in the ledger for the next
             self.budget.settle(held, None)
@@ -645,8 +646,11 @@ class Fanout:
         except (APIError, BudgetExceeded, WriteError) as exc:  # each error class says what to do
             match exc.action:
                 case Action.RETRY | Action.FAIL_ROW:  # retries spent, or retrying cannot help
-                    return acc.result(row, status="error", error_code=exc.code, error_message=str(exc),
-                                      final=exc.final)
+                    result = acc.result(row, status="error", error_code=exc.code, error_message=str(exc),
+                                        final=exc.final)
+                    # the relay's id of the failed request, to find it in the relay's own log
+                    result.request_id = getattr(exc, "request_id", None) or result.request_id
+                    return result
                 case Action.STOP_SOFT:
                     stop.soft(exc)
                     return None if isinstance(exc, WriteError) else _spent_or_none(acc, row, stop)

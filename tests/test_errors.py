@@ -21,7 +21,9 @@ from pipeline.errors import (
     InvalidApiKey,
     InvalidParameters,
     JobBusy,
+    KeyQuotaUsedUp,
     MalformedResponse,
+    NoChannel,
     NoSuchApi,
     PreflightRefused,
     RateLimited,
@@ -29,11 +31,14 @@ from pipeline.errors import (
     ServerError,
     Terminated,
     Timeout,
+    UpstreamSaturated,
     WriteError,
     classify,
     error_for,
     exit_code_for,
     redact,
+    request_id_in,
+    stated_quota,
 )
 from pipeline.outcome import EXIT_MEANINGS, ExitCode
 
@@ -172,3 +177,40 @@ def test_no_8_characters_of_a_key_survive(key: str, before: str, after: str, sta
         return
     text = redact(before + piece + after, key)
     assert not any(key[i:i + 8] in text for i in range(len(key) - 7))
+
+
+# -- what new-api / one-api relays say in words (texts from their source) --------------------------
+@pytest.mark.parametrize(("status", "code", "message", "expected"), [
+    # new-api's model/token.go (older) and forks: every call of a spent key, as 401
+    (401, "", "[sk-ab***yz] 该令牌额度已用尽 (request id: 20251201101010123456789abcdefgh)", KeyQuotaUsedUp),
+    (403, "pre_consume_token_quota_failed", "[sk-ab***yz] 该令牌额度已用尽", KeyQuotaUsedUp),
+    # new-api's distributor (code model_not_found) and one-api's (no code)
+    (503, "model_not_found", "分组 default 下模型 gpt-9 无可用渠道（distributor） (request id: 1)", NoChannel),
+    (503, None, "当前分组 vip 下对于模型 gpt-9 无可用渠道 (request id: 2025)", NoChannel),
+    # one-api's controller/relay.go rewrites any upstream 429
+    (429, "", "当前分组上游负载已饱和，请稍后再试 (request id: 2025)", UpstreamSaturated),
+    # new-api's middleware/model-rate-limit.go: a rate limit, both counters
+    (429, "", "您已达到请求数限制：1分钟内最多请求60次", RateLimited),
+    (429, "", "您已达到总请求数限制：1分钟内最多请求60次，包括失败次数，请检查您的请求是否正确", RateLimited),
+    # insufficient_quota with a 429 is a rate; elsewhere it is money
+    (429, "insufficient_quota", "You exceeded your current quota", RateLimited),
+    (402, "insufficient_quota", "You exceeded your current quota", InsufficientBalance),
+    # a 401 that says nothing more is a bad key
+    (401, "", "无效的令牌 (request id: 2025)", InvalidApiKey),
+])
+def test_a_relays_words_decide_where_its_code_does_not(status: int, code: str | None, message: str,
+                                                       expected: type[APIError]) -> None:
+    assert classify(status, code, message) is expected
+
+
+def test_what_a_relays_words_mean_for_a_job() -> None:
+    assert KeyQuotaUsedUp.exit_code == ExitCode.INSUFFICIENT_BALANCE and KeyQuotaUsedUp.action is Action.STOP_SOFT
+    assert NoChannel.exit_code == ExitCode.TERMINAL and NoChannel.action is Action.STOP_NOW
+    assert UpstreamSaturated.action is Action.RETRY and UpstreamSaturated.busy and RateLimited.busy
+    assert not issubclass(UpstreamSaturated, RateLimited)  # the limiter never hears of it
+    assert stated_quota("您已达到请求数限制：1分钟内最多请求60次 (request id: 9)") == (60, 1.0)
+    assert stated_quota("您已达到总请求数限制：2分钟内最多请求150次，包括失败次数") == (150, 2.0)
+    assert stated_quota("请求过于频繁") is None
+    assert request_id_in("无效的令牌 (request id: 20251201abc)") == "20251201abc"
+    assert request_id_in("no id here") is None
+    assert RateLimited("您已达到请求数限制：1分钟内最多请求60次").stated == (60, 1.0)

@@ -359,3 +359,49 @@ async def test_a_successful_probe_wakes_the_request_waiting_for_the_next_one() -
         await anyio.sleep(0.05)
         lim.on_success(grant=probe)
     assert granted_at and granted_at[0] < 1.8  # woken by the probe's success, not at ~2 s
+
+
+# -- what a relay says in words, and a lone 429 ---------------------------------------------------
+async def test_a_stated_limit_paces_to_it_after_a_pause_until_the_window_frees() -> None:
+    """new-api's "1分钟内最多请求60次" on the 61st call of an unpaced burst: the limiter waits until
+    the first of the 60 leaves the window, then sends at 60 per window, without probing."""
+    clock = VirtualClock()
+    lim = RateLimiter(None, 60.0, clock=clock)
+    start = clock.now()
+    for _ in range(60):
+        lim.on_success(grant=await lim.acquire())
+        clock.t += 0.01
+    refused = await lim.acquire()
+    lim.on_rate_limited(grant=refused, stated=(60, 1.0))
+    assert lim.target == 60 and not lim.finder.in_episode  # a quota given, not a rate to find
+    times = [await lim.acquire() and clock.now() for _ in range(60)]
+    assert times[0] == pytest.approx(start + 60.0)  # the first of the 60 leaves the window then
+    assert (times[-1] - times[0]) / 59 == pytest.approx(60 / 60 * 1.015)  # the stated pace, its margin kept
+    assert lim.learned()["stated_per_minute"] == 60
+
+
+async def test_the_slower_of_two_stated_limits_wins() -> None:
+    clock = VirtualClock()
+    lim = RateLimiter(None, 60.0, clock=clock)
+    lim.on_rate_limited(grant=await lim.acquire(), stated=(60, 1.0))
+    lim.on_rate_limited(grant=await lim.acquire(), stated=(100, 1.0))  # the total counter, faster
+    assert lim.target == 60
+    lim.on_rate_limited(grant=await lim.acquire(), stated=(60, 2.0))  # 30 a minute
+    assert lim.target == 30
+
+
+async def test_a_lone_429_while_answers_show_room_keeps_the_pace() -> None:
+    """A 429 with only a Retry-After while the server's headers show room: that call's trouble."""
+    clock = VirtualClock()
+    lim = RateLimiter(1200, 60.0, clock=clock)
+    lim.on_success(limit=1200, remaining=900, reset=30.0, grant=await lim.acquire())
+    before = lim.rate
+    lim.on_rate_limited(retry_after=1.0, grant=await lim.acquire())
+    assert lim.rate == before and not lim.finder.in_episode
+    start = clock.now()
+    await lim.acquire()
+    assert clock.now() - start <= 60 / 1200 * 1.015 + 1e-9  # no pause for everyone: the call waits alone
+    # the same 429 when the answers showed no room is the pace's trouble
+    lim.on_success(limit=1200, remaining=0, reset=30.0)
+    lim.on_rate_limited(retry_after=1.0, grant=await lim.acquire())
+    assert lim.rate is not None and lim.rate < before
