@@ -28,11 +28,13 @@ Three things set the pace, and the slowest wins:
    LiteLLM-style proxy: 429s with no ``Retry-After`` and no ``X-RateLimit-*``).
 
 Two kinds of 429 are not a pace to find. A relay that states its limit in words (new-api's
-``1分钟内最多请求60次``) gives the quota outright: it joins the quotas above (its "minute" is the
-job's window), and the limiter pauses until the oldest request the server counted has left its
-window, with no probing (new-api's "total" counter counts refused requests too). And a 429 that
-carries no rate headers while the server's other answers show room is that call's trouble: the
-call waits its ``Retry-After`` in the retry policy, the pace stays.
+``1分钟内最多请求60次``, its "minute" being the job's window) says how it counts too: a sliding log
+of requests. So the limiter keeps one of its own grants: a grant goes out while fewer than M were
+sent in the last window (plus the safety margin and the time an answer takes to be counted), a
+burst of M each window, as the server allows, with no probing (new-api's "total" counter counts
+refused requests too). And a 429 that carries no rate headers while the server's other answers
+show room is that call's trouble: the call waits its ``Retry-After`` in the retry policy, the pace
+stays.
 """
 
 from __future__ import annotations
@@ -312,8 +314,9 @@ class RateLimiter:
         self._safety = safety
         self._increase = increase
         self._configured = Quota(float(limit), window) if limit is not None else None
-        self._stated: Quota | None = None  # what a relay's 429 said in words
+        self._stated: set[Quota] = set()  # what a relay's 429s said in words: sliding logs' limits
         self._sent_at: deque[float] = deque(maxlen=_SENT_LOG)  # the latest grants' times
+        self._lag = 0.0  # the longest a recent answer took, grant to answer (once a limit is stated)
         self._room: int | None = None  # Remaining on the latest answer that sent it
         self.server = ServerWindow()
         # probes start at a "second" of the job's "minute"
@@ -353,7 +356,8 @@ class RateLimiter:
             "server_window_seconds": round(self.server.window, 3) if self.server.quota else None,
             "pace_per_minute": None if self.rate is None else round(self.rate, 2),
             "found_per_minute": None if self.finder.rate is None else round(self.finder.rate * self._window, 2),
-            "stated_per_minute": None if self._stated is None else round(self._stated.per_second * self._window, 2),
+            "stated_per_minute": (round(min(q.per_second for q in self._stated) * self._window, 2)
+                                  if self._stated else None),
         }
 
     @property
@@ -363,7 +367,9 @@ class RateLimiter:
         return 5 * max(self._window, self.server.window)
 
     def _quotas(self) -> list[Quota]:
-        return [q for q in (self._configured, self.server.quota, self._stated) if q is not None]
+        # a stated limit past what the grant log holds is paced to instead of logged
+        paced = [q for q in self._stated if q.limit > _SENT_LOG]
+        return [q for q in (self._configured, self.server.quota, *paced) if q is not None]
 
     def _ceiling(self) -> float | None:
         """The slowest quota, in requests per second."""
@@ -390,7 +396,7 @@ class RateLimiter:
     # -- granting ----------------------------------------------------------------------------
     def grant_now(self) -> int | None:
         """A grant without waiting, when nothing paces the calls (no rate, no pause, no probe)."""
-        if self._interval is None and not self.finder.blocked:
+        if self._interval is None and not self.finder.blocked and not self._stated:
             now = self._clock.now()
             if now >= self._paused_until:
                 return self._grant(now)
@@ -414,7 +420,7 @@ class RateLimiter:
                     await self._clock.sleep(wait)
 
     def _earliest(self, now: float) -> float:
-        earliest = self._paused_until
+        earliest = max(self._paused_until, self._log_frees())
         if self.finder.blocked:
             return max(earliest, self._probe_at)
         if self._interval is not None and self._tat is not None:
@@ -442,6 +448,8 @@ class RateLimiter:
         grant = self.granted if grant is None else grant
         if remaining is not None:
             self._room = remaining
+        if self._stated and (sent := self._sent_time(grant)) is not None:
+            self._lag = max(self._lag * 0.9, self._clock.now() - sent)  # the server counts it when it answers
         if limit is None and remaining is None and reset is None:
             if self.finder.rate is None and not self.finder.in_episode:
                 self.finder.successes += 1  # the fast path: nothing to learn
@@ -488,10 +496,19 @@ class RateLimiter:
             self._probe_at = max(self._probe_at, now + self.finder.probe_delay)
         self._repace()
 
+    def _log_frees(self) -> float:
+        """When the grant log has room under every stated limit: the M-th latest grant leaves its window."""
+        frees = 0.0
+        for stated in self._stated:
+            if len(self._sent_at) >= stated.limit <= _SENT_LOG:
+                oldest = self._sent_at[-int(stated.limit)]
+                frees = max(frees, oldest + stated.window * (1 + self._safety) + self._lag)
+        return frees
+
     def _learn_stated(self, now: float, grant: int, count: int, windows: float) -> None:
         quota = Quota(count, windows * self._window)
-        if self._stated is None or quota.per_second < self._stated.per_second:
-            self._stated = quota
+        if quota not in self._stated:
+            self._stated.add(quota)
             self._repace()
         # The server counted ``count`` requests in its window before this one; at most, our grants
         # before it: the oldest of those leaves the window ``quota.window`` after it was sent. (When
