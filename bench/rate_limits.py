@@ -158,8 +158,7 @@ def _row(algorithm: str, r: Result, scenario: Scenario) -> str:
 
 def relay_run(tmp: Path, rows: int, scale: float, *, rate_limit: int = 0, saturated: float = 0.0) -> Result:
     """One run against the sandbox in new-api mode (unlimited job, 16 in flight, 50 ms a call)."""
-    from pipeline.sandbox import FaultConfig, RelayKeyConfig, Sandbox, SandboxConfig
-    from pipeline.sandbox.config import NewApiConfig
+    from pipeline.sandbox import FaultConfig, NewApiConfig, RelayKeyConfig, Sandbox, SandboxConfig
 
     minute = 60.0 * scale
     data = _questions(tmp / "q.csv", rows)

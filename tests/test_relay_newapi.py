@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import polars as pl
 import pytest
 
 from pipeline import run_job
 from pipeline.estimator import estimate
-from pipeline.sandbox import FaultConfig, Sandbox, SandboxConfig
-from pipeline.sandbox.config import NewApiConfig, RelayKeyConfig
+from pipeline.sandbox import FaultConfig, NewApiConfig, RelayKeyConfig, Sandbox, SandboxConfig
 
 from .helpers import posts, provider_for, questions, relay_job, run
 
@@ -188,3 +188,31 @@ async def test_the_relays_request_id_is_kept_on_every_row(tmp_path: Path) -> Non
     assert failed.height > 0 and out.filter(pl.col("status") == "ok").height > 0
     assert out["request_id"].null_count() == 0
     assert set(out["request_id"].to_list()) <= logged
+
+
+# -- the sandbox speaks as the relays' source does -----------------------------------------------------------
+def test_the_sandbox_sends_the_relays_own_texts_codes_and_ids() -> None:
+    """Texts as new-api's middleware/model-rate-limit.go, model/token.go and one-api's
+    middleware/distributor.go write them; the id in the header is the one the message ends with."""
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with Sandbox(new_api(rate_limit_success=1)).running() as sb:
+        url = f"{sb.relay_url}/v1/chat/completions"
+        ok = httpx.post(url, json=chat, headers=auth)
+        limited = httpx.post(url, json=chat, headers=auth)
+    with Sandbox(new_api(key_quota_usd=0.0)).running() as sb:
+        spent = httpx.post(f"{sb.relay_url}/v1/chat/completions", json=chat, headers=auth)
+        usage = httpx.get(f"{sb.relay_url}/api/usage/token/", headers=auth).json()["data"]
+    with Sandbox(new_api(flavour="one-api", no_channel_models=["gpt-4o"])).running() as sb:
+        none = httpx.post(f"{sb.relay_url}/v1/chat/completions", json={**chat, "model": "gpt-4o"}, headers=auth)
+    assert ok.status_code == 200 and ok.headers["X-Oneapi-Request-Id"]
+    error = limited.json()["error"]
+    rid = limited.headers["X-Oneapi-Request-Id"]
+    assert limited.status_code == 429 and error["code"] == "" and "Retry-After" not in limited.headers
+    assert error["message"] == f"您已达到请求数限制：1分钟内最多请求1次 (request id: {rid})"
+    assert not any(h.lower().startswith("x-ratelimit") for h in limited.headers)
+    assert spent.status_code == 401 and spent.json()["error"]["message"].startswith("[sk-sa***ay] 该令牌额度已用尽")
+    assert usage["total_available"] == 0 and usage["unlimited_quota"] is False
+    assert none.status_code == 503 and none.json()["error"] == {
+        "message": f"当前分组 default 下对于模型 gpt-4o 无可用渠道 (request id: {none.headers['X-Oneapi-Request-Id']})",
+        "type": "one_api_error"}
