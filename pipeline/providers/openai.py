@@ -368,6 +368,8 @@ class OpenAIProvider:
         if prompt_price_per_million is not None and completion_price_per_million is not None:
             self._price = Price(prompt_price_per_million, completion_price_per_million, currency)
         self._listed: bool | None = None
+        self._per_unit: float | None = None  # quota units per US dollar (/api/status)
+        self._has_token_usage = True  # until /api/usage/token/ is found missing
         self._owns_client = True
 
     def retarget(self, target: str, *, prompt_price_per_million: float | None = None,
@@ -406,16 +408,31 @@ class OpenAIProvider:
         """What the user has (:meth:`_user_account`), capped by the key's own quota where the relay
         says it (``/api/usage/token/``): the relay reserves against both before each call."""
         user = await self._user_account()
-        key = await self.client.token_usage()
+        key = await self._token_usage()
         if key is None or key.available is None:
             return user
-        per_unit = (await self.client.relay_pricing(self.model)) or None
-        left = key.available / (per_unit.quota_per_unit if per_unit else QUOTA_PER_USD)
+        if self._per_unit is None:  # read once: the balance is read again while a job runs
+            relay = await self.client.relay_pricing(self.model)
+            self._per_unit = relay.quota_per_unit if relay is not None else QUOTA_PER_USD
+        left = key.available / self._per_unit
         raw = {**user.raw, "key_available_quota": key.available, "key_used_quota": key.used}
         if user.remaining is not None and user.remaining <= left:
             return replace(user, raw=raw)
         note = "balance: the key's own quota (/api/usage/token/)"
         return Account(left, "USD", raw=raw, note=note if user.remaining is not None else f"{note}; {user.note}")
+
+    async def _token_usage(self) -> TokenUsage | None:
+        """The key's own quota, when the relay says it (a relay without the endpoint is not asked again)."""
+        if not self._has_token_usage:
+            return None
+        try:
+            key = await self.client.token_usage()
+        except InvalidApiKey:
+            raise
+        except APIError:  # this read failed (an error body, a 5xx): the user's balance stands alone
+            return None
+        self._has_token_usage = key is not None
+        return key
 
     async def _user_account(self) -> Account:
         """Quota from ``/api/user/self`` when a system token is set, else the billing endpoints; a relay
@@ -459,6 +476,7 @@ class OpenAIProvider:
                               "does not price it by tokens; set provider.prompt_price_per_million and "
                               "provider.completion_price_per_million")
         prompt, completion = relay.per_million()
+        self._per_unit = relay.quota_per_unit
         self._price = Price(prompt, completion, "USD", note=None)
         return self._price
 
