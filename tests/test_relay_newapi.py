@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
 import polars as pl
 import pytest
+from httpx import Client
 
 from pipeline import run_job
 from pipeline.estimator import estimate
@@ -196,15 +196,17 @@ def test_the_sandbox_sends_the_relays_own_texts_codes_and_ids() -> None:
     middleware/distributor.go write them; the id in the header is the one the message ends with."""
     chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
     auth = {"Authorization": f"Bearer {KEY}"}
-    with Sandbox(new_api(rate_limit_success=1)).running() as sb:
-        url = f"{sb.relay_url}/v1/chat/completions"
-        ok = httpx.post(url, json=chat, headers=auth)
-        limited = httpx.post(url, json=chat, headers=auth)
-    with Sandbox(new_api(key_quota_usd=0.0)).running() as sb:
-        spent = httpx.post(f"{sb.relay_url}/v1/chat/completions", json=chat, headers=auth)
-        usage = httpx.get(f"{sb.relay_url}/api/usage/token/", headers=auth).json()["data"]
-    with Sandbox(new_api(flavour="one-api", no_channel_models=["gpt-4o"])).running() as sb:
-        none = httpx.post(f"{sb.relay_url}/v1/chat/completions", json={**chat, "model": "gpt-4o"}, headers=auth)
+    # the sandbox's first answer loads its tokenizer: slow on a busy machine
+    with Client(timeout=60.0) as http:
+        with Sandbox(new_api(rate_limit_success=1)).running() as sb:
+            url = f"{sb.relay_url}/v1/chat/completions"
+            ok = http.post(url, json=chat, headers=auth)
+            limited = http.post(url, json=chat, headers=auth)
+        with Sandbox(new_api(key_quota_usd=0.0)).running() as sb:
+            spent = http.post(f"{sb.relay_url}/v1/chat/completions", json=chat, headers=auth)
+            usage = http.get(f"{sb.relay_url}/api/usage/token/", headers=auth).json()["data"]
+        with Sandbox(new_api(flavour="one-api", no_channel_models=["gpt-4o"])).running() as sb:
+            none = http.post(f"{sb.relay_url}/v1/chat/completions", json={**chat, "model": "gpt-4o"}, headers=auth)
     assert ok.status_code == 200 and ok.headers["X-Oneapi-Request-Id"]
     error = limited.json()["error"]
     rid = limited.headers["X-Oneapi-Request-Id"]
