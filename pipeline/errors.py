@@ -310,14 +310,15 @@ class RateLimited(TransientError):
         retry_after: float | None = None,
         remaining: int | None = None,
         reset: float | None = None,
-        stated: tuple[int, float] | None = None,
+        stated: tuple[int, float, bool] | None = None,
         **kw: object,
     ) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.retry_after = retry_after  # seconds, from Retry-After, when the server sent it
         self.remaining = remaining  # X-RateLimit-Remaining
         self.reset = reset  # X-RateLimit-Reset, seconds from now
-        # (requests, minutes) a relay's message states: new-api's "N分钟内最多请求M次" is (M, N)
+        # (requests, minutes, refused calls count too) a relay's message states: new-api's
+        # "N分钟内最多请求M次" is (M, N, False) from its success counter, (M, N, True) from its total one
         self.stated = stated if stated is not None else stated_quota(message)
 
 
@@ -430,12 +431,14 @@ _REQUEST_ID = re.compile(r"\(request id: ([^)\s]+)\)\s*$")
 _NO_CHANNEL = re.compile(r"分组\s*(\S+?)\s*下(?:对于)?模型\s*(\S+?)\s*无可用渠道")
 
 
-def stated_quota(message: str | None) -> tuple[int, float] | None:
-    """``(requests, minutes)`` from new-api's model rate limit message (``1分钟内最多请求60次``)."""
-    found = _STATED.search(message or "")
+def stated_quota(message: str | None) -> tuple[int, float, bool] | None:
+    """``(requests, minutes, refused calls count too)`` from new-api's model rate limit message:
+    ``1分钟内最多请求60次`` (its success counter) or ``总请求数限制：…包括失败次数`` (its total counter)."""
+    text = message or ""
+    found = _STATED.search(text)
     if found is None or int(found.group(2)) <= 0 or int(found.group(1)) <= 0:
         return None
-    return int(found.group(2)), float(found.group(1))
+    return int(found.group(2)), float(found.group(1)), "总请求数" in text
 
 
 def request_id_in(message: str | None) -> str | None:

@@ -28,13 +28,15 @@ Three things set the pace, and the slowest wins:
    LiteLLM-style proxy: 429s with no ``Retry-After`` and no ``X-RateLimit-*``).
 
 Two kinds of 429 are not a pace to find. A relay that states its limit in words (new-api's
-``1分钟内最多请求60次``, its "minute" being the job's window) says how it counts too: a sliding log
-of requests. So the limiter keeps one of its own grants: a grant goes out while fewer than M were
-sent in the last window (plus the safety margin and the time an answer takes to be counted), a
-burst of M each window, as the server allows, with no probing (new-api's "total" counter counts
-refused requests too). And a 429 that carries no rate headers while the server's other answers
-show room is that call's trouble: the call waits its ``Retry-After`` in the retry policy, the pace
-stays.
+``1分钟内最多请求60次``, its "minute" being the job's window) says how it counts too: a sliding log.
+Its "total" counter (``总请求数``) logs each call when it arrives, refused ones too; its success
+counter logs each call when it is answered, and only if it was not refused. So the limiter keeps
+the same logs: its grants (refused ones too, or not, as the counter does), which count calls still
+in flight, and its answers, which are logged when the server logs them (a slow answer is counted
+late). A grant goes out while fewer than M of either are in the last window (plus the safety
+margin): a burst of M each window, as the server allows, with no probing. And a 429 that carries
+no rate headers while the server's other answers show room is that call's trouble: the call waits
+its ``Retry-After`` in the retry policy, the pace stays.
 """
 
 from __future__ import annotations
@@ -314,9 +316,13 @@ class RateLimiter:
         self._safety = safety
         self._increase = increase
         self._configured = Quota(float(limit), window) if limit is not None else None
-        self._stated: set[Quota] = set()  # what a relay's 429s said in words: sliding logs' limits
+        # what a relay's 429s said in words: sliding logs' limits, each with whether refused calls count
+        self._stated: dict[Quota, bool] = {}
         self._sent_at: deque[float] = deque(maxlen=_SENT_LOG)  # the latest grants' times
-        self._lag = 0.0  # the longest a recent answer took, grant to answer (once a limit is stated)
+        self._answered_at: deque[float] = deque(maxlen=_SENT_LOG)  # the latest successes' answer times
+        self._refused: set[int] = set()  # grants a success counter refused (it does not log them)
+        self._slack = 0.0  # added room after the server refused what our logs allowed
+        self._stated_before = False
         self._room: int | None = None  # Remaining on the latest answer that sent it
         self.server = ServerWindow()
         # probes start at a "second" of the job's "minute"
@@ -446,10 +452,9 @@ class RateLimiter:
                    reset: float | None = None, *, grant: int | None = None) -> None:
         """A call went through; headers (when sent) may still tell us to slow down."""
         grant = self.granted if grant is None else grant
+        self._answered_at.append(self._clock.now())  # what a success counter logs
         if remaining is not None:
             self._room = remaining
-        if self._stated and (sent := self._sent_time(grant)) is not None:
-            self._lag = max(self._lag * 0.9, self._clock.now() - sent)  # the server counts it when it answers
         if limit is None and remaining is None and reset is None:
             if self.finder.rate is None and not self.finder.in_episode:
                 self.finder.successes += 1  # the fast path: nothing to learn
@@ -473,10 +478,11 @@ class RateLimiter:
 
     def on_rate_limited(self, retry_after: float | None = None, limit: int | None = None,
                         remaining: int | None = None, reset: float | None = None, *,
-                        grant: int | None = None, stated: tuple[int, float] | None = None) -> None:
+                        grant: int | None = None, stated: tuple[int, float, bool] | None = None) -> None:
         """The server said RATE_LIMIT: slow down, and pause for ``Retry-After`` when given.
 
-        ``stated`` is the limit a relay's message gave, (requests, job windows): pace to it."""
+        ``stated`` is the limit a relay's message gave, (requests, job windows, whether refused
+        requests count): keep to it."""
         self.rate_limited += 1
         now = self._clock.now()
         grant = self.granted if grant is None else grant
@@ -497,24 +503,60 @@ class RateLimiter:
         self._repace()
 
     def _log_frees(self) -> float:
-        """When the grant log has room under every stated limit: the M-th latest grant leaves its window."""
+        """When our logs have room under every stated limit: the M-th latest call each counts
+        leaves its window."""
         frees = 0.0
-        for stated in self._stated:
-            if len(self._sent_at) >= stated.limit <= _SENT_LOG:
-                oldest = self._sent_at[-int(stated.limit)]
-                frees = max(frees, oldest + stated.window * (1 + self._safety) + self._lag)
+        for stated, counts_refused in self._stated.items():
+            n = int(stated.limit)
+            if n > _SENT_LOG:
+                continue
+            oldest = [self._latest_grant(n, self.granted + 1, counts_refused)]
+            if not counts_refused and len(self._answered_at) >= n:
+                oldest.append(self._answered_at[-n])
+            counted = [t for t in oldest if t is not None]
+            if counted:
+                frees = max(frees, max(counted) + stated.window * (1 + self._safety) + self._slack)
         return frees
 
-    def _learn_stated(self, now: float, grant: int, count: int, windows: float) -> None:
+    def _latest_grant(self, count: int, before: int, counts_refused: bool) -> float | None:
+        """When the ``count``-th latest grant numbered below ``before`` was sent (skipping the ones a
+        success counter refused, unless they count); ``None`` when fewer are logged."""
+        if counts_refused or not self._refused:
+            return self._sent_time(before - count)
+        first = self.granted - len(self._sent_at) + 1
+        seen = 0
+        for grant in range(min(before - 1, self.granted), first - 1, -1):
+            if grant not in self._refused:
+                seen += 1
+                if seen == count:
+                    return self._sent_at[grant - first]
+        return None
+
+    def _learn_stated(self, now: float, grant: int, count: int, windows: float, counts_refused: bool) -> None:
         quota = Quota(count, windows * self._window)
         if quota not in self._stated:
-            self._stated.add(quota)
+            self._stated[quota] = counts_refused
             self._repace()
-        # The server counted ``count`` requests in its window before this one; at most, our grants
-        # before it: the oldest of those leaves the window ``quota.window`` after it was sent. (When
-        # we sent fewer, older requests were counted too: they leave before our first grant does.)
-        oldest = self._sent_time(max(1, grant - count))
-        self._pause(now, (now if oldest is None else oldest) + quota.window - now)
+        # The server counted ``count`` calls in its window before this one: our latest answers (a
+        # success counter), or at most our grants before this one (a total counter). The oldest of
+        # them leaves the window ``quota.window`` after it was counted. (When we made fewer, older
+        # calls were counted too: they leave before our first does.)
+        if counts_refused:
+            oldest = self._sent_time(max(1, grant - count))
+        else:
+            self._refused.add(grant)
+            if len(self._refused) > _SENT_LOG:  # forget grants the log no longer holds
+                self._refused = {g for g in self._refused if g > self.granted - _SENT_LOG}
+            log = self._answered_at
+            oldest = log[-count] if len(log) >= count else log[0] if log else None
+        frees = (now if oldest is None else oldest) + quota.window
+        if self._stated_before and frees <= now:
+            # our logs saw room the server did not (it counted a call later than we did): leave
+            # that much more room from now on, and wait it now
+            self._slack += quota.window / quota.limit
+            frees = now + quota.window / quota.limit
+        self._stated_before = True
+        self._pause(now, frees - now)
 
     def _sent_time(self, grant: int) -> float | None:
         """When grant number ``grant`` was sent, if it is among the latest logged."""

@@ -200,7 +200,7 @@ class Pacer(Protocol):
 
     def on_rate_limited(self, retry_after: float | None = None, limit: int | None = None,
                         remaining: int | None = None, reset: float | None = None, *,
-                        grant: int | None = None, stated: tuple[int, float] | None = None) -> None: ...
+                        grant: int | None = None, stated: tuple[int, float, bool] | None = None) -> None: ...
 
     def learned(self) -> dict[str, float | int | None]:
         """What the pacing learned of the server, for the run report."""

@@ -208,9 +208,9 @@ def test_what_a_relays_words_mean_for_a_job() -> None:
     assert NoChannel.exit_code == ExitCode.TERMINAL and NoChannel.action is Action.STOP_NOW
     assert UpstreamSaturated.action is Action.RETRY and UpstreamSaturated.busy and RateLimited.busy
     assert not issubclass(UpstreamSaturated, RateLimited)  # the limiter never hears of it
-    assert stated_quota("您已达到请求数限制：1分钟内最多请求60次 (request id: 9)") == (60, 1.0)
-    assert stated_quota("您已达到总请求数限制：2分钟内最多请求150次，包括失败次数") == (150, 2.0)
+    assert stated_quota("您已达到请求数限制：1分钟内最多请求60次 (request id: 9)") == (60, 1.0, False)
+    assert stated_quota("您已达到总请求数限制：2分钟内最多请求150次，包括失败次数") == (150, 2.0, True)
     assert stated_quota("请求过于频繁") is None
     assert request_id_in("无效的令牌 (request id: 20251201abc)") == "20251201abc"
     assert request_id_in("no id here") is None
-    assert RateLimited("您已达到请求数限制：1分钟内最多请求60次").stated == (60, 1.0)
+    assert RateLimited("您已达到请求数限制：1分钟内最多请求60次").stated == (60, 1.0, False)

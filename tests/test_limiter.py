@@ -373,7 +373,7 @@ async def test_a_stated_limit_is_a_sliding_log_sent_in_bursts_as_it_frees() -> N
         lim.on_success(grant=await lim.acquire())
         clock.t += 0.01
     refused = await lim.acquire()
-    lim.on_rate_limited(grant=refused, stated=(60, 1.0))
+    lim.on_rate_limited(grant=refused, stated=(60, 1.0, False))
     assert not lim.finder.in_episode and lim.learned()["stated_per_minute"] == 60  # given, not found
     times = []
     for _ in range(150):
@@ -388,8 +388,8 @@ async def test_every_stated_limit_holds_at_once() -> None:
     """The success counter's 10 per minute and the total counter's 15 per two: neither is exceeded."""
     clock = VirtualClock()
     lim = RateLimiter(None, 60.0, clock=clock)
-    lim.on_rate_limited(grant=await lim.acquire(), stated=(10, 1.0))
-    lim.on_rate_limited(grant=await lim.acquire(), stated=(15, 2.0))
+    lim.on_rate_limited(grant=await lim.acquire(), stated=(10, 1.0, False))
+    lim.on_rate_limited(grant=await lim.acquire(), stated=(15, 2.0, True))
     assert lim.learned()["stated_per_minute"] == 7.5  # the slower on average
     times = []
     for _ in range(60):
@@ -413,3 +413,22 @@ async def test_a_lone_429_while_answers_show_room_keeps_the_pace() -> None:
     lim.on_success(limit=1200, remaining=0, reset=30.0)
     lim.on_rate_limited(retry_after=1.0, grant=await lim.acquire())
     assert lim.rate is not None and lim.rate < before
+
+
+@pytest.mark.parametrize("counts_refused", [False, True])
+async def test_refused_calls_count_only_for_the_total_counter(counts_refused: bool) -> None:
+    """60 answered, then 10 refused in flight: the success counter frees when the first answered
+    leaves the window; the total counter, which counted the 10 refused too, frees 10 grants later."""
+    clock = VirtualClock()
+    lim = RateLimiter(None, 60.0, clock=clock)
+    start = clock.now()
+    for _ in range(60):
+        lim.on_success(grant=await lim.acquire())
+        clock.t += 0.1
+    refused = [await lim.acquire() for _ in range(10)]
+    for grant in refused:
+        clock.t += 0.1
+        lim.on_rate_limited(grant=grant, stated=(60, 1.0, counts_refused))
+    await lim.acquire()
+    waited_for = 10 * 0.1 if counts_refused else 0.0  # the 11th grant, 1 s later, or the first
+    assert clock.now() == pytest.approx(start + waited_for + 60.0 * 1.015, abs=1e-6)

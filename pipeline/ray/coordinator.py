@@ -116,7 +116,7 @@ class Coordinator:
         return Lease(slots)
 
     async def rate_limited(self, retry_after: float | None, limit: int | None, remaining: int | None,
-                     reset: float | None, stated: tuple[int, float] | None = None) -> None:
+                     reset: float | None, stated: tuple[int, float, bool] | None = None) -> None:
         self.limiter.on_rate_limited(retry_after, limit, remaining, reset, stated=stated)
 
     # -- money -------------------------------------------------------------------------------

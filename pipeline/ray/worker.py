@@ -133,7 +133,7 @@ class LeasedLimiter:
 
     def on_rate_limited(self, retry_after: float | None = None, limit: int | None = None,
                         remaining: int | None = None, reset: float | None = None, *,
-                        grant: int | None = None, stated: tuple[int, float] | None = None) -> None:
+                        grant: int | None = None, stated: tuple[int, float, bool] | None = None) -> None:
         self._slots.clear()
         self.pending.append(self._coordinator.rate_limited.remote(retry_after, limit, remaining, reset, stated))
 
