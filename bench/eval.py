@@ -51,7 +51,7 @@ STRATEGIES: list[tuple[str, dict[str, Any], int]] = [  # name, [label] changes, 
 
 
 def strategy_job(base: Job, changes: dict[str, Any], agent: int, output: Path) -> Job:
-    label = {k: v for k, v in {**(base.label or {}), **changes}.items() if v is not None}
+    label = {k: v for k, v in {**(base.label_table or {}), **changes}.items() if v is not None}
     return base.with_overrides(label=label, output=OutputConfig(path=output),
                                provider=base.provider.model_copy(update={"agent_id": agent}))
 
@@ -75,7 +75,7 @@ async def one_seed(seed: int, base: Job) -> list[dict[str, Any]]:
             results.append({
                 "strategy": name, "seed": seed, "accuracy": ev.accuracy, "kappa": ev.kappa, "macro_f1": ev.macro_f1,
                 "coverage": ev.coverage, "cost": ev.cost, "tokens": ev.tokens, "rows": ev.rows,
-                "escalated": report.extra["labels"]["escalated"], "paid_this_run": round(report.stats.cost, 6),
+                "escalated": (report.labels or {})["escalated"], "paid_this_run": round(report.stats.cost, 6),
                 "by_case": {g.value: g.accuracy for g in ev.by["case"]},
                 "by_agreement": {g.value: [g.rows, g.accuracy] for g in ev.by_agreement},
                 "output": str(keep.relative_to(ROOT)),

@@ -136,7 +136,7 @@ def run_once(scenario: Scenario, algorithm: str, scale: float, tmp: Path) -> Res
     ideal = scenario.rows / (scenario.limit / scenario.server_window)
     span = max(r["ts"] for r in posts) - min(r["ts"] for r in posts)
     return Result(wall / scale, span / scale, ideal, report.stats.ok, scenario.rows, len(posts),
-                  sum(r["status"] == 429 for r in posts), report.extra["rate_limiter"], scale)
+                  sum(r["status"] == 429 for r in posts), report.rate_limiter, scale)
 
 
 def median_run(scenario: Scenario, algorithm: str, scale: float, repeat: int) -> Result:
@@ -176,7 +176,7 @@ def relay_run(tmp: Path, rows: int, scale: float, *, rate_limit: int = 0, satura
     ideal = (-(-rows // rate_limit) - 1) * 60.0 if rate_limit else 0.0
     span = max(r["ts"] for r in posts) - min(r["ts"] for r in posts)
     return Result(wall / scale, span / scale, ideal, report.stats.ok, rows, len(posts),
-                  sum(r["status"] == 429 for r in posts), report.extra["rate_limiter"], scale)
+                  sum(r["status"] == 429 for r in posts), report.rate_limiter, scale)
 
 
 def relay_cases(scale: float, repeat: int) -> None:

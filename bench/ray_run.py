@@ -79,7 +79,7 @@ def _cpu_by_kind() -> dict[str, float]:
 def child_ray(url: str, data: Path, out: Path, workers: int) -> dict[str, float]:
     import ray
 
-    from pipeline import Credentials
+    from pipeline import Connection, Credentials
     from pipeline.ray import RayOptions, run_job
 
     t0 = time.perf_counter()
@@ -87,19 +87,19 @@ def child_ray(url: str, data: Path, out: Path, workers: int) -> dict[str, float]
     started = time.perf_counter() - t0
     before, cpu0 = _cpu_by_kind(), time.process_time()
     t0 = time.perf_counter()
-    report = run_job(_job(data, out, url), Credentials(KEY), base_url=url, options=RayOptions(workers=workers))
+    report = run_job(_job(data, out, url), Connection(Credentials(KEY), url), options=RayOptions(workers=workers))
     wall = time.perf_counter() - t0
     driver = time.process_time() - cpu0
     after = _cpu_by_kind()  # before shutdown: the workers are gone after it
     ray.shutdown()
-    return {**_figures(report, wall), "ray_init": started, "dropped": report.extra["ray"]["dropped_grants"],
+    return {**_figures(report, wall), "ray_init": started, "dropped": report.ray.dropped_grants,
             "cpu_workers": after["workers"] - before["workers"], "cpu_ray": after["ray"] - before["ray"],
             "cpu_driver": driver}
 
 
 def child_tier(url: str, data: Path, out: Path, workers: int, window: float) -> dict[str, float]:
     """The job at the pro tier with time scaled to ``window``: on Ray with ``workers``, or (0) in one process."""
-    from pipeline import Credentials
+    from pipeline import Connection, Credentials
 
     job = momo_job(data, out, url, concurrency=16, tier="pro", window_seconds=window)
     if workers == 0:
@@ -112,9 +112,9 @@ def child_tier(url: str, data: Path, out: Path, workers: int, window: float) -> 
     from pipeline.ray import RayOptions, run_job
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    report = run_job(job, Credentials("momo-sandbox-pro"), base_url=url, options=RayOptions(workers=workers))
+    report = run_job(job, Connection(Credentials("momo-sandbox-pro"), url), options=RayOptions(workers=workers))
     ray.shutdown()
-    return {"ok": report.stats.ok, "dropped": report.extra["ray"]["dropped_grants"]}
+    return {"ok": report.stats.ok, "dropped": report.ray.dropped_grants}
 
 
 def tier_use(times: list[float], window: float, limit: int) -> dict[str, float]:

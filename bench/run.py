@@ -158,7 +158,7 @@ def child_preflight(url: str, data: Path, out: Path) -> dict[str, float]:
     import polars as pl
 
     from pipeline import Credentials, open_provider
-    from pipeline.plan import endpoint_of, prepare
+    from pipeline.plan import prepare
     from pipeline.preflight import preflight
 
     job = _job(data, out, url)
@@ -170,7 +170,7 @@ def child_preflight(url: str, data: Path, out: Path) -> dict[str, float]:
             t0 = time.perf_counter()
             pl.read_parquet(data)
             t1 = time.perf_counter()
-            plan = prepare(job, endpoint=endpoint_of(provider))
+            plan = prepare(job, endpoint=provider.endpoint)
             await preflight(job, provider, plan, max_cost=None, restart=True, yes=True, warn=lambda _: None)
             return t1 - t0, time.perf_counter() - t1
         finally:

@@ -26,13 +26,14 @@ __version__ = "0.1.0"
 # --help`` and ``import pipeline.cli`` then do not pay for polars, pyarrow and httpx (0.45 s).
 _EXPORTS = {
     "Job": ".config",
-    "Credentials": ".connect", "open_provider": ".connect",
+    "Connection": ".connect", "Credentials": ".connect", "open_provider": ".connect",
     **{name: ".errors" for name in (
         "AgentNotFound", "APIError", "BudgetExceeded", "ConfigError", "ConnectionLost", "InsufficientBalance",
         "InvalidApiKey", "InvalidParameters", "MalformedResponse", "MomoError", "PreflightRefused",
         "RateLimited", "ServerError", "TerminalError", "Timeout", "TransientError")},
-    "Estimate": ".estimator", "estimate": ".estimator",
-    "RunReport": ".job", "run_frame": ".job", "run_job": ".job",
+    "Estimate": ".estimator", "estimate": ".job",
+    "RunOptions": ".job", "run_frame": ".job", "run_job": ".job",
+    "RunReport": ".outcome",
     "Evaluation": ".labels.metrics", "evaluate": ".labels.metrics",
     **{name: ".providers" for name in (
         "Account", "Agent", "CallResult", "MomoClient", "MomoProvider", "OpenAIClient", "OpenAIProvider",
@@ -42,10 +43,10 @@ _EXPORTS = {
 
 __all__ = [
     "Account", "Agent", "AgentNotFound", "APIError", "AsyncMomoAI", "BudgetExceeded", "CallResult", "ConfigError",
-    "ConnectionLost", "Credentials", "Estimate", "Evaluation", "InsufficientBalance", "InvalidApiKey",
+    "Connection", "ConnectionLost", "Credentials", "Estimate", "Evaluation", "InsufficientBalance", "InvalidApiKey",
     "InvalidParameters", "Job", "MalformedResponse", "MomoAI", "MomoClient", "MomoError", "MomoProvider",
     "OpenAIClient", "OpenAIProvider", "PreflightRefused", "Price", "PromptRequest", "Provider", "RateLimited",
-    "RunReport", "ServerError", "TerminalError", "Timeout", "TransientError", "estimate", "evaluate",
+    "RunOptions", "RunReport", "ServerError", "TerminalError", "Timeout", "TransientError", "estimate", "evaluate",
     "open_provider", "run_frame", "run_job",
 ]
 
@@ -65,7 +66,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and editors see
     from .config import Job
-    from .connect import Credentials, open_provider
+    from .connect import Connection, Credentials, open_provider
     from .errors import (
         AgentNotFound,
         APIError,
@@ -84,9 +85,10 @@ if TYPE_CHECKING:  # what type checkers and editors see
         Timeout,
         TransientError,
     )
-    from .estimator import Estimate, estimate
-    from .job import RunReport, run_frame, run_job
+    from .estimator import Estimate
+    from .job import RunOptions, estimate, run_frame, run_job
     from .labels.metrics import Evaluation, evaluate
+    from .outcome import RunReport
     from .providers import (
         Account,
         Agent,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import signal
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,26 +16,29 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import Job, OutputConfig
-from .connect import open_provider
+from .connect import Connection
 from .errors import Interrupted, Terminated, WriteError
 from .estimator import Estimate
-from .estimator import estimate as estimate_job
-from .job import RunReport, run_job
+from .job import RunOptions, run_job
+from .job import estimate as estimate_job
+from .outcome import RunReport
 from .output_path import check_output, export_path
-from .plan import endpoint_of, prepare
 from .progress import Reporter
+from .providers.base import Provider
 from .runner import RunStats, Stop
 
 
-async def _run(job: Job, provider: Any, *, quiet: bool, errors: Console, yes: bool,
-               **kw: Any) -> RunReport:
+async def _run(job: Job, provider: Provider, *, quiet: bool, errors: Console, limit: int | None,
+               restart: bool, max_cost: float | None, yes: bool) -> RunReport:
     stats, stop = RunStats(), Stop()
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signals, stop, errors)
             try:
-                report = await _preflight_and_run(job, provider, stats, stop, quiet=quiet,
-                                                  errors=errors, yes=yes, **kw)
+                with Reporter(stats, stream=errors.file, enabled=not quiet) as rep:  # type: ignore[arg-type]
+                    options = RunOptions(stats=stats, on_result=rep.update, stop=stop, warn=_warner(errors))
+                    report = await run_job(job, provider, limit=limit, restart=restart, max_cost=max_cost,
+                                           yes=yes, options=options)
             finally:
                 tg.cancel_scope.cancel()
         return report
@@ -50,17 +55,11 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return exc
 
 
-async def _preflight_and_run(job: Job, provider: Any, stats: RunStats, stop: Stop, *, quiet: bool,
-                             errors: Console, yes: bool, **kw: Any) -> RunReport:
-    # the input is read and keyed first (no request for bad input), then ``run_job``'s preflight
-    plan = prepare(job, endpoint=endpoint_of(provider), limit=kw.get("limit"))
-
+def _warner(errors: Console) -> Callable[[str], None]:
     def warn(text: str) -> None:
         errors.print(f"[yellow]warning:[/yellow] {text}", highlight=False)
 
-    with Reporter(stats, stream=errors.file, enabled=not quiet) as rep:  # type: ignore[arg-type]
-        return await run_job(job, provider, stats=stats, on_result=rep.update, stop=stop, plan=plan,
-                             yes=yes, warn=warn, **kw)
+    return warn
 
 
 # first signal: stop sending, let calls in flight finish and be recorded, write the output;
@@ -96,11 +95,15 @@ def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: i
     if cache is not None:
         job = job.with_overrides(reuse=job.reuse.model_copy(update={"cache": cache}))
     with sandbox_for(cfg, job.limits.tier, sandbox, label_truth=sandbox_truth(job)) as (sb_url, sb_creds):
-        provider = _provider(job, sb_url, sb_creds, base_url, credentials)
+        connection = Connection(sb_creds or credentials(cfg), sb_url or base_url,
+                                endpoint="sandbox" if sb_url else None)  # a sandbox's port is new each run
         if ray_options is not None:
-            report = _run_on_ray(job, provider, sb_creds or credentials(cfg), sb_url or base_url, ray_options,
-                                 limit=limit, restart=restart, max_cost=max_cost, errors=errors)
+            from .ray import run_job as run_on_ray
+
+            report = run_on_ray(job, connection, limit=limit, restart=restart, max_cost=max_cost, yes=yes,
+                                options=replace(ray_options, warn=_warner(errors), stop_on_signals=True))
         else:
+            provider = connection.open(cfg, max_connections=job.limits.concurrency)
             report = anyio.run(lambda: _run(job, provider, quiet=quiet, errors=errors, yes=yes,
                                             limit=limit, restart=restart, max_cost=max_cost))
     if fmt != "parquet" and report.output.is_file():
@@ -127,34 +130,6 @@ def sandbox_truth(job: Job) -> Path | None:
     except (OSError, UnicodeDecodeError):
         return None
     return path if {"text", "gold"} <= set(header) else None
-
-
-def _run_on_ray(job: Job, provider: Any, creds: Any, base_url: str | None, options: Any, *,
-                limit: int | None, restart: bool, max_cost: float | None, errors: Console) -> RunReport:
-    """``--ray``: the key and the target are checked here (``price``) before any worker starts;
-    the workers open their own clients. The estimate is ``momo-batch estimate`` (one machine)."""
-    from .ray import run_job as run_on_ray
-
-    async def check() -> Any:
-        try:
-            price = await provider.price()
-        finally:
-            await provider.aclose()
-        if price.note:
-            errors.print(f"[yellow]warning:[/yellow] {price.note}", highlight=False)
-        return price
-
-    price = anyio.run(check)
-    return run_on_ray(job, creds, base_url=base_url, endpoint=endpoint_of(provider), price=price,
-                      options=options, limit=limit, restart=restart, max_cost=max_cost, stop_on_signals=True)
-
-
-def _provider(job: Job, sb_url: str | None, sb_creds: Any, base_url: str | None, credentials: Any) -> Any:
-    provider = open_provider(job.provider, sb_creds or credentials(job.provider),
-                             base_url=sb_url or base_url, max_connections=job.limits.concurrency)
-    if sb_url:  # each --sandbox run has a new port; its answers are the same, so are its keys
-        provider.endpoint = "sandbox"  # type: ignore[attr-defined]
-    return provider
 
 
 def _write_report(parquet: Path) -> Path:
@@ -260,21 +235,16 @@ def estimate_cli_job(job: Job, *, pilot: int, base_url: str | None, limit: int |
                      sandbox_for: Any, console: Console) -> int:
     cfg = job.provider
 
-    async def go(provider: Any) -> Estimate:
-        plan = prepare(job, endpoint=endpoint_of(provider), limit=limit)
-
-        async def run_pilot(rows: set[int]) -> None:
-            await run_job(job, provider, only_rows=rows, write_output=False, plan=plan, check=False)
-
+    async def go(provider: Provider) -> Estimate:
         try:
-            return await estimate_job(job, provider, pilot=pilot, max_cost=max_cost,
-                                      run_pilot=run_pilot, plan=plan)
+            return await estimate_job(job, provider, pilot=pilot, limit=limit, max_cost=max_cost)
         finally:
             await provider.aclose()
 
     with sandbox_for(cfg, job.limits.tier, sandbox, label_truth=sandbox_truth(job)) as (sb_url, sb_creds):
-        provider = _provider(job, sb_url, sb_creds, base_url, credentials)
-        est = anyio.run(go, provider)
+        connection = Connection(sb_creds or credentials(cfg), sb_url or base_url,
+                                endpoint="sandbox" if sb_url else None)
+        est = anyio.run(go, connection.open(cfg, max_connections=job.limits.concurrency))
     if as_json:
         print(json.dumps(est.as_dict(), ensure_ascii=False))
     else:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+from .labels.spec import LabelConfig
 
 TIER_RPM: dict[str, float | None] = {"free": 10, "basic": 60, "pro": 300, "enterprise": None}
 
@@ -116,8 +117,26 @@ class Job(_Table):
     limits: LimitsConfig = LimitsConfig()
     output: OutputConfig
     reuse: ReuseConfig = ReuseConfig()
-    label: dict[str, Any] | None = None
+    label: LabelConfig | None = None  # a label job: the ``[label]`` table (pipeline.labels.spec)
     source: str = Field("", exclude=True)  # the job file's text, for the provenance hash
+
+    @model_validator(mode="after")
+    def _escalation_target(self) -> Job:
+        esc = self.label.escalate if self.label else None
+        if esc is None:
+            return self
+        kind = self.provider.kind
+        if (esc.agent_id is not None) != (kind == "momo"):
+            wanted = "agent_id = ..." if kind == "momo" else "model = ... with its prices"
+            raise ValueError(f"[label] escalate: a {kind} job escalates to {wanted}")
+        if esc.target == self.provider.target:
+            raise ValueError(f"[label] escalate: {esc.target} is the job's own target; escalate to a stronger one")
+        return self
+
+    @property
+    def label_table(self) -> dict[str, Any] | None:
+        """The ``[label]`` table as the job file wrote it (what request keys hash)."""
+        return None if self.label is None else self.label.model_dump(by_alias=True, exclude_unset=True)
 
     @property
     def fingerprint(self) -> str:
@@ -148,8 +167,11 @@ class Job(_Table):
         return cls.from_dict(data, source=text, origin=str(path))
 
     def with_overrides(self, **changes: Any) -> Job:
-        """A copy with some tables replaced, e.g. ``output=OutputConfig(path=...)``."""
-        return self.model_copy(update=changes)
+        """A copy with some tables replaced, e.g. ``output=OutputConfig(path=...)``, validated again."""
+        try:
+            return type(self).model_validate({**dict(self), **changes})
+        except ValidationError as exc:
+            raise ConfigError(f"job: {_describe(exc)}") from None
 
 
 def _describe(exc: ValidationError) -> str:

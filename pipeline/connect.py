@@ -33,8 +33,33 @@ def open_provider(
     *,
     base_url: str | None = None,
     max_connections: int = 100,
+    endpoint: str | None = None,
 ) -> Provider:
-    """A provider for ``cfg``; no I/O until it is used. Close it with ``await p.aclose()``."""
+    """A provider for ``cfg``; no I/O until it is used. Close it with ``await p.aclose()``.
+
+    ``endpoint`` is what request keys call the service (default: its base URL); ``--sandbox``
+    names it "sandbox", as each sandbox has a new port but gives the same answers."""
+    provider = _open(cfg, creds, base_url=base_url, max_connections=max_connections)
+    if endpoint is not None:
+        provider.endpoint = endpoint
+    return provider
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where a job's calls go and with what key: enough to open its provider in any process
+    (a Ray worker opens its own). The repr hides the key, as :class:`Credentials` does."""
+
+    credentials: Credentials
+    base_url: str | None = None
+    endpoint: str | None = None  # what request keys call the service (default: the base URL)
+
+    def open(self, cfg: ProviderConfig, *, max_connections: int = 100) -> Provider:
+        return open_provider(cfg, self.credentials, base_url=self.base_url, max_connections=max_connections,
+                             endpoint=self.endpoint)
+
+
+def _open(cfg: ProviderConfig, creds: Credentials, *, base_url: str | None, max_connections: int) -> Provider:
     if not creds.api_key:
         raise ConfigError(f"no API key: set {cfg.key_env}")
     check_secret(creds.api_key, f"the API key in {cfg.key_env}")

@@ -40,7 +40,7 @@ from .errors import ConfigError
 from .labels.spec import EscalateConfig
 from .ledger import FINAL, Ledger
 from .output_path import check_output
-from .plan import FIRST, KEY, Plan, endpoint_of, prepare
+from .plan import FIRST, KEY, Plan, prepare
 from .providers.base import Account, Price, Provider
 from .sink import decode_outcomes, record_schema
 from .tokens import DEFAULT_ENCODING, TOKENIZER_NAME, count_one, count_tokens
@@ -118,20 +118,18 @@ class Estimate:
 
 def calls_per_row(job: Job) -> tuple[int, int]:
     """(usual, most) calls one row makes to the job's own target: votes, and re-asks of unparsed answers."""
-    label = job.label or {}
-    votes = int(label.get("votes", 1))
-    reasks = int(label.get("max_reasks", 2)) if job.label else 0
+    if job.label is None:
+        return 1, 1
+    votes, reasks = job.label.votes, job.label.max_reasks
     return votes, votes * (1 + reasks)
 
 
 def escalation_of(job: Job) -> tuple[EscalateConfig, int] | None:
     """A label job's escalation settings and the most calls an escalated row makes to that target."""
-    if not job.label or not job.label.get("escalate"):
+    cfg = job.label
+    if cfg is None or cfg.escalate is None:
         return None
-    from .labels.task import label_config
-
-    cfg = label_config(job)
-    return (cfg.escalate, 1 + cfg.max_reasks) if cfg.escalate is not None else None
+    return cfg.escalate, 1 + cfg.max_reasks
 
 
 def worst_cost_fn(job: Job, price: Price, *, max_tokens: int | None = None) -> Callable[[str], float]:
@@ -271,7 +269,7 @@ async def estimate(job: Job, provider: Provider, *, pilot: int = 0, limit: int |
 
     ``restart``: estimate as if nothing had run yet (what ``run --restart`` will pay).
     """
-    prep = plan or prepare(job, endpoint=endpoint_of(provider), limit=limit)
+    prep = plan or prepare(job, endpoint=provider.endpoint, limit=limit)
     check_output(job.output.path, job.input.path)  # before any paid call (a pilot's, the run's)
     price = await provider.price()
     esc = escalation_of(job)
@@ -425,7 +423,7 @@ def _escalation(job: Job, escalation: tuple[EscalateConfig, Price], t: PromptTot
     epp, ecp = price.prompt_per_million / 1e6, price.completion_per_million / 1e6
     n = t.remaining
     max_tokens = cfg.max_tokens or job.provider.max_tokens or DEFAULT_COMPLETION * 4
-    reasks = int((job.label or {}).get("max_reasks", 2))
+    reasks = job.label.max_reasks if job.label else 2
     per_prompt = t.prompt_tokens / n if n else 0.0
     assumed_row = per_prompt * epp + (PROMPT_OVERHEAD * epp + max_tokens / 2 * ecp)  # one call, half of max_tokens
     if fitted is not None:

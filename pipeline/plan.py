@@ -54,12 +54,7 @@ def make_keyer(job: Job, endpoint: str, target: str | None = None) -> Keyer:
     p = job.provider
     return Keyer(service=p.kind, endpoint=endpoint.rstrip("/"), target=target or p.target,
                  temperature=p.temperature, max_tokens=p.max_tokens,
-                 task=canonical(job.label) if job.label else "")
-
-
-def endpoint_of(provider: object) -> str:
-    """What the request keys call the service's address (its base URL; "sandbox" for ``--sandbox``)."""
-    return str(getattr(provider, "endpoint", "") or "")
+                 task=canonical(job.label_table) if job.label_table else "")
 
 
 @dataclass

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from .config import Job
 from .errors import MomoError, PreflightRefused
 from .estimator import Estimate, estimate
+from .outcome import Reconciliation
 from .output_path import check_output
 from .plan import Plan
 from .providers.base import Account, Price, Provider
@@ -32,9 +32,10 @@ class Checked:
 
 
 async def preflight(job: Job, provider: Provider, plan: Plan, *, max_cost: float | None, restart: bool,
-                    yes: bool, warn: Warn) -> Checked:
-    """Check everything that can be checked without paying; :class:`PreflightRefused` unless ``yes``."""
-    check_output(job.output.path, job.input.path)
+                    yes: bool, warn: Warn, parts: bool = False) -> Checked:
+    """Check everything that can be checked without paying; :class:`PreflightRefused` unless ``yes``.
+    ``parts``: the output is a directory of Parquet parts (a Ray run's ``parts_rows``)."""
+    check_output(job.output.path, job.input.path, parts=parts)
     est = await estimate(job, provider, max_cost=max_cost, restart=restart, plan=plan)
     price = await provider.price()  # cached by the provider: no second request
     warnings = list(est.warnings)  # an unlisted model, a balance the relay does not report
@@ -72,16 +73,13 @@ async def account_after(provider: Provider, warn: Warn) -> tuple[Account | None,
 
 
 def reconcile(est: Estimate, before: Account, after: Account | None, spent_run: float,
-              unknown_cost_calls: int) -> dict[str, Any]:
+              unknown_cost_calls: int) -> Reconciliation:
     """Estimated against real cost; the cost column against what the account says it lost."""
-    out: dict[str, Any] = {"estimated_cost": est.expected_cost, "interval": list(est.interval),
-                           "real_cost_this_run": round(spent_run, 6)}
-    if before.remaining is None:
-        out["balance_unknown"] = before.note or "the service did not report a balance"
+    charged = None
     if after is not None and before.remaining is not None and after.remaining is not None:
         charged = before.remaining - after.remaining
-        out["account_charged"] = round(charged, 6)
-        out["gap"] = round(charged - spent_run, 6)
-    if unknown_cost_calls:
-        out["calls_with_unknown_cost"] = unknown_cost_calls
-    return out
+    unknown = None
+    if before.remaining is None:
+        unknown = before.note or "the service did not report a balance"
+    return Reconciliation(est.expected_cost, est.interval, spent_run, account_charged=charged,
+                          balance_unknown=unknown, calls_with_unknown_cost=unknown_cost_calls)

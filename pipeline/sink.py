@@ -13,13 +13,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import polars as pl
 
 from .dataset import ROW, Dataset
 from .errors import ConfigError, WriteError
 from .ledger import Ledger
+from .outcome import JobTotals
 from .plan import FIRST, KEY, Plan
 from .result import RESULT_SCHEMA, TOKEN_SPLIT_SCHEMA, Unfinished
 
@@ -50,15 +51,10 @@ class Totals:
         self.tokens += int(paid["tokens_used"].sum() or 0)
         self.cost += float(part["cost"].sum() or 0.0)
 
-    def as_dict(self) -> dict[str, float | int]:
-        return {
-            **({"unparsed": self.statuses["unparsed"]} if self.statuses["unparsed"] else {}),
-            "ok": self.statuses["ok"],
-            "error": self.statuses["error"],
-            "skipped": self.statuses["skipped"],
-            "tokens": self.tokens,
-            "cost": round(self.cost, 6),
-        }
+    def final(self) -> JobTotals:
+        s = self.statuses
+        return JobTotals(ok=s["ok"], error=s["error"], skipped=s["skipped"], unparsed=s["unparsed"],
+                         tokens=self.tokens, cost=self.cost)
 
 
 def finalise(
@@ -67,8 +63,8 @@ def finalise(
     output: Path,
     *,
     unfinished: Unfinished,
-    metadata: Callable[[dict[str, Any]], dict[str, str]],
-) -> dict[str, float | int]:
+    metadata: Callable[[JobTotals], dict[str, str]],
+) -> JobTotals:
     """Write the output; returns the job's totals (also passed to ``metadata`` for the footer)."""
     import pyarrow.parquet as pq  # here, not at import: a run holds it (~45 MB) only from now on
 
@@ -94,7 +90,7 @@ def finalise(
             table = with_outcomes(empty, ledger, schema, unfinished).select(columns).to_arrow()
             writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
             writer.write_table(table)
-        result = totals.as_dict()
+        result = totals.final()
         writer.add_key_value_metadata(metadata(result))
         writer.close()
         writer = None

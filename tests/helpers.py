@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline import Credentials, Job, RunReport, open_provider, run_job
+from pipeline import Credentials, Job, RunOptions, RunReport, open_provider, run_job
 from pipeline.providers.base import Account, CallResult, Price, PromptRequest, Provider
 from pipeline.sandbox.log import max_in_any_window  # noqa: F401  (tests import it from here)
 
@@ -45,11 +45,16 @@ def provider_for(job: Job, key: str, url: str) -> Provider:
     return open_provider(job.provider, Credentials(key), base_url=url, max_connections=job.limits.concurrency)
 
 
+RUN_JOB_KEYWORDS = ("output", "limit", "restart", "max_cost", "yes")
+
+
 async def run(job: Job, key: str, url: str, **kw: Any) -> RunReport:
-    """``run_job`` with a provider for ``key`` at ``url``, closed afterwards."""
+    """``run_job`` with a provider for ``key`` at ``url``, closed afterwards; keywords that are not
+    ``run_job``'s own go to its :class:`RunOptions`."""
     provider = provider_for(job, key, url)
+    own = {k: kw.pop(k) for k in RUN_JOB_KEYWORDS if k in kw}
     try:
-        return await run_job(job, provider, **kw)
+        return await run_job(job, provider, **own, options=RunOptions(**kw))
     finally:
         await provider.aclose()
 
@@ -129,8 +134,11 @@ class SendTimes:
 
     def __init__(self, inner: Provider) -> None:
         self.inner = inner
-        self.name, self.target = inner.name, inner.target
+        self.name, self.target, self.endpoint = inner.name, inner.target, inner.endpoint
         self.sent: list[float] = []
+
+    def retarget(self, target: str, **prices: float | None) -> Provider:
+        return self.inner.retarget(target, **prices)
 
     async def complete(self, request: PromptRequest) -> CallResult:
         self.sent.append(time.monotonic())

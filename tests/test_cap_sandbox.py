@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import run_job
+from pipeline import RunOptions, run_job
 from pipeline.providers.base import Account, Provider
 from pipeline.sandbox import FaultConfig, KeyConfig, Sandbox, SandboxConfig
 
@@ -24,7 +24,7 @@ class NoBalance:
 
     def __init__(self, inner: Provider) -> None:
         self.inner = inner
-        self.name, self.target = inner.name, inner.target
+        self.name, self.target, self.endpoint = inner.name, inner.target, inner.endpoint
 
     async def complete(self, request):  # type: ignore[no-untyped-def]
         return await self.inner.complete(request)
@@ -53,7 +53,7 @@ async def test_post_charge_faults_never_push_the_account_over_the_cap(tmp_path: 
         provider = provider_for(job, KEY, sb.momo_url)
         provider = provider if balance else NoBalance(provider)
         try:
-            report = await run_job(job, provider, yes=True, backoff=(0.01, 0.05))
+            report = await run_job(job, provider, yes=True, options=RunOptions(backoff=(0.01, 0.05)))
         finally:
             await provider.aclose()
         records = sb.records()
@@ -63,4 +63,4 @@ async def test_post_charge_faults_never_push_the_account_over_the_cap(tmp_path: 
     assert charged(records) <= CAP  # the account, by the server's own log
     if balance:  # the balance reads gave back what lost answers had not cost
         assert charged(records) >= 0.8 * CAP
-        assert report.extra["balance_reads"] > 1
+        assert report.balance_reads is not None and report.balance_reads > 1

@@ -31,6 +31,12 @@ def test_example_job_loads() -> None:
         ("[input]\npath='a.csv'\ntypo=1\n[prompt]\ncolumn='p'\n[provider]\nagent_id=1\n"
          "[output]\npath='o.parquet'\n", "input.typo"),
         ("not = [toml", "not valid TOML"),
+        ("[input]\npath='a.csv'\n[prompt]\ncolumn='p'\n[provider]\nagent_id=1\n[label]\nset=['a','b']\n"
+         "votes='three'\n[output]\npath='o.parquet'\n", r"label\.votes: .*'three'"),
+        ("[input]\npath='a.csv'\n[prompt]\ncolumn='p'\n[provider]\nagent_id=1\n[label]\nset=['a']\n"
+         "[output]\npath='o.parquet'\n", "label: .*at least 2 labels"),
+        ("[input]\npath='a.csv'\n[prompt]\ncolumn='p'\n[provider]\nagent_id=1\n[label]\nset=['a','b']\n"
+         "colour='red'\n[output]\npath='o.parquet'\n", "label.colour"),
     ],
 )
 def test_bad_job_files_name_the_file_and_key(tmp_path: Path, text: str, match: str) -> None:

@@ -191,7 +191,7 @@ class BalanceFailsAfterCalls:
     """A real provider whose balance read fails once a call was made (the service's billing went down)."""
 
     def __init__(self, inner: Provider) -> None:
-        self.inner, self.name, self.target = inner, inner.name, inner.target
+        self.inner, self.name, self.target, self.endpoint = inner, inner.name, inner.target, inner.endpoint
         self.called = False
 
     async def complete(self, request: PromptRequest) -> CallResult:
@@ -214,11 +214,12 @@ async def test_a_failed_balance_read_after_the_run_is_a_warning(tmp_path: Path, 
     job, key, url = job_for("momo", tmp_path, sandbox, rows=5)
     stderr = io.StringIO()
     provider = BalanceFailsAfterCalls(provider_for(job, key, url))
-    report = await _run(job, provider, quiet=True, errors=Console(file=stderr), yes=False)
+    report = await _run(job, provider, quiet=True, errors=Console(file=stderr), limit=None, restart=False,
+                        max_cost=None, yes=False)
     assert report.exit_code == 0  # the rows decide
     assert pl.read_parquet(tmp_path / "out.parquet").height == 5
-    assert "balance" in report.extra["warnings"][0] and "warning" in stderr.getvalue()
-    assert "account_charged" not in report.extra["reconciliation"]
+    assert "balance" in report.warnings[0] and "warning" in stderr.getvalue()
+    assert report.reconciliation is not None and report.reconciliation.account_charged is None
 
 
 # -- the deadline ----------------------------------------------------------------------------------

@@ -27,12 +27,8 @@ async def test_pilot_estimate_matches_the_real_run(tmp_path: Path, job_file: str
                              limits=job.limits.model_copy(update={"tier": "enterprise"}))  # no waiting
     with Sandbox(cfg).running() as sb:
         provider = provider_for(job, KEY, sb.momo_url)
-
-        async def run_pilot(rows: set[int]) -> None:
-            await run_job(job, provider, only_rows=rows, write_output=False)
-
-        try:
-            est = await estimate(job, provider, pilot=pilot, run_pilot=run_pilot)
+        try:  # the pilot's rows are run by the library's own estimate, and kept for the run
+            est = await estimate(job, provider, pilot=pilot)
             pilot_calls = len(calls(sb.records()))
             report = await run_job(job, provider)
         finally:
@@ -74,12 +70,8 @@ async def test_escalation_is_priced_from_the_pilots_agreement_and_token_figures_
     job = Job.load(ROOT / "jobs/label-gold.toml").with_overrides(output=OutputConfig(path=tmp_path / "g.parquet"))
     with Sandbox(cfg).running() as sb:
         provider = provider_for(job, KEY, sb.momo_url)
-
-        async def run_pilot(rows: set[int]) -> None:
-            await run_job(job, provider, only_rows=rows, write_output=False)
-
         try:
-            est = await estimate(job, provider, pilot=40, run_pilot=run_pilot)
+            est = await estimate(job, provider, pilot=40)
             await run_job(job, provider)
         finally:
             await provider.aclose()
@@ -107,7 +99,7 @@ async def test_escalation_is_priced_from_the_pilots_agreement_and_token_figures_
 async def test_without_a_pilot_escalation_is_assumed_for_half_and_the_worst_case_for_all(
         tmp_path: Path, sandbox: object) -> None:
     job = Job.load(ROOT / "jobs/label-gold.toml").with_overrides(output=OutputConfig(path=tmp_path / "g.parquet"))
-    plain = job.with_overrides(label={k: v for k, v in (job.label or {}).items() if k != "escalate"})
+    plain = job.with_overrides(label={k: v for k, v in (job.label_table or {}).items() if k != "escalate"})
     provider = provider_for(job, "momo-sandbox-pro", sandbox.momo_url)  # type: ignore[attr-defined]
     try:
         with_esc, without = await estimate(job, provider), await estimate(plain, provider)

@@ -12,7 +12,6 @@ import pytest
 from pipeline import ConfigError, Job, evaluate
 from pipeline.config import OutputConfig
 from pipeline.labels import EscalateConfig, LabelSpec, parse_label
-from pipeline.labels.task import label_config
 from pipeline.sandbox import RELAY_PRICES, Sandbox, SandboxConfig
 
 from .helpers import calls, relay_job, run
@@ -38,7 +37,7 @@ def test_which_rows_escalate(label: str | None, agreement: float, below: float, 
 
 def gold_job(out: Path, **label: Any) -> Job:
     job = Job.load(ROOT / "jobs/label-gold.toml")
-    return job.with_overrides(label={**(job.label or {}), **label}, output=OutputConfig(path=out))
+    return job.with_overrides(label={**(job.label_table or {}), **label}, output=OutputConfig(path=out))
 
 
 @pytest.mark.parametrize(("escalate", "kind", "message"), [
@@ -51,11 +50,11 @@ def gold_job(out: Path, **label: Any) -> Job:
     ({"agent_id": 301}, "momo", "the job's own target"),
 ])
 def test_escalate_settings_are_checked(tmp_path: Path, escalate: dict[str, Any], kind: str, message: str) -> None:
-    job = gold_job(tmp_path / "o.parquet", escalate=escalate)
-    if kind == "openai":
-        job = relay_job(GOLD, tmp_path / "o.parquet", "http://x").with_overrides(label=job.label)
+    """Checked when the job is made (a job file: when it loads), before anything reads the input."""
+    label = {**(Job.load(ROOT / "jobs/label-gold.toml").label_table or {}), "escalate": escalate}
+    base = relay_job(GOLD, tmp_path / "o.parquet", "http://x") if kind == "openai" else gold_job(tmp_path / "o.parquet")
     with pytest.raises(ConfigError, match=message):
-        label_config(job)
+        base.with_overrides(label=label)
 
 
 @pytest.fixture
@@ -119,7 +118,7 @@ async def test_on_the_gold_sample_votes_beat_one_vote_and_escalation_beats_votes
     for name, label in [("1 vote", {"votes": 1, "escalate": None}), ("3 votes", {"votes": 3, "escalate": None}),
                         ("escalation", {"votes": 3, "escalate": {"agent_id": 302, "below": 0.67}})]:
         job = gold_job(out, **label)
-        job = job.with_overrides(label={k: v for k, v in (job.label or {}).items() if v is not None})
+        job = job.with_overrides(label={k: v for k, v in (job.label_table or {}).items() if v is not None})
         await run(job, KEY, gold_sandbox.momo_url)
         got = pl.read_parquet(out)
         ev = evaluate(out, "gold")

@@ -29,6 +29,7 @@ async def test_label_job_yields_only_labels_from_the_set(tmp_path: Path, sandbox
     assert (ok["label_votes"].list.len() == 3).all()
     assert (out["cost"] >= 0).all() and (out["label_calls"] >= 3).all()
     assert (out["raw_response"].list.len() >= 1).all()
-    summary = report.extra["labels"]
+    summary = report.labels
+    assert summary is not None
     assert sum(summary["label_distribution"].values()) == 120
     assert 0 <= summary["unparsed_rate"] < 0.5

@@ -75,7 +75,7 @@ def test_schemas_that_cannot_be_columns_are_refused(schema: dict[str, Any], mess
 
 def structured_job(out: Path, **label: Any) -> Job:
     job = Job.load(ROOT / "jobs/label-structured.toml")
-    return job.with_overrides(label={**(job.label or {}), **label}, output=OutputConfig(path=out))
+    return job.with_overrides(label={**(job.label_table or {}), **label}, output=OutputConfig(path=out))
 
 
 def test_a_field_named_like_an_output_column_is_refused(tmp_path: Path) -> None:
@@ -87,7 +87,7 @@ def test_a_field_named_like_an_output_column_is_refused(tmp_path: Path) -> None:
 async def test_schema_columns_and_the_re_ask_of_answers_that_fail_validation(tmp_path: Path) -> None:
     out = tmp_path / "structured.parquet"
     job = structured_job(out, votes=1, escalate=None, schema=SCHEMA)
-    job = job.with_overrides(label={k: v for k, v in (job.label or {}).items() if v is not None})
+    job = job.with_overrides(label={k: v for k, v in (job.label_table or {}).items() if v is not None})
     with Sandbox(SandboxConfig(label_truth=GOLD)).running() as sb:
         await run(job, "momo-sandbox-enterprise", sb.momo_url, limit=60)
         sent = {r["prompt_sha"] for r in calls(sb.records())}

@@ -89,14 +89,16 @@ async def test_identical_requests_are_sent_once_and_the_cost_column_sums_to_the_
     report = await run(job, KEY, sandbox.momo_url)
     records = sandbox.records()
     assert charged_per_prompt(records) == Counter({sha(p): 1 for p in BASE[:10]})
-    assert report.extra["requests"]["distinct_requests"] == 10
-    assert report.extra["requests"]["dedup_saved_requests"] == 30
+    assert report.requests is not None
+    assert report.requests.distinct_requests == 10
+    assert report.requests.dedup_saved_requests == 30
     out = pl.read_parquet(tmp_path / "out.parquet")
     assert (out["status"] == "ok").all() and out["duplicate"].sum() == 30
     assert_answers_are_their_own(out, records)
     charged = sum(r["cost"] for r in calls(records) if r["charged"])  # the sandbox's figure, summed by hand
     assert out["cost"].sum() == pytest.approx(charged, abs=1e-9)
-    assert report.extra["job_totals"]["cost"] == pytest.approx(charged, abs=1e-6)
+    assert report.job_totals is not None
+    assert report.job_totals.cost == pytest.approx(charged, abs=1e-6)
 
 
 async def test_dedup_off_sends_every_repeat(tmp_path: Path, sandbox: Any) -> None:
@@ -273,13 +275,13 @@ async def test_a_local_run_takes_up_what_a_distributed_runs_workers_recorded(tmp
     """Shards left by workers of a ``--ray`` run that died are merged before a local run sends anything."""
     from pipeline.ledger import SHARDS
     from pipeline.plan import KEY as ROW_KEY
-    from pipeline.plan import endpoint_of, prepare
+    from pipeline.plan import prepare
     from pipeline.result import RowResult
 
     data = write_questions(tmp_path / "q.csv", BASE[:10])
     job = momo_job(data, tmp_path / "out.parquet", sandbox.momo_url)
     provider = provider_for(job, KEY, sandbox.momo_url)
-    keys = prepare(job, endpoint=endpoint_of(provider)).keys[ROW_KEY].to_list()
+    keys = prepare(job, endpoint=provider.endpoint).keys[ROW_KEY].to_list()
     await provider.aclose()
     with Ledger.open(tmp_path / "out.parquet") as ledger:
         run_no = ledger.run

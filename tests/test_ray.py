@@ -9,14 +9,15 @@ import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import anyio
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import Credentials, Job, Price
-from pipeline.ledger import FINAL, SHARDS, Ledger
+from pipeline import Credentials
+from pipeline.connect import Connection
+from pipeline.ledger import FINAL, SHARDS, Ledger, ledger_dir
 from pipeline.ray import RayOptions, run_job
 from pipeline.sandbox import KeyConfig, Sandbox, SandboxConfig
 
@@ -26,7 +27,7 @@ from .helpers import (
     cli,
     max_in_any_window,
     momo_job,
-    provider_for,
+    posts,
     questions,
     write_job_toml,
 )
@@ -57,28 +58,20 @@ def _every_row_once(out: pl.DataFrame, n: int) -> None:
     assert out.height == n and out["id"].to_list() == [f"q{i:04d}" for i in range(n)]
 
 
-async def _price(job: Job, key: str, url: str) -> Price:
-    provider = provider_for(job, key, url)
-    try:
-        return await provider.price()
-    finally:
-        await provider.aclose()
-
-
 def test_a_cap_holds_across_workers_and_a_raised_cap_resumes(tmp_path: Path) -> None:
     key, cap, n = "momo-nopkg", 0.05, 200
     cfg = SandboxConfig(keys={key: KeyConfig(tier="enterprise", balance=100.0, packages={})}, latency_ms=10)
     with Sandbox(cfg).running() as sb:
         job = momo_job(questions(tmp_path / "q.csv", n), tmp_path / "out", sb.momo_url, concurrency=8)
-        price = anyio.run(_price, job, key, sb.momo_url)
         opts = RayOptions(workers=4, parts_rows=64)  # and the output as a directory of parts
-        first = run_job(job, Credentials(key), base_url=sb.momo_url, price=price, max_cost=cap, options=opts)
+        # yes: the worst case of 200 calls is over the cap (the preflight refuses it without)
+        first = run_job(job, Connection(Credentials(key), sb.momo_url), max_cost=cap, yes=True, options=opts)
         capped = pl.read_parquet(tmp_path / "out" / "part-*.parquet")
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
             "_momo_batch.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet",
             "part-00003.parquet"]
         charged_first = sum(r["cost"] for r in calls(sb.records()) if r["charged"])
-        second = run_job(job, Credentials(key), base_url=sb.momo_url, price=price, max_cost=10.0, options=opts)
+        second = run_job(job, Connection(Credentials(key), sb.momo_url), max_cost=10.0, options=opts)
         records = calls(sb.records())
     assert first.exit_code == 4 and first.stop_code == "BUDGET_EXCEEDED"
     assert charged_first <= cap and capped["cost"].sum() == pytest.approx(charged_first)
@@ -109,7 +102,7 @@ def test_a_killed_worker_loses_no_row_and_repays_at_most_its_calls_in_flight(tmp
                        concurrency=concurrency)
         killer = threading.Thread(target=kill_one_worker, args=(sb,))
         killer.start()
-        report = run_job(job, Credentials("momo-sandbox-enterprise"), base_url=sb.momo_url,
+        report = run_job(job, Connection(Credentials("momo-sandbox-enterprise"), sb.momo_url),
                          options=RayOptions(workers=2))
         killer.join()
         records = calls(sb.records())
@@ -166,3 +159,39 @@ def test_four_workers_share_one_tier_and_write_what_a_local_run_writes(tmp_path:
     assert set(meta) == set(pq.read_metadata(tmp_path / "local.parquet").metadata)
     for column in ("id", "response", "status", "request_key", "duplicate"):
         assert mine[column].to_pylist()[:40] == theirs[column].to_pylist()
+
+
+# -- one run path: --ray refuses what a local run refuses, before Ray starts or anything is paid ------
+REFUSALS: dict[str, tuple[str, dict[str, dict[str, Any]], int]] = {
+    # what is wrong: (the key, the job file's changes, the exit code)
+    "worst case over the balance": ("momo-poor", {}, 7),
+    "worst case over max_cost": ("momo-rich", {"limits": {"max_cost": 0.0001}}, 7),
+    "a prompt column the input lacks": ("momo-rich", {"prompt": {"template": "{nope}"}}, 2),
+    "the output is the input": ("momo-rich", {"output": {"path": "IN"}}, 2),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_a_refused_job_is_refused_alike_locally_and_on_ray(tmp_path: Path, case: str) -> None:
+    key, changes, code = REFUSALS[case]
+    cfg = SandboxConfig(keys={"momo-poor": KeyConfig(tier="enterprise", balance=0.0001, packages={}),
+                              "momo-rich": KeyConfig(tier="enterprise", balance=100.0, packages={})})
+    data = questions(tmp_path / "q.csv", 20)
+    with Sandbox(cfg).running() as sb:
+        outcomes = {}
+        for where, flags in (("local", []), ("ray", ["--ray", "--workers", "2"])):
+            out = tmp_path / where / "out.parquet"
+            tables: dict[str, dict[str, Any]] = {
+                "input": {"path": data}, "prompt": {"template": "{question}"},
+                "provider": {"kind": "momo", "agent_id": 159, "max_tokens": 200},
+                "limits": {"tier": "enterprise", "concurrency": 4}, "output": {"path": out}}
+            for name, table in changes.items():
+                tables[name] = {**tables[name], **{k: data if v == "IN" else v for k, v in table.items()}}
+            (tmp_path / where).mkdir()
+            job = write_job_toml(tmp_path / where / "job.toml", tables)
+            proc = cli("run", str(job), *flags, key=key, MOMO_BASE_URL=sb.momo_url, timeout=120)
+            outcomes[where] = (proc.returncode, proc.stderr.strip().splitlines()[-1:])
+            assert not ledger_dir(out).exists() and not out.exists(), where  # nothing left behind
+        assert not posts(sb.records()), "a refused job paid a call"
+    assert outcomes["local"][0] == outcomes["ray"][0] == code, outcomes
+    assert outcomes["local"][1] == outcomes["ray"][1], outcomes  # the same one-line reason

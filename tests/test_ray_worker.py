@@ -11,6 +11,7 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline import Credentials
+from pipeline.connect import Connection
 from pipeline.ledger import FINAL, SHARDS, Ledger
 from pipeline.ray.coordinator import Coordinator, lateness
 from pipeline.ray.worker import Worker, WorkerSpec
@@ -46,7 +47,7 @@ class LocalHandle:
 def _worker(tmp: Path, url: str, coordinator: Coordinator, ledger: Ledger, n: int = 40) -> tuple[Worker, pa.Table]:
     ledger.fold()  # as the driver does: workers read the job's ledger immutable
     job = momo_job(questions(tmp / "q.csv", n), tmp / "out.parquet", url, concurrency=8)
-    spec = WorkerSpec(job=job, credentials=Credentials(KEY), base_url=url, endpoint=url,
+    spec = WorkerSpec(job=job, connection=Connection(Credentials(KEY), url),
                       coordinator=LocalHandle(coordinator), ledger_root=ledger.root, run=ledger.run, price=None,
                       cap=None, concurrency=8, lateness=lateness(60.0))
     return Worker(spec), pl.read_csv(tmp / "q.csv").to_arrow()
@@ -119,5 +120,5 @@ def test_an_address_nobody_answers_on_is_refused_at_once(tmp_path: Path) -> None
     job = momo_job(questions(tmp_path / "q.csv", 3), tmp_path / "out.parquet", "http://127.0.0.1:9/v1")
     started = time.monotonic()
     with pytest.raises(ConfigError, match=r"--address 127.0.0.1:9: no Ray cluster answers there"):
-        run_job(job, Credentials(KEY), options=RayOptions(address="127.0.0.1:9"))
+        run_job(job, Connection(Credentials(KEY)), options=RayOptions(address="127.0.0.1:9"))
     assert time.monotonic() - started < 5

@@ -14,8 +14,7 @@ import polars as pl
 import pytest
 from httpx import Client
 
-from pipeline import run_job
-from pipeline.estimator import estimate
+from pipeline.job import RunOptions, estimate, run_job
 from pipeline.sandbox import FaultConfig, NewApiConfig, RelayKeyConfig, Sandbox, SandboxConfig
 
 from .helpers import posts, provider_for, questions, relay_job, run
@@ -101,7 +100,7 @@ async def test_a_saturated_upstream_backs_off_the_call_and_keeps_the_pace(tmp_pa
     assert report.exit_code == 0 and report.stats.ok == 200
     assert len(saturated) >= 10  # the upstream really was saturated now and then
     assert report.stats.rate_limited == 0
-    learned = report.extra["rate_limiter"]
+    learned = report.rate_limiter
     assert learned["found_per_minute"] is None and learned["stated_per_minute"] is None
     assert learned["pace_per_minute"] == (None if rate is None else pytest.approx(rate))
 
@@ -117,7 +116,7 @@ async def test_the_model_rate_limit_is_learned_from_its_message(tmp_path: Path) 
         refused = [r for r in posts(sb.records()) if r["code"] == "model_rate_limit"]
     assert report.exit_code == 0 and report.stats.ok == 150
     assert 1 <= len(refused) <= 12
-    assert report.extra["rate_limiter"]["stated_per_minute"] == 60
+    assert report.rate_limiter["stated_per_minute"] == 60
 
 
 async def test_the_total_counter_spends_refused_calls_too(tmp_path: Path) -> None:
@@ -130,7 +129,7 @@ async def test_the_total_counter_spends_refused_calls_too(tmp_path: Path) -> Non
         refused = [r for r in posts(sb.records()) if r["code"] == "model_rate_limit"]
     assert report.exit_code == 0 and report.stats.ok == 100
     assert 1 <= len(refused) <= 12
-    assert report.extra["rate_limiter"]["stated_per_minute"] == 40
+    assert report.rate_limiter["stated_per_minute"] == 40
 
 
 # -- the relay's own numbers ---------------------------------------------------------------------------------
@@ -143,14 +142,10 @@ async def test_a_relay_job_without_prices_is_priced_and_estimated_by_the_relay(t
         job = relay_job(questions(tmp_path / "q.csv", 100), tmp_path / "out.parquet", sb.relay_url, concurrency=8,
                         provider={"prompt_price_per_million": None, "completion_price_per_million": None})
         provider = provider_for(job, KEY, sb.relay_url)
-
-        async def run_pilot(rows: set[int]) -> None:
-            await run_job(job, provider, only_rows=rows, write_output=False)
-
         try:
             price = await provider.price()
-            est = await estimate(job, provider, pilot=20, run_pilot=run_pilot)
-            report = await run_job(job, provider, backoff=FAST)
+            est = await estimate(job, provider, pilot=20)
+            report = await run_job(job, provider, options=RunOptions(backoff=FAST))
         finally:
             await provider.aclose()
         charged = charged_usd(sb.records())

@@ -8,7 +8,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import Job, run_job
+from pipeline import Job, RunOptions, run_job
 from pipeline.sandbox import FaultConfig, KeyConfig, RelayKeyConfig, Sandbox, SandboxConfig
 
 from .helpers import (
@@ -164,7 +164,7 @@ async def test_limiter_learns_a_lower_limit_from_headers(tmp_path: Path) -> None
                        concurrency=32)
         provider = SendTimes(provider_for(job, "momo-sandbox-basic", sb.momo_url))
         try:
-            report = await run_job(job, provider, backoff=(0.01, 0.2))
+            report = await run_job(job, provider, options=RunOptions(backoff=(0.01, 0.2)))
         finally:
             await provider.aclose()
         limited = [r for r in calls(sb.records()) if r["status"] == 429]
@@ -214,7 +214,7 @@ async def test_a_server_window_shorter_than_the_jobs_is_learned_not_read_as_a_mi
     admitted = [r["ts"] for r in records if r["status"] == 200]
     assert within_limit(admitted, algorithm, 50, server_window)
     assert sum(r["status"] == 429 for r in records) <= 2 + len(admitted) // 50
-    learned = report.extra["rate_limiter"]
+    learned = report.rate_limiter
     assert learned["server_limit"] == 50
     assert learned["pace_per_minute"] >= 0.75 * 300  # not 50 per "minute"
     if algorithm != "token_bucket":  # a bucket's Reset is its next token, a fraction of its window
@@ -240,7 +240,7 @@ async def test_header_less_429s_find_the_rate_from_an_unlimited_start(tmp_path: 
     assert within_limit(admitted, algorithm, 20, window)
     refused = sum(r["status"] == 429 for r in records)
     assert 0 < refused <= 0.35 * len(records)  # the first burst costs up to `concurrency` of them
-    found = report.extra["rate_limiter"]["found_per_minute"]
+    found = report.rate_limiter["found_per_minute"]
     assert found is not None and found <= 2 * 20  # settled near the server's rate, not at the first burst's
 
 
@@ -273,4 +273,4 @@ async def test_a_run_without_a_cap_drops_the_vocabulary_after_its_preflight_and_
         pilot = await run(job, "momo-sandbox-enterprise", sb.momo_url, restart=True, check=False,
                           on_result=lambda _: events.append("row"))
     assert pilot.exit_code == 0 and events == ["row"] * 5
-    assert "reconciliation" in free.extra  # the preflight ran (and counted)
+    assert free.reconciliation is not None  # the preflight ran (and counted)

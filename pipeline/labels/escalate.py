@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
 from ..keys import Keyer
 from ..providers.base import PromptRequest, Provider
 from .spec import EscalateConfig
@@ -26,13 +25,8 @@ __all__ = ["escalation_caller", "escalation_keyer", "escalation_provider", "esca
 
 def escalation_provider(provider: Provider, esc: EscalateConfig) -> Provider:
     """The stronger target behind ``provider``'s account (no I/O)."""
-    retarget = getattr(provider, "retarget", None)
-    if retarget is None:
-        raise ConfigError(f"[label] escalate: {type(provider).__name__} cannot switch targets; "
-                          "pass escalation_provider= to run_job")
-    retargeted: Provider = retarget(esc.target, prompt_price_per_million=esc.prompt_price_per_million,
-                                    completion_price_per_million=esc.completion_price_per_million)
-    return retargeted
+    return provider.retarget(esc.target, prompt_price_per_million=esc.prompt_price_per_million,
+                             completion_price_per_million=esc.completion_price_per_million)
 
 
 def escalation_request(esc: EscalateConfig, job: Job) -> PromptRequest:

@@ -13,12 +13,14 @@ escalate = { agent_id = 302, below = 0.67 }   # relays: { model = "gpt-4o", ...p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .parse import LabelSpec, label_instruction, normalize
-from .schema import StructuredSchema, schema_instruction
+
+if TYPE_CHECKING:
+    from .schema import StructuredSchema
 
 __all__ = ["EscalateConfig", "LabelConfig"]
 
@@ -94,6 +96,8 @@ class LabelConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> LabelConfig:
         if self.schema_ is not None:
+            from .schema import StructuredSchema  # polars: only for a job with a schema
+
             StructuredSchema.of(self.schema_)  # a ValueError names the property that cannot be a column
         elif len(self.set) < 2:
             raise ValueError("set: give at least 2 labels (or a schema)")
@@ -117,11 +121,15 @@ class LabelConfig(BaseModel):
 
     @property
     def structured(self) -> StructuredSchema | None:
+        from .schema import StructuredSchema
+
         return None if self.schema_ is None else StructuredSchema.of(self.schema_)
 
     def default_instruction(self) -> str:
         """What follows the text when the job gives no ``instruction`` (unescaped)."""
         if self.schema_ is not None:
+            from .schema import schema_instruction
+
             return schema_instruction(self.schema_)
         return label_instruction(self.to_spec())
 
@@ -136,6 +144,8 @@ class LabelConfig(BaseModel):
         if self.instruction is None:
             return f"{{{text_column}}}\n\n{_escape(self.default_instruction())}"
         if self.schema_ is not None:
+            from .schema import schema_instruction
+
             line, marker, placeholder = schema_instruction(self.schema_).splitlines()[-1], "JSON schema:", "{schema}"
         else:
             line, marker, placeholder = f"Labels: {' | '.join(self.set)}", "Labels:", "{labels}"

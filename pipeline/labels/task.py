@@ -59,19 +59,10 @@ ESCALATION_SCHEMA: dict[str, pl.DataType] = {
 
 
 def label_config(job: Job) -> LabelConfig:
-    try:
-        cfg = LabelConfig.model_validate(job.label or {})
-    except ValueError as exc:
-        raise ConfigError(f"[label]: {exc}") from None
-    esc = cfg.escalate
-    if esc is not None:
-        kind = job.provider.kind
-        if (esc.agent_id is not None) != (kind == "momo"):
-            wanted = "agent_id = ..." if kind == "momo" else "model = ... with its prices"
-            raise ConfigError(f"[label] escalate: a {kind} job escalates to {wanted}")
-        if esc.target == job.provider.target:
-            raise ConfigError(f"[label] escalate: {esc.target} is the job's own target; escalate to a stronger one")
-    return cfg
+    """A label job's ``[label]`` table, validated when the job loaded."""
+    if job.label is None:
+        raise ConfigError("not a label job: the job file has no [label] table")
+    return job.label
 
 
 def label_columns(cfg: LabelConfig) -> dict[str, pl.DataType]:

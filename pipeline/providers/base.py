@@ -81,6 +81,7 @@ class Provider(Protocol):
 
     name: str  # "momo" | "openai"
     target: str  # agent id or model name, as text
+    endpoint: str  # what request keys call the service: its base URL (see pipeline.keys)
 
     async def complete(self, request: PromptRequest) -> CallResult:
         """Make one call. Raises an :class:`~pipeline.errors.APIError` subclass on failure."""
@@ -92,6 +93,12 @@ class Provider(Protocol):
 
     async def price(self) -> Price:
         """The list price of the target (checks that the target exists)."""
+        ...
+
+    def retarget(self, target: str, *, prompt_price_per_million: float | None = None,
+                 completion_price_per_million: float | None = None) -> Provider:
+        """Another target behind the same account and connections (a label job's escalation);
+        closing it leaves the shared connections open. Prices are for relay models."""
         ...
 
     async def aclose(self) -> None: ...

@@ -19,24 +19,27 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from ..config import Job, OutputConfig
-from ..connect import Credentials
-from ..errors import ConfigError, MomoError, WriteError
-from ..job import RunReport, provenance
+from ..config import Job
+from ..connect import Connection
+from ..errors import ConfigError, MomoError, WriteError, exit_code_for
+from ..job import Prepared, prepare, provenance, resolve
 from ..ledger import Ledger
+from ..outcome import RayFigures, Reuse, RunReport
 from ..output_path import PARTS_MARK
 from ..plan import check_collisions, make_task, output_columns, prompt_expr
-from ..providers.base import Price
+from ..preflight import Warn
+from ..providers.base import Provider
 from ..runner import RunStats
 from ..sink import Totals
 from .coordinator import Coordinator, lateness
@@ -47,6 +50,8 @@ READ_CPUS = 0.25  # reading a block is short: a full core each would make the wo
 BATCH_PER_CONCURRENCY = 4  # rows per batch handed to a worker, per call it keeps in flight
 # batches a worker holds at once: while one drains (its last calls finishing), the next feed the runner
 BATCHES_IN_FLIGHT = 3
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -60,32 +65,56 @@ class RayOptions:
     parts_rows: int | None = None  # write a directory of Parquet parts of this many rows
     backoff: tuple[float, float] = (0.5, 30.0)
     init: dict[str, Any] = field(default_factory=dict)  # more ``ray.init`` arguments
+    warn: Warn | None = None  # the preflight's warnings as they arise (all are in ``report.warnings``)
+    stop_on_signals: bool = False  # SIGINT / SIGTERM stop the job softly (the CLI's choice)
 
 
-def run_job(job: Job | str | Path, credentials: Credentials, *, base_url: str | None = None,
-            endpoint: str | None = None, price: Price | None = None, options: RayOptions | None = None,
-            output: Path | None = None, limit: int | None = None, restart: bool = False,
-            max_cost: float | None = None, stop_on_signals: bool = False) -> RunReport:
+def run_job(job: Job | str | Path, connection: Connection, *, output: Path | None = None,
+            limit: int | None = None, restart: bool = False, max_cost: float | None = None,
+            yes: bool = False, options: RayOptions | None = None) -> RunReport:
     """Run ``job`` on Ray Data with one rate limit, one budget and one ledger for all workers.
 
-    Like :func:`pipeline.run_job`, safe to run again after any stop or crash: every answer is kept
-    by content key. ``price`` (from the provider) is needed with a cap (``max_cost`` or
-    ``limits.max_cost``): a call reserves its worst case. ``endpoint`` is what request keys call
-    the service (default: ``base_url``), as :func:`pipeline.plan.endpoint_of` says for a provider.
+    The same run as :func:`pipeline.run_job`, with its calls executed by Ray's workers: the same
+    preflight first (a worst case over the balance or ``max_cost`` raises
+    :class:`~pipeline.errors.PreflightRefused` unless ``yes``, before Ray starts or anything is
+    paid), the same reconciliation after. Safe to run again after any stop or crash: every
+    answer is kept by content key. ``connection`` says where the calls go; each worker opens its
+    own client from it.
     """
+    opts = options or RayOptions()
+    job = resolve(job, output=output)
+    _check(job)
+    _reachable(opts.address)  # a cluster that is not there: said at once, before the preflight's requests
+    prepared = _with_provider(job, connection, lambda provider: prepare(
+        job, provider, limit=limit, restart=restart, max_cost=max_cost, yes=yes, warn=opts.warn,
+        parts=opts.parts_rows is not None))
+    report = _on_ray(prepared, connection, opts, limit=limit, restart=restart)
+    _with_provider(job, connection, lambda provider: prepared.settle(provider, report))
+    return report
+
+
+def _with_provider(job: Job, connection: Connection, step: Callable[[Provider], Awaitable[T]]) -> T:
+    """One step of the driver's with a provider of its own (a provider's connections belong to
+    the event loop that opened them: each ``anyio.run`` opens and closes its own)."""
+
+    async def go() -> T:
+        provider = connection.open(job.provider)
+        try:
+            return await step(provider)
+        finally:
+            await provider.aclose()
+
+    return anyio.run(go)
+
+
+def _on_ray(prepared: Prepared, connection: Connection, opts: RayOptions, *, limit: int | None,
+            restart: bool) -> RunReport:
+    """The calls, on Ray: start (or join) Ray, hold the ledger, drive the workers."""
     import ray
 
-    opts = options or RayOptions()
-    job = job if isinstance(job, Job) else Job.load(job)
-    if output is not None:
-        job = job.with_overrides(output=OutputConfig(path=output))
-    _check(job)
-    cap = max_cost if max_cost is not None else job.limits.max_cost
-    if cap is not None and price is None:
-        raise ConfigError("a cost cap needs the target's price (the worst case of a call)")
+    job = prepared.job
     started_ray = not ray.is_initialized()
     if started_ray:
-        _reachable(opts.address)
         try:  # Ray's own chatter (execution plans, progress) stays in its log files, errors still show
             # a local Ray listens on loopback only: nothing of this job's leaves the machine
             local = {} if opts.address else {"_node_ip_address": "127.0.0.1"}
@@ -99,8 +128,7 @@ def run_job(job: Job | str | Path, credentials: Credentials, *, base_url: str | 
             for shard in ledger.shards():  # a run that died left these: merge before anything is sent
                 ledger.absorb(shard)
             ledger.fold()  # workers read it as it is now: it does not change until they are done
-            return _drive(job, ledger, credentials, base_url=base_url, endpoint=endpoint or base_url or "",
-                          price=price, cap=cap, opts=opts, limit=limit, stop_on_signals=stop_on_signals)
+            return _drive(prepared, ledger, connection, opts=opts, limit=limit)
     finally:
         if started_ray:
             ray.shutdown()
@@ -127,30 +155,28 @@ def _check(job: Job) -> None:
         raise ConfigError("reuse.cache (--cache) is not supported with --ray yet")
 
 
-def _drive(job: Job, ledger: Ledger, credentials: Credentials, *, base_url: str | None, endpoint: str,
-           price: Price | None, cap: float | None, opts: RayOptions, limit: int | None,
-           stop_on_signals: bool) -> RunReport:
+def _drive(prepared: Prepared, ledger: Ledger, connection: Connection, *, opts: RayOptions,
+           limit: int | None) -> RunReport:
     import ray
     import ray.data
 
+    job, cap = prepared.job, prepared.cap
     limits = job.limits
     coordinator: Any = ray.remote(Coordinator).options(num_cpus=0).remote(
         limits.rate_per_window, limits.window_seconds, cap, ledger.totals().spent,
         stall=2 * job.provider.timeout)
     concurrency = limits.concurrency
-    spec = WorkerSpec(job=job, credentials=credentials, base_url=base_url, endpoint=endpoint,
-                      coordinator=coordinator, ledger_root=ledger.root.resolve(), run=ledger.run,
-                      price=price, cap=cap, concurrency=concurrency, lateness=lateness(limits.window_seconds),
-                      backoff=opts.backoff)
+    spec = WorkerSpec(job=job, connection=connection, coordinator=coordinator,
+                      ledger_root=ledger.root.resolve(), run=ledger.run, price=prepared.price, cap=cap,
+                      concurrency=concurrency, lateness=lateness(limits.window_seconds), backoff=opts.backoff)
     batch_rows = opts.batch_rows or max(256, concurrency * BATCH_PER_CONCURRENCY)
     ds = _dataset(job, limit, batch_rows).map_batches(
         Worker, fn_constructor_kwargs={"spec": spec}, batch_size=None, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=opts.workers, max_concurrent_calls_per_actor=BATCHES_IN_FLIGHT),
         num_cpus=_worker_cpus(opts))
     out = job.output.path
-    report = RunReport(out, RunStats(), None, None, 0.0, limits.rate_per_window, limits.window_seconds)
     started = time.monotonic()
-    with _signals(coordinator, stop_on_signals), warnings.catch_warnings():
+    with _signals(coordinator, opts.stop_on_signals), warnings.catch_warnings():
         # a job smaller than a batch per worker: Ray Data says so; it is not a problem
         warnings.filterwarnings("ignore", "The minimum number of concurrent actors", UserWarning)
         writer = _Writer(out, opts.parts_rows)
@@ -165,13 +191,10 @@ def _drive(job: Job, ledger: Ledger, credentials: Credentials, *, base_url: str 
             if rows == 0:
                 raise ConfigError(f"{job.input.path}: input has no rows")
             got = ray.get(coordinator.report.remote())
-            report = _report(report, got, rows, time.monotonic() - started)
-            report.extra["requests"] = {"rows_with_prompt": sendable, "distinct_requests": len(seen),
-                                        "dedup_saved_requests": sendable - len(seen),
-                                        "cache_answers": 0, "cache_saved_cost": 0.0}
-            report.extra["ray"] = {"workers": opts.workers, "granted": got["granted"],
-                                   "dropped_grants": int(got["counters"].get("dropped_grants", 0))}
-            report.extra["job_totals"] = totals.as_dict()
+            report = _report(job, got, rows, time.monotonic() - started)
+            report.requests = Reuse(sendable, len(seen))
+            report.ray = RayFigures(opts.workers, got["granted"], int(got["counters"].get("dropped_grants", 0)))
+            report.job_totals = totals.final()
             writer.close(provenance(job, job.provider.target, report))
         finally:
             writer.abort()
@@ -180,7 +203,7 @@ def _drive(job: Job, ledger: Ledger, credentials: Credentials, *, base_url: str 
         ledger.absorb(shard)
     summarise = getattr(make_task(job), "summarise", None)
     if summarise is not None:
-        report.extra["labels"] = summarise(pl.scan_parquet(out / "part-*.parquet" if opts.parts_rows else out))
+        report.labels = summarise(pl.scan_parquet(out / "part-*.parquet" if opts.parts_rows else out))
     return report
 
 
@@ -255,7 +278,7 @@ def _first_pays(part: pl.DataFrame, seen: set[str]) -> pl.DataFrame:
         pl.when(duplicate & pl.col("cost").is_not_null()).then(pl.lit(0.0)).otherwise(pl.col("cost")).alias("cost"))
 
 
-def _report(report: RunReport, got: dict[str, Any], rows: int, wall: float) -> RunReport:
+def _report(job: Job, got: dict[str, Any], rows: int, wall: float) -> RunReport:
     counters = got["counters"]
     stats = RunStats(total=rows)
     for name in ("already_done", "ok", "error", "skipped", "unparsed", "tokens", "calls", "retries",
@@ -265,8 +288,9 @@ def _report(report: RunReport, got: dict[str, Any], rows: int, wall: float) -> R
     stats.first_call = counters.get("first_call_min")
     stats.last_call = counters.get("last_call_max")
     stopped = got["stopped"]
-    return RunReport(report.output, stats, stopped[0] if stopped else None, stopped[1] if stopped else None,
-                     wall, report.rate_target, report.window_seconds, report.extra)
+    return RunReport(job.output.path, stats, stopped[0] if stopped else None, stopped[1] if stopped else None,
+                     exit_code_for(stopped[0]) if stopped else None, wall, job.limits.rate_per_window,
+                     job.limits.window_seconds)
 
 
 class _Writer:

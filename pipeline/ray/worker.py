@@ -34,7 +34,7 @@ import polars as pl
 import pyarrow as pa
 
 from ..config import Job
-from ..connect import Credentials, open_provider
+from ..connect import Connection
 from ..dataset import PROMPT, ROW
 from ..errors import BudgetExceeded, MomoError, error_for
 from ..ledger import DB_NAME, FINAL, RETRY, SHARDS, Entry, Ledger, _connect
@@ -51,13 +51,11 @@ _RANK = {FINAL: 3, 1: 2, RETRY: 1, 0: 0}
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a worker needs, sent once to each worker process (the key stays in ``credentials``,
+    """Everything a worker needs, sent once to each worker process (the key stays in ``connection``,
     whose repr hides it)."""
 
     job: Job
-    credentials: Credentials
-    base_url: str | None
-    endpoint: str  # what request keys call the service (see pipeline.plan.endpoint_of)
+    connection: Connection  # where the calls go, with which key (its repr hides the key)
     coordinator: Any  # the coordinator's actor handle
     ledger_root: Path  # <output>.ledger, on storage every worker can reach
     run: int  # the driver's run number in the job's ledger
@@ -290,9 +288,8 @@ class Engine:
         job = spec.job
         coordinator = spec.coordinator
         self.spec = spec
-        self.provider = open_provider(job.provider, spec.credentials, base_url=spec.base_url,
-                                      max_connections=spec.concurrency)
-        self.keyer = make_keyer(job, spec.endpoint)
+        self.provider = spec.connection.open(job.provider, max_connections=spec.concurrency)
+        self.keyer = make_keyer(job, self.provider.endpoint)
         self.prompt, _ = prompt_expr(job)
         task = make_task(job)
         self.schema = record_schema(task.extra_schema)
