@@ -21,7 +21,7 @@ from rich.table import Table
 from . import __version__
 from ._memory import tune_allocators
 from .config import Job, OutputConfig, ProviderConfig
-from .connect import Credentials
+from .connect import Connection, Credentials
 from .errors import ConfigError, MomoError, TransientError, redact
 from .outcome import EXIT_MEANINGS, ExitCode
 
@@ -89,21 +89,25 @@ def _credentials(cfg: ProviderConfig) -> Credentials:
 
 
 @contextlib.contextmanager
-def _sandbox_for(cfg: ProviderConfig, tier: str, enabled: bool, *,
-                 label_truth: Path | None = None) -> Iterator[tuple[str | None, Credentials | None]]:
-    """With ``--sandbox``: a sandbox server on an ephemeral port, and its public demo key; its
-    labelling agents know the gold labels of ``label_truth``, if given."""
-    if not enabled:
-        yield None, None
+def _connect(job: Job, base_url: str | None, sandbox: bool) -> Iterator[Connection]:
+    """Where the job's calls go: ``--base-url`` (or the environment) with the key from the
+    environment; with ``--sandbox``, a sandbox server on an ephemeral port and its public demo
+    key (its labelling agents know the gold labels of a label job's input, if it has them)."""
+    cfg = job.provider
+    if not sandbox:
+        yield Connection(_credentials(cfg), base_url or _env_base_url(cfg.kind))
         return
+    from .cli_run import sandbox_truth
     from .sandbox import Sandbox, SandboxConfig
 
-    with Sandbox(SandboxConfig(label_truth=label_truth)).running() as sb:
+    with Sandbox(SandboxConfig(label_truth=sandbox_truth(job))).running() as sb:
         err.print(f"sandbox server listening on {sb.relay_url}", highlight=False)
+        # each sandbox has a new port but the same answers: request keys call it "sandbox"
         if cfg.kind == "momo":
-            yield sb.momo_url, Credentials(f"momo-sandbox-{tier}")
+            yield Connection(Credentials(f"momo-sandbox-{job.limits.tier}"), sb.momo_url, endpoint="sandbox")
         else:
-            yield sb.relay_url, Credentials("sk-sandbox-relay", "sandbox-system-token", "1")
+            yield Connection(Credentials("sk-sandbox-relay", "sandbox-system-token", "1"), sb.relay_url,
+                             endpoint="sandbox")
 
 
 def _ray_options(on_ray: bool, address: str | None, workers: int, parts_rows: int | None, fmt: str) -> Any:
@@ -159,16 +163,13 @@ def run(
         raise _fail(f"--format must be parquet, jsonl or csv, not {fmt!r}", ExitCode.BAD_INPUT)
     _preload_tokenizer()
     job = guarded(lambda: Job.load(job_file))
-    from .cli_run import run_cli_job
+    from .cli_run import RunCommand, run_cli_job
 
-    code = guarded(lambda: run_cli_job(
-        job, output=output, base_url=base_url or _env_base_url(job.provider.kind), limit=limit,
-        max_cost=max_cost, restart=restart, yes=yes, sandbox=sandbox, fmt=fmt, as_json=as_json,
-        quiet=quiet, credentials=_credentials, sandbox_for=_sandbox_for, console=out, errors=err,
-        cache=cache,
-        with_report=with_report,
-        ray_options=_ray_options(on_ray, address, workers, parts_rows, fmt),
-    ))
+    command = RunCommand(output=output, limit=limit, max_cost=max_cost, restart=restart, yes=yes, fmt=fmt,
+                         as_json=as_json, quiet=quiet, cache=cache, with_report=with_report,
+                         ray=_ray_options(on_ray, address, workers, parts_rows, fmt))
+    code = guarded(lambda: run_cli_job(job, command, connect=lambda j: _connect(j, base_url, sandbox),
+                                       console=out, errors=err))
     raise typer.Exit(code)
 
 
@@ -191,9 +192,8 @@ def estimate(
     from .cli_run import estimate_cli_job
 
     code = guarded(lambda: estimate_cli_job(
-        job, pilot=pilot, base_url=base_url or _env_base_url(job.provider.kind), limit=limit,
-        max_cost=max_cost, sandbox=sandbox, as_json=as_json, credentials=_credentials,
-        sandbox_for=_sandbox_for, console=out))
+        job, pilot=pilot, limit=limit, max_cost=max_cost, as_json=as_json,
+        connect=lambda j: _connect(j, base_url, sandbox), console=out))
     raise typer.Exit(code)
 
 

@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import signal
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import anyio
 import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from .config import Job, OutputConfig
+from .config import Job
 from .connect import Connection
 from .errors import Interrupted, Terminated, WriteError
 from .estimator import Estimate
-from .job import RunOptions, run_job
+from .job import RunOptions, resolve, run_job
 from .job import estimate as estimate_job
-from .outcome import RunReport
+from .outcome import Reconciliation, Reuse, RunReport
 from .output_path import check_output, export_path
 from .progress import Reporter
 from .providers.base import Provider
 from .runner import RunStats, Stop
+
+if TYPE_CHECKING:
+    from .ray import RayOptions
 
 
 async def _run(job: Job, provider: Provider, *, quiet: bool, errors: Console, limit: int | None,
@@ -82,34 +86,47 @@ async def _stop_on_signals(stop: Stop, errors: Console) -> None:
                 return
 
 
-def run_cli_job(job: Job, *, output: Path | None, base_url: str | None, limit: int | None,
-                max_cost: float | None, restart: bool, yes: bool, sandbox: bool, fmt: str,
-                as_json: bool, quiet: bool, credentials: Any, sandbox_for: Any,
-                console: Console, errors: Console, cache: Path | None = None,
-                with_report: bool = False, ray_options: Any = None) -> int:
-    cfg = job.provider
-    if output is not None:
-        job = job.with_overrides(output=OutputConfig(path=output))
-    parts = getattr(ray_options, "parts_rows", None) is not None
-    check_output(job.output.path, job.input.path, formats=[fmt], parts=parts)  # before anything is paid
-    if cache is not None:
-        job = job.with_overrides(reuse=job.reuse.model_copy(update={"cache": cache}))
-    with sandbox_for(cfg, job.limits.tier, sandbox, label_truth=sandbox_truth(job)) as (sb_url, sb_creds):
-        connection = Connection(sb_creds or credentials(cfg), sb_url or base_url,
-                                endpoint="sandbox" if sb_url else None)  # a sandbox's port is new each run
-        if ray_options is not None:
+@dataclass(frozen=True)
+class RunCommand:
+    """``momo-batch run``'s options, as parsed (the job file and where its calls go aside)."""
+
+    output: Path | None = None
+    limit: int | None = None
+    max_cost: float | None = None
+    restart: bool = False
+    yes: bool = False
+    fmt: str = "parquet"  # also export: jsonl or csv
+    as_json: bool = False
+    quiet: bool = False
+    cache: Path | None = None
+    with_report: bool = False
+    ray: RayOptions | None = None  # run on Ray (``--ray``)
+
+
+Connect = Callable[[Job], contextlib.AbstractContextManager[Connection]]
+
+
+def run_cli_job(job: Job, command: RunCommand, *, connect: Connect, console: Console, errors: Console) -> int:
+    """``run``: the library's run (local or on Ray), then the exports, the report and the summary."""
+    c = command
+    job = resolve(job, output=c.output, cache=c.cache)
+    # the exports are the CLI's own: their paths are checked before anything is paid
+    check_output(job.output.path, job.input.path, formats=[c.fmt], parts=c.ray is not None and
+                 c.ray.parts_rows is not None)
+    with connect(job) as connection:
+        if c.ray is not None:
             from .ray import run_job as run_on_ray
 
-            report = run_on_ray(job, connection, limit=limit, restart=restart, max_cost=max_cost, yes=yes,
-                                options=replace(ray_options, warn=_warner(errors), stop_on_signals=True))
+            report = run_on_ray(job, connection, limit=c.limit, restart=c.restart, max_cost=c.max_cost, yes=c.yes,
+                                options=replace(c.ray, warn=_warner(errors), stop_on_signals=True))
         else:
-            provider = connection.open(cfg, max_connections=job.limits.concurrency)
-            report = anyio.run(lambda: _run(job, provider, quiet=quiet, errors=errors, yes=yes,
-                                            limit=limit, restart=restart, max_cost=max_cost))
-    if fmt != "parquet" and report.output.is_file():
-        export(report.output, fmt)
-    page = _write_report(report.output) if with_report and report.output.is_file() else None
-    if as_json:
+            provider = connection.open(job.provider, max_connections=job.limits.concurrency)
+            report = anyio.run(lambda: _run(job, provider, quiet=c.quiet, errors=errors, yes=c.yes,
+                                            limit=c.limit, restart=c.restart, max_cost=c.max_cost))
+    if c.fmt != "parquet" and report.output.is_file():
+        export(report.output, c.fmt)
+    page = _write_report(report.output) if c.with_report and report.output.is_file() else None
+    if c.as_json:
         print(json.dumps({**report.as_dict(), **({"report": str(page)} if page else {})}, ensure_ascii=False))
     else:
         render_summary(report, console)
@@ -167,73 +184,78 @@ def _flat(name: str, dtype: pl.DataType) -> pl.Expr:
 
 
 def render_summary(report: RunReport, console: Console) -> None:
-    d = report.as_dict()
-    totals = d.get("job_totals", {})
+    """The whole job first (every run so far, as the output shows it), then what this run did."""
+    s, totals, money = report.stats, report.job_totals, report.currency or ""
     table = Table(title="run summary", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
-    rows = [
-        ("output", d["output"]),
-        ("rows", f"{d['rows']:,}"),
-        ("ok / error / skipped", f"{totals.get('ok', 0):,} / {totals.get('error', 0):,} / "
-                                 f"{totals.get('skipped', 0):,}"),
-        ("distinct requests (dedup saved)", _dedup(d.get("requests") or {})),
-        ("finished in earlier runs", f"{d['already_done']:,}"),
-        ("re-sent after a crash", f"{d['resent_after_crash']:,}"),
-        ("calls this run (retries, 429s)", f"{d['calls']:,} ({d['retries']:,}, {d['rate_limited']:,})"),
-        ("tokens this run / whole job", f"{d['tokens']:,} / {totals.get('tokens', 0):,}"),
-        ("cost this run / whole job", f"{d['cost']:.6f} / {totals.get('cost', 0):.6f}"),
-        ("wall time", f"{d['wall_seconds']:.2f} s"),
-        ("rate: achieved / allowed per minute",
-         f"{_num(d['achieved_per_minute'])} / {_num(d['rate_limit_per_minute'], 'unlimited')}"),
+    rows: list[tuple[str, str]] = [("output", str(report.output)), ("rows", f"{s.total:,}")]
+    if totals is not None:
+        unparsed = f" / {totals.unparsed:,} unparsed" if totals.unparsed else ""
+        rows += [("job: ok / error / skipped", f"{totals.ok:,} / {totals.error:,} / {totals.skipped:,}{unparsed}"),
+                 ("job: tokens", f"{totals.tokens:,}"),
+                 ("job: cost", f"{totals.cost:.6f} {money}".rstrip())]
+    rows.append(("job: distinct requests (dedup saved)", _dedup(report.requests)))
+    rows += [
+        ("this run: finished in earlier runs", f"{s.already_done:,}"),
+        ("this run: calls (retries, 429s)", f"{s.calls:,} ({s.retries:,}, {s.rate_limited:,})"),
+        ("this run: tokens", f"{s.tokens:,}"),
+        ("this run: cost", f"{s.cost:.6f} {money}".rstrip()),
+        ("this run: wall time", f"{report.wall_seconds:.2f} s"),
+        ("this run: rate achieved / allowed per minute",
+         f"{_num(report.achieved_per_window)} / {_num(report.rate_target, 'unlimited')}"),
     ]
-    reuse = d.get("requests") or {}
-    if reuse.get("cache_answers"):
+    if s.resent:
+        rows.append(("this run: re-sent after a crash", f"{s.resent:,}"))
+    if report.cost_note:
+        rows.append(("why the cost is 0", report.cost_note))
+    if report.requests is not None and report.requests.cache_answers:
         rows.append(("answers from the cache (saved)",
-                     f"{reuse['cache_answers']:,} ({reuse['cache_saved_cost']:.6f})"))
-    if d.get("unknown_outcomes"):
-        rows.append(("calls sent without an answer (may be charged)", f"{d['unknown_outcomes']:,}"))
-    rec = d.get("reconciliation") or {}
-    if rec:
-        lo, hi = rec["interval"]
-        rows.append(("estimated cost (interval)", f"{rec['estimated_cost']:.6f} ({lo:.6f}-{hi:.6f})"))
-        if "account_charged" in rec:
-            rows.append(("account charged / gap to cost column",
-                         f"{rec['account_charged']:.6f} / {rec['gap']:+.6f}"))
-        if rec.get("balance_unknown"):
-            rows.append(("account charged", f"not known: {rec['balance_unknown']}"))
-        if rec.get("calls_with_unknown_cost"):
-            rows.append(("calls whose cost the server did not report",
-                         str(rec["calls_with_unknown_cost"])))
-    labels = d.get("labels") or {}
+                     f"{report.requests.cache_answers:,} ({report.requests.cache_saved_cost:.6f} {money})"))
+    if s.unknown_outcomes:
+        rows.append(("calls sent without an answer (may be charged)", f"{s.unknown_outcomes:,}"))
+    rows += _reconciliation_rows(report.reconciliation, money)
+    labels = report.labels or {}
     if labels:
         rows.append(("labels: unparsed / escalated",
                      f"{labels['unparsed_rate']:.1%} / {labels['escalated']:,} ({labels['escalation_rate']:.1%})"))
-    if d["stop_code"]:
-        rows.append(("stopped", f"{d['stop_code']}: {d['stop_message']}"))
+    if report.stop_code:
+        rows.append(("stopped", f"{report.stop_code}: {report.stop_message}"))
     for what, value in rows:
-        table.add_row(what, str(value))
+        table.add_row(what, value)
     console.print(table)
-    for warning in d.get("warnings", []):
+    for warning in report.warnings:
         console.print(f"warning: {warning}", highlight=False)
     console.print(f"exit code {report.exit_code}; output: [bold]{report.output}[/bold]")
 
 
-def _dedup(reuse: dict[str, Any]) -> str:
-    if not reuse:
+def _reconciliation_rows(rec: Reconciliation | None, money: str) -> list[tuple[str, str]]:
+    if rec is None:
+        return []
+    lo, hi = rec.interval
+    rows = [("estimated cost (interval)", f"{rec.estimated_cost:.6f} ({lo:.6f}-{hi:.6f}) {money}".rstrip())]
+    if rec.account_charged is not None:
+        rows.append(("account charged / gap to cost column", f"{rec.account_charged:.6f} / {rec.gap:+.6f}"))
+    if rec.balance_unknown:
+        rows.append(("account charged", f"not known: {rec.balance_unknown}"))
+    if rec.calls_with_unknown_cost:
+        rows.append(("calls whose cost the server did not report", str(rec.calls_with_unknown_cost)))
+    return rows
+
+
+def _dedup(reuse: Reuse | None) -> str:
+    if reuse is None:
         return "-"
-    return (f"{reuse['distinct_requests']:,} of {reuse['rows_with_prompt']:,} rows "
-            f"({reuse['dedup_saved_requests']:,} not sent)")
+    return (f"{reuse.distinct_requests:,} of {reuse.rows_with_prompt:,} rows "
+            f"({reuse.dedup_saved_requests:,} not sent)")
 
 
 def _num(x: float | None, none: str = "-") -> str:
     return none if x is None else f"{x:,.1f}"
 
 
-def estimate_cli_job(job: Job, *, pilot: int, base_url: str | None, limit: int | None,
-                     max_cost: float | None, sandbox: bool, as_json: bool, credentials: Any,
-                     sandbox_for: Any, console: Console) -> int:
-    cfg = job.provider
+def estimate_cli_job(job: Job, *, pilot: int, limit: int | None, max_cost: float | None, as_json: bool,
+                     connect: Connect, console: Console) -> int:
 
     async def go(provider: Provider) -> Estimate:
         try:
@@ -241,10 +263,8 @@ def estimate_cli_job(job: Job, *, pilot: int, base_url: str | None, limit: int |
         finally:
             await provider.aclose()
 
-    with sandbox_for(cfg, job.limits.tier, sandbox, label_truth=sandbox_truth(job)) as (sb_url, sb_creds):
-        connection = Connection(sb_creds or credentials(cfg), sb_url or base_url,
-                                endpoint="sandbox" if sb_url else None)
-        est = anyio.run(go, connection.open(cfg, max_connections=job.limits.concurrency))
+    with connect(job) as connection:
+        est = anyio.run(go, connection.open(job.provider, max_connections=job.limits.concurrency))
     if as_json:
         print(json.dumps(est.as_dict(), ensure_ascii=False))
     else:

@@ -264,13 +264,14 @@ def pilot_fit(ledger: Ledger, prep: Plan, price: Price, sample_tokens: dict[int,
 
 async def estimate(job: Job, provider: Provider, *, pilot: int = 0, limit: int | None = None,
                    max_cost: float | None = None, run_pilot: Callable[..., Any] | None = None,
-                   restart: bool = False, plan: Plan | None = None) -> Estimate:
+                   restart: bool = False, plan: Plan | None = None, parts: bool = False) -> Estimate:
     """Estimate ``job``; with ``pilot > 0``, ``run_pilot(rows)`` runs those rows for real first.
 
-    ``restart``: estimate as if nothing had run yet (what ``run --restart`` will pay).
+    ``restart``: estimate as if nothing had run yet (what ``run --restart`` will pay); ``parts``:
+    the output is a directory of Parquet parts (a Ray run's).
     """
     prep = plan or prepare(job, endpoint=provider.endpoint, limit=limit)
-    check_output(job.output.path, job.input.path)  # before any paid call (a pilot's, the run's)
+    check_output(job.output.path, job.input.path, parts=parts)  # before any paid call (a pilot's, the run's)
     price = await provider.price()
     esc = escalation_of(job)
     escalation = None

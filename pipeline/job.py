@@ -82,7 +82,17 @@ class Prepared:
             after, _ = await account_after(provider, self.note)
             report.reconciliation = reconcile(self.checked.estimate, self.checked.before, after,
                                               report.stats.cost, report.stats.unknown_cost_calls)
+            report.cost_note = _why_free(self.checked.estimate, report.stats)
+        if self.price is not None:
+            report.currency = self.price.currency
         report.warnings = self.warnings
+
+
+def _why_free(est: Estimate, stats: RunStats) -> str | None:
+    """Why this run's calls cost nothing although they used tokens: a prepaid package paid them."""
+    if stats.cost or not stats.tokens or not est.package_tokens:
+        return None
+    return f"prepaid package: {stats.tokens:,} tokens (list price ≈ {est.list_price:.6f} {est.currency})"
 
 
 def resolve(job: Job | str | Path, *, output: Path | None = None, cache: Path | None = None) -> Job:

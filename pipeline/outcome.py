@@ -150,6 +150,8 @@ class RunReport:
     job_totals: JobTotals | None = None  # None: no output was written
     labels: dict[str, Any] | None = None  # a label job: distribution, unparsed and escalation rates
     ray: RayFigures | None = None
+    currency: str | None = None  # of every cost in the report (None: the target's price was not read)
+    cost_note: str | None = None  # why a cost is 0 although tokens were used (a prepaid package)
 
     @property
     def exit_code(self) -> int:
@@ -207,6 +209,10 @@ class RunReport:
             out["labels"] = self.labels
         if self.ray is not None:
             out["ray"] = asdict(self.ray)
+        if self.currency is not None:
+            out["currency"] = self.currency
+        if self.cost_note is not None:
+            out["cost_note"] = self.cost_note
         return out
 
 

@@ -14,7 +14,6 @@ from .config import Job
 from .errors import MomoError, PreflightRefused
 from .estimator import Estimate, estimate
 from .outcome import Reconciliation
-from .output_path import check_output
 from .plan import Plan
 from .providers.base import Account, Price, Provider
 
@@ -35,8 +34,7 @@ async def preflight(job: Job, provider: Provider, plan: Plan, *, max_cost: float
                     yes: bool, warn: Warn, parts: bool = False) -> Checked:
     """Check everything that can be checked without paying; :class:`PreflightRefused` unless ``yes``.
     ``parts``: the output is a directory of Parquet parts (a Ray run's ``parts_rows``)."""
-    check_output(job.output.path, job.input.path, parts=parts)
-    est = await estimate(job, provider, max_cost=max_cost, restart=restart, plan=plan)
+    est = await estimate(job, provider, max_cost=max_cost, restart=restart, plan=plan, parts=parts)
     price = await provider.price()  # cached by the provider: no second request
     warnings = list(est.warnings)  # an unlisted model, a balance the relay does not report
     problems = refusals(est)

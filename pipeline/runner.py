@@ -415,7 +415,7 @@ class Caller:
     async def _attempt(self, request: PromptRequest, acc: RowCalls, key: str) -> tuple[CallResult, float, float]:
         if self.stop.stopped:
             raise _NotSent
-        worst = self.worst_cost(request.prompt) if self.worst_cost and self.budget.cap else 0.0
+        worst = self.worst_cost(request.prompt) if self.worst_cost and self.budget.cap is not None else 0.0
         held = self.budget.hold_now(worst)
         grant = self.limiter.grant_now() if held is not None else None
         if held is None or grant is None:  # only a wait needs a scope that a stop can cut short

@@ -94,6 +94,11 @@ def test_example_job_with_embedded_sandbox(tmp_path: Path) -> None:
     assert frame.height == summary["rows"] == 50
     assert summary["ok"] == 49 and summary["skipped"] == 1
     assert frame["tokens_used"].drop_nulls().min() > 0
+    # money says its unit, and a 0 says why: the sandbox key's prepaid package paid every token
+    assert summary["currency"] == "CNY"
+    assert summary["cost"] == 0 and frame["cost"].sum() == 0
+    tokens = int(frame["tokens_used"].sum())
+    assert summary["tokens"] == tokens and f"prepaid package: {tokens:,} tokens" in summary["cost_note"]
 
 
 def test_estimate_json_with_pilot(tmp_path: Path) -> None:

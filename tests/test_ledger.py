@@ -109,7 +109,7 @@ def test_finalise_joins_by_content_key_not_position(tmp_path: Path) -> None:
     plan = prepare(edited)
     with Ledger.open(job.output.path) as led:
         totals = finalise(plan, led, job.output.path, unfinished=Unfinished("NOT_RUN", "not run"),
-                          metadata=lambda t: {"totals": json.dumps(t)})
+                          metadata=lambda t: {"totals": json.dumps(t.as_dict())})
     df = pl.read_parquet(job.output.path)
     assert df["text"].to_list() == ["new", "a", "b", "c"]
     assert df["status"].to_list() == ["error", "error", "error", "ok"]
@@ -118,7 +118,7 @@ def test_finalise_joins_by_content_key_not_position(tmp_path: Path) -> None:
     assert df["request_key"].to_list() == plan.keys[KEY].to_list()
     for name, dtype in RESULT_SCHEMA.items():
         assert df.schema[name] == dtype, name
-    assert totals == {"ok": 1, "error": 3, "skipped": 0, "tokens": 3, "cost": 0.1}
+    assert totals.as_dict() == {"ok": 1, "error": 3, "skipped": 0, "tokens": 3, "cost": 0.1}
     assert not list(tmp_path.glob(".*.tmp"))
 
 

@@ -14,27 +14,10 @@ import pytest
 from pipeline.limiter import RateLimiter
 from pipeline.sandbox.ratelimit import Limiter, make_limiter
 
+from .fakes import VirtualClock
 from .helpers import max_in_any_window
 
 ALGORITHMS = ["fixed_window", "sliding_log", "token_bucket"]
-
-
-class VirtualClock:
-    """Time that advances only when someone sleeps (single waiter at a time, as the limiter does)."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += max(0.0, seconds)
-        await anyio.lowlevel.checkpoint()
-
-    async def sleep_unless(self, event: anyio.Event, seconds: float) -> None:
-        if not event.is_set():  # nobody else runs while we sleep: the whole wait passes
-            await self.sleep(seconds)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from pipeline import Job
 from pipeline.cli import app
-from pipeline.job import prepare
+from pipeline.plan import prepare
 from pipeline.sandbox import Sandbox, SandboxConfig
 
 from .helpers import ROOT

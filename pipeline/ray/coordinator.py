@@ -24,6 +24,7 @@ network, a busy machine's scheduler).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,13 +44,16 @@ def lateness(window: float) -> float:
 
 
 class ScheduleClock:
-    """Real time for ``now``; ``sleep`` only moves a mark, so the limiter says when, not waits."""
+    """Real time for ``now``; ``sleep`` only moves a mark, so the limiter says when, not waits.
 
-    def __init__(self) -> None:
+    ``wall`` is the wall clock (``time.time``); tests give a virtual one."""
+
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self.wall = wall
         self._mark = 0.0
 
     def now(self) -> float:
-        return max(time.time(), self._mark)
+        return max(self.wall(), self._mark)
 
     async def sleep(self, seconds: float) -> None:
         self._mark = self.now() + max(0.0, seconds)
@@ -90,8 +94,8 @@ class Coordinator:
     one event loop, so the limiter and the budget need no locks beyond their own."""
 
     def __init__(self, rate: float | None, window: float, cap: float | None, spent: float,
-                 horizon: float = 0.1, stall: float = 120.0) -> None:
-        self.clock = ScheduleClock()
+                 horizon: float = 0.1, stall: float = 120.0, wall: Callable[[], float] = time.time) -> None:
+        self.clock = ScheduleClock(wall)
         self.stall = stall
         self.limiter = RateLimiter(rate, window, clock=self.clock)
         self.budget = Budget(cap, spent=spent)
@@ -107,7 +111,7 @@ class Coordinator:
         if self.stopped is not None:
             return Lease([], self.stopped)
         slots: list[float] = []
-        reach = time.time() + self.horizon
+        reach = self.clock.wall() + self.horizon
         while len(slots) < max(1, n):
             await self.limiter.acquire()
             slots.append(self.clock.now())
