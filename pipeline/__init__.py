@@ -18,7 +18,10 @@ its workers (the ``ray`` extra; not imported here).
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+# not ``from typing import TYPE_CHECKING``: typing takes ~10 ms to import, and a Ctrl-C in that
+# window of ``python -m pipeline`` would be a traceback before the CLI's own handling (__main__)
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
@@ -65,6 +68,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and editors see
+    from typing import Any
+
     from .config import Job
     from .connect import Connection, Credentials, open_provider
     from .errors import (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -21,12 +22,11 @@ from rich.table import Table
 from . import __version__
 from ._memory import tune_allocators
 from .config import Job, OutputConfig, ProviderConfig
-from .connect import Connection, Credentials
+from .connect import Connection, Credentials, base_url_env
 from .errors import ConfigError, MomoError, TransientError, redact
 from .outcome import EXIT_MEANINGS, ExitCode
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Bulk prompt jobs against LLM agent APIs: rate-limited, resumable, costed.")
+app = typer.Typer(add_completion=False, no_args_is_help=True)
 out = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
@@ -35,8 +35,33 @@ BaseUrl = Annotated[str | None, typer.Option("--base-url", help="API base URL (e
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
+def _examples(*commands: str) -> str:
+    """An --help epilog; each example a paragraph of its own (rich joins single lines)."""
+    return "Examples:\n\n" + "\n\n".join(f"  {c}" for c in commands)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        print(f"momo-batch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version, help="Print the version and exit.")] = False) -> None:
+    """Bulk prompt jobs against LLM agent APIs: rate-limited, resumable, costed.
+
+    Try it on a local sandbox server, no key needed: momo-batch run jobs/example.toml --sandbox
+    """
+
+
+MAX_LINE = 1000  # characters of an error line: what a message quotes from a bad file is short anyway
+
+
 def _fail(message: str, code: int) -> typer.Exit:
     line = " ".join(part.strip() for part in message.splitlines() if part.strip())  # always one line
+    line = "".join(ch if ch.isprintable() else "?" for ch in line)  # never a terminal's control bytes
+    line = line if len(line) <= MAX_LINE else line[:MAX_LINE - 1] + "…"
     err.print(f"[red]error:[/red] {redact(line)}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
 
@@ -61,7 +86,7 @@ def _expected(exc: BaseException) -> BaseException | None:
             if found is not None:
                 return found
         return None
-    return exc if isinstance(exc, MomoError | OSError | KeyboardInterrupt) else None
+    return exc if isinstance(exc, MomoError | OSError | sqlite3.Error | KeyboardInterrupt) else None
 
 
 def _one_line(exc: BaseException) -> tuple[str, int]:
@@ -72,20 +97,17 @@ def _one_line(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, OSError):  # a write that failed outside the places that say so (ledger, export)
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror or exc}{where} — {EXIT_MEANINGS[ExitCode.WRITE]}", ExitCode.WRITE
+    if isinstance(exc, sqlite3.Error):  # the ledger or the cache, read or written outside the places that say so
+        return f"the ledger or the cache: {exc} — {EXIT_MEANINGS[ExitCode.WRITE]}", ExitCode.WRITE
     return "interrupted", ExitCode.INTERRUPTED
 
 
 def _env_base_url(kind: str) -> str | None:
-    return os.environ.get("MOMO_BASE_URL" if kind == "momo" else "OPENAI_BASE_URL") or None
+    return os.environ.get(base_url_env(kind)) or None
 
 
 def _credentials(cfg: ProviderConfig) -> Credentials:
-    key = os.environ.get(cfg.key_env, "")
-    if not key:
-        raise ConfigError(f"no API key: set the environment variable {cfg.key_env}")
-    token_env = cfg.access_token_env or "RELAY_ACCESS_TOKEN"
-    return Credentials(key, os.environ.get(token_env) or None,
-                       os.environ.get("RELAY_USER_ID") or cfg.user_id)
+    return Credentials.from_env(cfg)
 
 
 @contextlib.contextmanager
@@ -95,7 +117,7 @@ def _connect(job: Job, base_url: str | None, sandbox: bool) -> Iterator[Connecti
     key (its labelling agents know the gold labels of a label job's input, if it has them)."""
     cfg = job.provider
     if not sandbox:
-        yield Connection(_credentials(cfg), base_url or _env_base_url(cfg.kind))
+        yield Connection(Credentials.from_env(cfg), base_url)  # the key and MOMO_BASE_URL / OPENAI_BASE_URL
         return
     from .cli_run import sandbox_truth
     from .sandbox import Sandbox, SandboxConfig
@@ -133,10 +155,13 @@ def _momo_cfg() -> ProviderConfig:
 
 
 # -- run ---------------------------------------------------------------------------------------
-@app.command()
+@app.command(epilog=_examples(
+    "momo-batch run jobs/example.toml --sandbox",
+    "momo-batch run jobs/example.toml --max-cost 5 --report",
+    "momo-batch run jobs/example.toml --ray --workers 4"))
 def run(
     job_file: Annotated[Path, typer.Argument(help="Job file (TOML).")],
-    output: Annotated[Path | None, typer.Option(help="Output Parquet (overrides [output] path).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Output Parquet (instead of the job's output path).")] = None,
     base_url: BaseUrl = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N input rows.")] = None,
     max_cost: Annotated[float | None, typer.Option("--max-cost", min=0, help="Hard cost cap.")] = None,
@@ -151,7 +176,7 @@ def run(
     with_report: Annotated[bool, typer.Option("--report", help="Also write the HTML report beside the output "
                                                                "and print its path.")] = False,
     on_ray: Annotated[bool, typer.Option("--ray", help="Run on Ray Data: one rate limit, budget and ledger for "
-                                                       "all workers (needs momo-batch[ray]).")] = False,
+                                                       "all workers (needs Ray: make venv installs it).")] = False,
     address: Annotated[str | None, typer.Option(help="With --ray: the cluster to join (default RAY_ADDRESS, "
                                                      "else a local Ray on this machine).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="With --ray: worker processes.")] = 2,
@@ -173,7 +198,9 @@ def run(
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(epilog=_examples(
+    "momo-batch estimate jobs/example.toml --sandbox",
+    "momo-batch estimate jobs/example.toml --pilot 20 --json"))
 def estimate(
     job_file: Annotated[Path, typer.Argument(help="Job file (TOML).")],
     pilot: Annotated[int, typer.Option(min=0, help="Run N sampled rows for real first (reused by the run).")] = 0,
@@ -205,7 +232,9 @@ def _preload_tokenizer() -> None:
 
 
 # -- report ------------------------------------------------------------------------------------
-@app.command()
+@app.command(epilog=_examples(
+    "momo-batch report data/out/questions.parquet",
+    "momo-batch report data/out/questions.parquet -o report.html"))
 def report(
     output_file: Annotated[Path, typer.Argument(help="An output Parquet written by `momo-batch run`.")],
     page: Annotated[Path | None, typer.Option("--output", "-o", help="The HTML file to write "
@@ -218,7 +247,8 @@ def report(
 
 
 # -- eval --------------------------------------------------------------------------------------
-@app.command("eval")
+@app.command("eval", epilog=_examples(
+    "momo-batch eval data/out/reviews-gold-labelled.parquet --gold gold --by case"))
 def eval_cmd(
     output_file: Annotated[Path, typer.Argument(help="A labelled output Parquet.")],
     gold: Annotated[str, typer.Option(help="The column holding the gold labels.")],
@@ -298,7 +328,9 @@ def balance(base_url: BaseUrl = None, as_json: AsJson = False) -> None:
 
 
 # -- sandbox -----------------------------------------------------------------------------------
-@app.command("sandbox")
+@app.command("sandbox", epilog=_examples(
+    "momo-batch sandbox --port 8765",
+    "MOMO_API_KEY=momo-sandbox-pro momo-batch agents --base-url http://127.0.0.1:8765/v1"))
 def sandbox_cmd(
     port: Annotated[int, typer.Option(help="Port (0: ephemeral).")] = 8765,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",

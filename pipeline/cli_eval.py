@@ -19,10 +19,12 @@ def render_evaluation(ev: Evaluation, console: Console) -> None:
         ("Cohen's kappa", "undefined" if ev.kappa is None else f"{ev.kappa:.3f}"),
         ("macro F1", f"{ev.macro_f1:.3f}"),
     ]
-    if ev.cost is not None:
-        rows.append(("cost of these rows (every call)", f"{ev.cost:.6f}"))
+    if ev.calls is not None:
+        rows.append(("calls of these rows (votes, re-asks, escalation)", f"{ev.calls:,}"))
     if ev.tokens is not None:
         rows.append(("tokens of these rows", f"{ev.tokens:,}"))
+    if ev.cost is not None:
+        rows.append(("cost of these rows (account currency)", f"{ev.cost:.6f}"))
     for what, value in rows:
         summary.add_row(what, value)
     console.print(summary)

@@ -61,7 +61,7 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 def _warner(errors: Console) -> Callable[[str], None]:
     def warn(text: str) -> None:
-        errors.print(f"[yellow]warning:[/yellow] {text}", highlight=False)
+        errors.print(f"[yellow]warning:[/yellow] {text}", highlight=False, soft_wrap=True)
 
     return warn
 
@@ -78,11 +78,11 @@ async def _stop_on_signals(stop: Stop, errors: Console) -> None:
             if not stop.stopped:
                 stop.soft(error(f"stopped by {name}"))
                 errors.print(f"{name}: no new calls; waiting for the calls in flight to finish and be "
-                             "recorded (again to abort them)", highlight=False)
+                             "recorded (again to abort them)", highlight=False, soft_wrap=True)
             else:
                 stop.now(error(f"stopped by {name}"))
                 errors.print(f"{name} again: aborting the calls in flight; writing the output",
-                             highlight=False)
+                             highlight=False, soft_wrap=True)
                 return
 
 
@@ -129,6 +129,8 @@ def run_cli_job(job: Job, command: RunCommand, *, connect: Connect, console: Con
     if c.as_json:
         print(json.dumps({**report.as_dict(), **({"report": str(page)} if page else {})}, ensure_ascii=False))
     else:
+        # the pace is the account's tier: a job that does not say runs at the slowest
+        console.print(f"rate assumed: {job.limits.describe_rate()}", highlight=False, soft_wrap=True)
         render_summary(report, console)
         if page:
             console.print(f"report: {page}", highlight=False, soft_wrap=True)
@@ -291,9 +293,9 @@ def render_estimate(est: Estimate, console: Console) -> None:
          f"{est.price['prompt_per_million']:g} / {est.price['completion_per_million']:g} {c}"),
         ("prepaid package tokens", f"{est.package_tokens:,}"),
         ("already spent (pilot, earlier runs)", f"{est.spent_so_far:.6f} {c}"),
-        ("expected cost", f"{est.expected_cost:.6f} {c}  (95%: {lo:.6f} - {hi:.6f})"),
+        ("expected cost", f"{est.expected_cost:.6f} {c}  (95%: {lo:.6f} - {hi:.6f} {c}){_why_zero(est)}"),
         (_worst_label(est), f"{est.worst_case:.6f} {c}"),
-        ("time at the tier's rate",
+        (f"time at {est.rate}" if est.rate else "time at the tier's rate",
          "bounded by concurrency (no rate limit)" if est.minutes is None else f"{est.minutes:.1f} min"),
     ]
     if est.escalation is not None:
@@ -312,6 +314,15 @@ def render_estimate(est: Estimate, console: Console) -> None:
     console.print(table)
     for note in est.notes:
         console.print(f"note: {note}")
+
+
+def _why_zero(est: Estimate) -> str:
+    """A cost of 0 says why: what the prepaid package covers, and what it would cost at list price."""
+    if est.expected_cost > 0 or est.list_price <= 0:
+        return ""
+    covered = min(est.package_tokens, est.prompt_tokens_sent + est.completion_tokens)
+    return (f"\n0: a prepaid package covers ~{covered:,} tokens "
+            f"(list price {est.list_price:.6f} {est.currency})")
 
 
 def _completion_label(est: Estimate) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,9 +24,31 @@ class Credentials:
     api_key: str
     access_token: str | None = None  # relay /api/user/self system token
     user_id: str | None = None
+    # where these credentials are valid; ``open_provider``'s ``base_url`` wins, the job's loses
+    base_url: str | None = None
 
     def __repr__(self) -> str:
         return "Credentials(***)"
+
+    @classmethod
+    def from_env(cls, cfg: ProviderConfig, environ: Mapping[str, str] | None = None) -> Credentials:
+        """The credentials ``momo-batch`` reads for ``cfg``: the key from ``cfg.key_env``
+        (``MOMO_API_KEY`` / ``OPENAI_API_KEY``), the base URL from ``MOMO_BASE_URL`` /
+        ``OPENAI_BASE_URL``, the relay's token and user id. Only when asked: nothing else in the
+        library reads the environment."""
+        env = os.environ if environ is None else environ
+        key = env.get(cfg.key_env, "")
+        if not key:
+            raise ConfigError(f"no API key: set the environment variable {cfg.key_env} "
+                              "(or add --sandbox to try the job on a local sandbox server with its demo key)")
+        token_env = cfg.access_token_env or "RELAY_ACCESS_TOKEN"
+        return cls(key, env.get(token_env) or None, env.get("RELAY_USER_ID") or cfg.user_id,
+                   base_url=env.get(base_url_env(cfg.kind)) or None)
+
+
+def base_url_env(kind: str) -> str:
+    """The environment variable that names the base URL of a ``kind`` of provider."""
+    return "MOMO_BASE_URL" if kind == "momo" else "OPENAI_BASE_URL"
 
 
 def open_provider(
@@ -65,7 +89,7 @@ def _open(cfg: ProviderConfig, creds: Credentials, *, base_url: str | None, max_
     check_secret(creds.api_key, f"the API key in {cfg.key_env}")
     if creds.access_token:
         check_secret(creds.access_token, f"the relay access token ({cfg.access_token_env or 'RELAY_ACCESS_TOKEN'})")
-    url = base_url or cfg.base_url
+    url = base_url or creds.base_url or cfg.base_url
     if cfg.kind == "momo":
         from .providers.momo import MomoClient, MomoProvider
 

@@ -76,6 +76,7 @@ class Dataset:
             if suffix == ".parquet":
                 lf = pl.scan_parquet(self.path)
             elif suffix == ".csv":
+                self._not_parquet()
                 lf = pl.scan_csv(self.path, infer_schema_length=10_000)
             else:
                 raise ConfigError(f"{self.path}: input must be .parquet or .csv")
@@ -106,8 +107,8 @@ class Dataset:
         for column in needed:
             if column not in have:
                 raise ConfigError(
-                    f"{self.path}: column {column!r} is named by the job but the file has only "
-                    f"{', '.join(repr(c) for c in have)}"
+                    f"{self.path}: column {_excerpt(column)} is named by the job but the file has only "
+                    f"{_names(have)}"
                 )
         if self.count_rows() == 0:
             raise ConfigError(f"{self.path}: input has no rows")
@@ -132,6 +133,17 @@ class Dataset:
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)}{self._ragged_hint()})") from None
 
+    def _not_parquet(self) -> None:
+        """A Parquet file named ``.csv`` would be read as text: its bytes would become column names."""
+        try:
+            with self.path.open("rb") as f:
+                magic = f.read(4)
+        except OSError:
+            return  # polars says what is wrong
+        if magic == b"PAR1":
+            raise ConfigError(f"{self.path}: this is a Parquet file (it starts with PAR1), named .csv: "
+                              "rename it to .parquet")
+
     def _ragged_hint(self) -> str:
         """Where a CSV first has a line with another number of fields than its header (error path only)."""
         if self.path.suffix.lower() != ".csv":
@@ -151,4 +163,24 @@ class Dataset:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return _printable(text.splitlines()[0], 200) if text else type(exc).__name__
+
+
+EXCERPT = 40  # characters of a value from the file that a message quotes, at most
+NAMES = 12  # column names a message lists, at most
+
+
+def _printable(text: str, limit: int = EXCERPT) -> str:
+    """``text`` with what a terminal cannot show replaced by "?", cut to ``limit`` characters: a
+    message quotes a bad file's bytes as a short excerpt, never whole."""
+    shown = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return shown if len(shown) <= limit else shown[:limit - 1] + "…"
+
+
+def _excerpt(name: str) -> str:
+    return repr(_printable(name))
+
+
+def _names(names: list[str]) -> str:
+    listed = ", ".join(_excerpt(n) for n in names[:NAMES])
+    return listed + (f" and {len(names) - NAMES} more" if len(names) > NAMES else "")

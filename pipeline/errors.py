@@ -8,6 +8,7 @@
     ├── WriteError                  stop softly  9   the ledger or the output cannot be written (disk full)
     ├── Interrupted                 stop softly  130 Ctrl-C (a second one stops now)
     │   └── Terminated              stop softly  143 SIGTERM
+    ├── WaitTooLong                 stop softly  10  the server asked to wait longer than limits.max_wait_seconds
     └── APIError                                     the service said no, or could not be understood
         ├── TerminalError                            retrying cannot help
         │   ├── InvalidApiKey       stop now     5   401 INVALID_API_KEY
@@ -77,6 +78,7 @@ __all__ = [
     "Timeout",
     "TransientError",
     "UpstreamSaturated",
+    "WaitTooLong",
     "WriteError",
     "classify",
     "error_for",
@@ -192,6 +194,15 @@ class Terminated(Interrupted):
 
     code = "TERMINATED"
     exit_code = ExitCode.TERMINATED
+
+
+class WaitTooLong(MomoError):
+    """A server asked (``Retry-After``) for a pause longer than ``limits.max_wait_seconds``: the job
+    stops softly, resumable, instead of sleeping for it silently."""
+
+    code = "WAIT_TOO_LONG"
+    action = Action.STOP_SOFT
+    exit_code = ExitCode.WAIT
 
 
 class APIError(MomoError):

@@ -34,6 +34,7 @@ from typing import Any
 
 import polars as pl
 
+from .arguments import check_job_argument, check_limit, check_max_cost, check_provider
 from .config import Job
 from .dataset import PROMPT, ROW
 from .errors import ConfigError
@@ -101,6 +102,7 @@ class Estimate:
     pilot_rows: int = 0
     token_ratio: float | None = None  # server tokens / local tokens, learned by the pilot
     minutes: float | None = None  # at the tier's rate (None: enterprise, bounded by concurrency)
+    rate: str = ""  # the rate ``minutes`` assumes and where it comes from (LimitsConfig.describe_rate)
     balance: float | None = None
     fits_balance: bool | None = None
     max_cost: float | None = None
@@ -270,6 +272,8 @@ async def estimate(job: Job, provider: Provider, *, pilot: int = 0, limit: int |
     ``restart``: estimate as if nothing had run yet (what ``run --restart`` will pay); ``parts``:
     the output is a directory of Parquet parts (a Ray run's).
     """
+    job, provider = check_job_argument(job, "estimate"), check_provider(provider, "estimate")
+    limit, max_cost = check_limit(limit, "estimate"), check_max_cost(max_cost, "estimate")
     prep = plan or prepare(job, endpoint=provider.endpoint, limit=limit)
     check_output(job.output.path, job.input.path, parts=parts)  # before any paid call (a pilot's, the run's)
     price = await provider.price()
@@ -404,7 +408,7 @@ def _assemble(job: Job, price: Price, account: Account, t: PromptTotals, spent: 
         list_price=round(spend.cost, 6), package_tokens=_package_tokens(job, account), completion_basis=spend.basis,
         pilot_rows=fitted.fit.n if fitted else 0, completion_tokens=round(spend.completion),
         token_ratio=None if ratio is None else round(ratio, 4),
-        minutes=None if minutes is None else round(minutes, 2), notes=notes,
+        minutes=None if minutes is None else round(minutes, 2), rate=job.limits.describe_rate(), notes=notes,
         expected_calls_per_row=round(spend.calls, 3), prompt_tokens_sent=round(spend.prompt_sent), escalation=esc,
         token_split=job.provider.kind == "openai",
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from . import __version__
+from .arguments import check_frame, check_job_argument, check_limit, check_max_cost, check_provider
 from .budget import BalanceReader, Budget
 from .config import Job, OutputConfig
 from .errors import Interrupted
@@ -141,6 +142,8 @@ async def run_job(job: Job | str | Path, provider: Provider, *, output: Path | N
     A label job that escalates (``[label] escalate``) asks the stronger target through
     ``provider``'s own client, retargeted, unless ``options.escalation_provider`` is given.
     """
+    job, provider = check_job_argument(job), check_provider(provider)  # the package's errors, naming
+    limit, max_cost = check_limit(limit), check_max_cost(max_cost)  # the argument (pipeline.arguments)
     opts = options or RunOptions()
     job = resolve(job, output=output, cache=opts.cache)
     prepared = await prepare(job, provider, limit=limit, restart=restart, max_cost=max_cost, yes=yes,
@@ -189,6 +192,7 @@ async def _execute(prepared: Prepared, provider: Provider, ledger: Ledger, share
         cache=shared,
         worst_cost=worst_cost,
         backoff=opts.backoff,
+        max_wait=limits.max_wait_seconds,
     )
     task = await plan.task.bind(job, provider, caller, capped=cap is not None,
                                 escalation_provider=opts.escalation_provider)
@@ -226,6 +230,8 @@ async def estimate(job: Job | str | Path, provider: Provider, *, pilot: int = 0,
     """What ``job`` will cost and how long it takes, before it runs. ``pilot``: first run that many
     sampled rows for real (:func:`run_job`'s calls, without its preflight); the run reuses their
     answers, and the estimate fits its figures to them. ``restart``: as if nothing had run yet."""
+    job, provider = check_job_argument(job, "estimate"), check_provider(provider, "estimate")
+    limit, max_cost = check_limit(limit, "estimate"), check_max_cost(max_cost, "estimate")
     job = resolve(job)
     plan = make_plan(job, endpoint=provider.endpoint, limit=limit)
 
@@ -301,11 +307,13 @@ async def run_frame(frame: pl.DataFrame, job: Job, provider: Provider, *, limit:
                     restart: bool = False, max_cost: float | None = None, yes: bool = False,
                     options: RunOptions | None = None) -> pl.DataFrame:
     """For notebooks: run ``job`` over an in-memory DataFrame and return it with result columns."""
+    frame, job = check_frame(frame), check_job_argument(job, "run_frame")
+    check_provider(provider, "run_frame")
     with tempfile.TemporaryDirectory(prefix="momo-batch-") as tmp:
         src = Path(tmp) / "input.parquet"
         frame.write_parquet(src)
         job = job.with_overrides(
-            input=job.input.model_copy(update={"path": src}),
+            input=job.input.model_copy(update={"path": src, "id_column": None}),  # a frame has no id of its own
             output=OutputConfig(path=Path(tmp) / "output.parquet"),
         )
         await run_job(job, provider, limit=limit, restart=restart, max_cost=max_cost, yes=yes, options=options)

@@ -32,11 +32,15 @@ row instead (each call's "sent" mark, with the outcomes written before it).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import hashlib
 import json
+import math
 import os
 import shutil
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -44,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import polars as pl
 
 from .errors import JobBusy, WriteError
@@ -363,9 +369,11 @@ class Ledger(_Store):
         if journals(path.parent):
             cls._apply_left_journals(path.parent)
         try:
-            return cls(path.parent, _connect(path, readonly=True), None, 0)
-        except sqlite3.Error:
-            return None
+            db = _connect(path, readonly=True)
+            db.execute("SELECT 1 FROM entries LIMIT 1").fetchall()  # errors here, not in the caller's read
+        except sqlite3.Error as exc:  # a full disk (no room for its shared memory), an I/O error
+            raise WriteError(f"{path}: cannot read the ledger ({exc})") from None
+        return cls(path.parent, db, None, 0)
 
     @classmethod
     def _apply_left_journals(cls, root: Path) -> None:
@@ -446,9 +454,13 @@ class Ledger(_Store):
         """A call is about to go out: until it is settled, its outcome is unknown."""
         self._record("sent", (key, self.run, held), durable=True)
 
-    def not_charged(self, key: str, held: float) -> None:
-        """The call failed in a way that cannot have been charged (a 4xx, a 429)."""
-        self._record("not_charged", (held, key), durable=False)
+    def not_charged(self, key: str, held: float, *, before: int | None = SENT) -> None:
+        """The call failed in a way that cannot have been charged (a 4xx, a 429). ``before``: the
+        key's state before this send, when the caller knows it: ``None`` (no entry) removes the
+        "sent" mark, ``RETRY`` puts the earlier outcome back, so a refused call is not counted as
+        in flight ("re-sent after a crash") by the next run. ``SENT`` (default) keeps the mark."""
+        write = "not_sent" if before is None else "refused" if before == RETRY else "not_charged"
+        self._record(write, (held, key), durable=False)
 
     def answered(self, key: str, answer: dict[str, Any], paid: float, held: float) -> None:
         """A call's answer (label votes and re-asks; plain rows record their outcome instead)."""
@@ -564,6 +576,11 @@ _WRITES = {
     "sent": "INSERT INTO entries(key, state, run, held) VALUES (?1, 0, ?2, ?3) "
             "ON CONFLICT(key) DO UPDATE SET state = 0, run = excluded.run, held = held + excluded.held",
     "not_charged": "UPDATE entries SET held = MAX(0, held - ?1) WHERE key = ?2",
+    # a refused send of a key that had no entry, or a transient outcome, before it: as if unsent
+    "not_sent": "DELETE FROM entries WHERE key = ?2 AND state = 0 AND record IS NULL AND cost = 0 "
+                "AND held <= ?1 + 1e-12",
+    "refused": "UPDATE entries SET held = MAX(0, held - ?1), state = 3 WHERE key = ?2 AND state = 0 "
+               "AND record IS NOT NULL",
     "answered": "INSERT INTO entries(key, state, run, cost, held, record) VALUES (?1, 1, ?2, ?3, 0, ?5) "
                 "ON CONFLICT(key) DO UPDATE SET state = 1, run = excluded.run, cost = cost + excluded.cost, "
                 "held = MAX(0, held - ?4), record = excluded.record",
@@ -580,6 +597,14 @@ def _cannot_record_message(path: Path, reason: object) -> str:
             "free the space and run again to resume")
 
 
+def _finite(args: Sequence[Any]) -> bool:
+    """Whether a journal line's numbers are all finite. A version that believed a server's NaN
+    cost wrote such lines, which SQLite cannot store (NaN is NULL there): left out, the call's
+    entry stays "sent", its worst case held, and its row runs again, rather than the ledger never
+    opening again."""
+    return all(math.isfinite(a) for a in args if isinstance(a, float))
+
+
 def _apply_journals(db: sqlite3.Connection, root: Path) -> Journal:
     """Apply what the journal files hold beyond the database's last commit, drop them, and open
     a new one (a job killed mid-run loses nothing the journal had)."""
@@ -591,7 +616,7 @@ def _apply_journals(db: sqlite3.Connection, root: Path) -> Journal:
         for number, path in files:
             if number >= generation:
                 for write, args in entries(path, applied if number == generation else 0):
-                    if write in _WRITES:
+                    if write in _WRITES and _finite(args):
                         db.execute(_WRITES[write], args)
         journal = Journal(root, max([generation, *(n for n, _ in files)]) + 1)
         db.execute("DELETE FROM journal")
@@ -606,8 +631,19 @@ def _apply_journals(db: sqlite3.Connection, root: Path) -> Journal:
     return journal
 
 
+CLAIM_SLOTS = 1 << 24  # bytes of the claims file a request key can hash to (collisions only make a job wait)
+
+
 class Cache(_Store):
-    """Answers shared across jobs (``--cache DIR``): request key → answer, never a row outcome."""
+    """Answers shared across jobs (``--cache DIR``): request key → answer, never a row outcome.
+
+    Jobs in other processes may use the same cache at the same time: a job about to pay for a
+    request the cache does not have claims its key first (:meth:`claim_now`, :meth:`claim`), so a
+    second job asking the same waits for that answer instead of paying for it again. A claim is a
+    POSIX record lock on one byte of ``claims`` (at the key's hash): it dies with its process, so a
+    killed job leaves nothing to clean up. No library offers per-key locks across processes; SQLite's
+    locks are per database. Record locks are per process: two jobs in one process are not kept apart.
+    """
 
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
@@ -616,9 +652,45 @@ class Cache(_Store):
             self.db = _connect(self.path)
             self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, record TEXT NOT NULL) "
                             "WITHOUT ROWID")
-        except sqlite3.Error as exc:
+            self._claims = os.open(root / "claims", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except (sqlite3.Error, OSError) as exc:
             raise WriteError(f"{self.path}: cannot open the cache ({exc})") from None
+        self._held: set[int] = set()
         self._checkpoint_beside()
+
+    @staticmethod
+    def _slot(key: str) -> int:
+        """The byte of ``claims`` for ``key``: the same in every process (not ``hash``, which is salted)."""
+        return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % CLAIM_SLOTS
+
+    def claim_now(self, key: str) -> bool:
+        """Claim ``key`` if no other job has; False when one is asking it now."""
+        slot = self._slot(key)
+        try:
+            _lock_byte(self._claims, slot, wait=False)
+        except BlockingIOError:  # held by another job
+            return False
+        self._held.add(slot)
+        return True
+
+    async def claim(self, key: str) -> None:
+        """Wait until the job asking ``key`` is done with it, and claim it. Cancelled, the waiting
+        thread may still take the claim later: :meth:`close` lets it go with the file."""
+        slot = self._slot(key)
+        await anyio.to_thread.run_sync(lambda: _lock_byte(self._claims, slot, wait=True), abandon_on_cancel=True)
+        self._held.add(slot)
+
+    def release(self, key: str) -> None:
+        slot = self._slot(key)
+        if slot in self._held:
+            self._held.discard(slot)
+            with contextlib.suppress(OSError):
+                _lock_byte(self._claims, slot, unlock=True)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._claims)  # every claim of this process goes with it
+        super().close()
 
     def get(self, key: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT record FROM answers WHERE key = ?", (key,)).fetchone()
@@ -627,6 +699,22 @@ class Cache(_Store):
     def put(self, key: str, answer: dict[str, Any]) -> None:
         self._write("INSERT OR REPLACE INTO answers(key, record) VALUES (?, ?)",
                     (key, json.dumps(answer, ensure_ascii=False)))
+
+
+_FLOCK = "hhqqi4x"  # struct flock on Linux: type, whence, start, len, pid (0 for OFD locks), padding
+
+
+def _lock_byte(fd: int, offset: int, *, wait: bool = False, unlock: bool = False) -> None:
+    """Lock (or unlock) one byte of ``fd`` with an open-file-description lock; without ``wait``,
+    ``BlockingIOError`` when another open file holds it."""
+    kind = fcntl.F_UNLCK if unlock else fcntl.F_WRLCK
+    command = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
+    try:
+        fcntl.fcntl(fd, command, struct.pack(_FLOCK, kind, os.SEEK_SET, offset, 1, 0))
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            raise BlockingIOError(exc.errno, exc.strerror) from None
+        raise
 
 
 def _remove_db(path: Path) -> None:

@@ -30,6 +30,7 @@ class ExitCode(IntEnum):
     REFUSED = 7
     BUSY = 8
     WRITE = 9
+    WAIT = 10
     INTERRUPTED = 130
     TERMINATED = 143
 
@@ -46,6 +47,8 @@ EXIT_MEANINGS: dict[ExitCode, str] = {
     ExitCode.REFUSED: "preflight refused: the worst case may not fit the balance or `max_cost` (`--yes` runs anyway)",
     ExitCode.BUSY: "another process is running this job (it holds the ledger's lock)",
     ExitCode.WRITE: "the ledger or the output cannot be written (disk full, I/O error) — free space, run again",
+    ExitCode.WAIT: "stopped: the server asked to wait longer than `limits.max_wait_seconds` — run again later "
+                   "to resume",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C) — run again to resume",
     ExitCode.TERMINATED: "terminated (SIGTERM) — run again to resume",
 }

@@ -25,13 +25,15 @@ from .errors import (
     Action,
     APIError,
     BudgetExceeded,
+    MalformedResponse,
     MomoError,
     RateLimited,
+    WaitTooLong,
     WriteError,
 )
 from .keys import KEY, OCC, Keyer
 from .ledger import FINAL, SENT, Cache, Entry
-from .providers.base import CallResult, PromptRequest, Provider
+from .providers.base import CallResult, PromptRequest, Provider, check_reported
 from .result import RowResult, Unfinished
 from .retry import retry_policy, worth_retrying
 
@@ -61,9 +63,21 @@ class RunStats:
     first_call: float | None = None
     last_call: float | None = None
 
+    def __post_init__(self) -> None:
+        # not fields: every field is a counter (a distributed run adds them up across workers)
+        # the end of the latest pause a server asked for (Retry-After), as time.time(); None: none yet
+        self.paused_until: float | None = None
+        self.on_pause: Callable[[float], None] | None = None  # told each pause's length (the progress line)
+
     @property
     def done(self) -> int:
         return self.already_done + self.duplicates + self.ok + self.error + self.skipped + self.unparsed
+
+    def pause(self, seconds: float) -> None:
+        """The server asked every request to wait ``seconds`` (``Retry-After``)."""
+        self.paused_until = max(self.paused_until or 0.0, time.time() + seconds)
+        if self.on_pause is not None:
+            self.on_pause(seconds)
 
     def record(self, result: RowResult) -> None:
         if result.status == "ok":
@@ -235,7 +249,7 @@ class Record(Protocol):
 
     def sent(self, key: str, held: float) -> None: ...
 
-    def not_charged(self, key: str, held: float) -> None: ...
+    def not_charged(self, key: str, held: float, *, before: int | None = SENT) -> None: ...
 
     def answered(self, key: str, answer: dict[str, Any], paid: float, held: float) -> None: ...
 
@@ -286,6 +300,15 @@ def answer_from_record(record: dict[str, Any]) -> CallResult | None:
                       completion_tokens=record.get("completion_tokens"))
 
 
+def _believable(result: CallResult | None) -> CallResult | None:
+    """A shared cache's answer, unless its figures are not numbers ≥ 0 (another version of this
+    program, or another program, wrote it): then it is asked again."""
+    try:
+        return None if result is None else check_reported(result)
+    except MalformedResponse:
+        return None
+
+
 class Caller:
     """One call as the tasks see it: ledger, cache, budget, limiter, retries and accounting."""
 
@@ -304,8 +327,10 @@ class Caller:
         cache: Cache | None = None,
         worst_cost: WorstCost | None = None,
         backoff: tuple[float, float] = (0.5, 30.0),
+        max_wait: float | None = None,
     ) -> None:
         self.provider = provider
+        self.max_wait = max_wait  # a longer server-requested pause stops the job (None: no bound)
         self.limiter = limiter
         self.budget = budget
         self.stats = stats
@@ -318,6 +343,8 @@ class Caller:
         self.worst_cost = worst_cost
         self.backoff = backoff
         self._sent_before: set[str] = set()  # keys a dead run sent without an answer: resending counts
+        # each key being sent: its ledger state before (None: no entry), put back if the call is refused
+        self._before: dict[str, int | None] = {}
 
     def sibling(self, provider: Provider, *, request: PromptRequest, keyer: Keyer,
                 worst_cost: WorstCost | None) -> Caller:
@@ -325,8 +352,9 @@ class Caller:
         request settings and keys, the same limiter, budget, stats, stop, ledger and cache."""
         twin = Caller(provider, limiter=self.limiter, budget=self.budget, stats=self.stats, stop=self.stop,
                       max_attempts=self.max_attempts, request=request, keyer=keyer, ledger=self.ledger,
-                      cache=self.cache, worst_cost=worst_cost, backoff=self.backoff)
+                      cache=self.cache, worst_cost=worst_cost, backoff=self.backoff, max_wait=self.max_wait)
         twin._sent_before = self._sent_before
+        twin._before = self._before
         return twin
 
     async def __call__(self, prompt: str, acc: RowCalls, *, temperature: float | None = None,
@@ -345,24 +373,49 @@ class Caller:
         key = self.keyer.request(prompt, request.temperature, vote=vote, reask=reask,
                                  occurrence=acc.occurrence)
         reused = self._reuse(key, acc, final)
+        if reused is None and self.cache is not None:
+            reused = await self._claimed(key, acc, final)
         if reused is not None:
+            self._before.pop(key, None)
             return reused
+        try:
+            result, held, latency = await self._send(request, acc, key)
+            answer = answer_record(result, round(latency, 3))
+            if final:
+                acc.unrecorded_cost += result.cost or 0.0
+                acc.unrecorded_held += held
+            else:
+                self.ledger.answered(key, answer, paid=result.cost or 0.0, held=held)
+            if self.cache is not None:
+                self.cache.put(key, answer)  # before the claim goes: a job waiting for it finds it
+        finally:
+            self._before.pop(key, None)
+            if self.cache is not None:
+                self.cache.release(key)
+        return result
+
+    async def _claimed(self, key: str, acc: RowCalls, final: bool) -> CallResult | None:
+        """With a shared cache: claim ``key`` before paying for it. When another job (process) is
+        asking it now, wait for that job, and take its answer from the cache (``None``: it got none,
+        and the claim is this job's now)."""
+        assert self.cache is not None
+        if not self.cache.claim_now(key):
+            with self.stop.waiting():
+                await self.cache.claim(key)
+        # looked again once claimed: the other job may have put its answer since the first look
+        found = self._from_cache(key, acc, final)
+        if found is not None:
+            self.cache.release(key)
+        return found
+
+    async def _send(self, request: PromptRequest, acc: RowCalls, key: str) -> tuple[CallResult, float, float]:
         try:  # most calls succeed at once: no retry machinery for them (~34 µs of CPU each)
-            result, held, latency = await self._attempt(request, acc, key)
+            return await self._attempt(request, acc, key)
         except MomoError as first:
             # a 429 is retried however few attempts: it does not use them up (see retry.py)
             if not worth_retrying(first) or (self.max_attempts <= 1 and not isinstance(first, RateLimited)):
                 raise
-            result, held, latency = await self._retry(request, acc, key, first)
-        answer = answer_record(result, round(latency, 3))
-        if final:
-            acc.unrecorded_cost += result.cost or 0.0
-            acc.unrecorded_held += held
-        else:
-            self.ledger.answered(key, answer, paid=result.cost or 0.0, held=held)
-        if self.cache is not None:
-            self.cache.put(key, answer)
-        return result
+            return await self._retry(request, acc, key, first)
 
     async def _retry(self, request: PromptRequest, acc: RowCalls, key: str,
                      first: MomoError) -> tuple[CallResult, float, float]:
@@ -389,6 +442,7 @@ class Caller:
         # a plain row's one call has the row's own key, which the reader found nowhere in the
         # ledger a moment ago: no lookup then (one statement per row less)
         entry = None if key == acc.key and acc.unseen else self.ledger.get(key)
+        self._before[key] = None if entry is None else entry.state
         if entry is not None and entry.state == SENT and entry.run != self.ledger.run:
             self._sent_before.add(key)
         elif entry is not None and entry.record is not None:
@@ -396,10 +450,13 @@ class Caller:
             if found is not None:  # paid by an earlier run of this job (counted in its cost)
                 acc.add(found, 0.0)
                 return found
+        return self._from_cache(key, acc, final)
+
+    def _from_cache(self, key: str, acc: RowCalls, final: bool) -> CallResult | None:
         if self.cache is None:
             return None
         answer = self.cache.get(key)
-        found = None if answer is None else answer_from_record(answer)
+        found = None if answer is None else _believable(answer_from_record(answer))
         if found is None:
             return None
         acc.add(found, 0.0, cached=True)
@@ -415,6 +472,7 @@ class Caller:
     async def _attempt(self, request: PromptRequest, acc: RowCalls, key: str) -> tuple[CallResult, float, float]:
         if self.stop.stopped:
             raise _NotSent
+        # a cap of 0 is a cap (nothing may be spent), not "no cap"
         worst = self.worst_cost(request.prompt) if self.worst_cost and self.budget.cap is not None else 0.0
         held = self.budget.hold_now(worst)
         grant = self.limiter.grant_now() if held is not None else None
@@ -442,7 +500,7 @@ class Caller:
         self.stats.first_call = self.stats.first_call or now
         self.stats.last_call = now
         try:
-            result = await self.provider.complete(request)
+            result = check_reported(await self.provider.complete(request))
         except BaseException as exc:
             self._failed(key, held, exc, grant)
             raise
@@ -459,20 +517,35 @@ class Caller:
         self.stats.unknown_cost_calls += result.cost is None
         return result, held, latency
 
+    def _server_pause(self, seconds: float | None) -> None:
+        """A pause the server asked for: said on the progress line, or, longer than ``max_wait``,
+        a soft stop (resumable) rather than a silent sleep of an hour."""
+        if not seconds or seconds <= 0:
+            return
+        if self.max_wait is not None and seconds > self.max_wait:
+            self.stop.soft(WaitTooLong(
+                f"the server asked to wait {seconds:g} s (Retry-After), longer than limits.max_wait_seconds "
+                f"= {self.max_wait:g} s; stopped without waiting: run again later to resume"))
+            return
+        self.stats.pause(seconds)
+
     def _failed(self, key: str, held: float, exc: BaseException, grant: int) -> None:
         if isinstance(exc, RateLimited):
             self.stats.rate_limited += 1
             self.limiter.on_rate_limited(exc.retry_after, None, exc.remaining, exc.reset, grant=grant,
                                          stated=exc.stated)
+            self._server_pause(exc.retry_after)
         if not isinstance(exc, MomoError) or exc.may_have_been_charged:
             # the worst case stays spent, in this run's budget and in the ledger for the next
             self.budget.settle(held, None)
             self.stats.unknown_outcomes += 1
+            self._before[key] = SENT  # a later refusal of the same key leaves this mark standing
             return
         self.budget.release(held)
-        if held:
+        before = self._before.get(key, SENT)
+        if held or before != SENT:  # refused (402, 401, 429, 4xx): not in flight for the next run
             with contextlib.suppress(WriteError):
-                self.ledger.not_charged(key, held)
+                self.ledger.not_charged(key, held, before=before)
 
 
 class RowTask(Protocol):

@@ -23,6 +23,7 @@ from .ledger import Ledger
 from .outcome import JobTotals
 from .plan import FIRST, KEY, Plan
 from .result import RESULT_SCHEMA, TOKEN_SPLIT_SCHEMA, Unfinished
+from .usage import paid_by_first
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
@@ -153,14 +154,13 @@ def with_outcomes(batch: pl.DataFrame, ledger: Outcomes, schema: dict[str, pl.Da
                 .otherwise(pl.col(column)).alias(column))
 
     return joined.with_columns(
+        *paid_by_first(joined.columns, duplicate),
         fill("status", "skipped", "error"),
         fill("error_code", "EMPTY_PROMPT", unfinished.code),
         fill("error_message", "prompt is null or empty: not sent", unfinished.message),
         pl.col("attempts").fill_null(0),
         pl.col("cached").fill_null(False),
-        # the first row asking it carries the cost: the column sums to what the job paid
-        pl.when(duplicate & pl.col("cost").is_not_null()).then(pl.lit(0.0)).otherwise(pl.col("cost"))
-        .alias("cost"),
         duplicate.alias("duplicate"),
         pl.col(KEY).alias("request_key"),
     )
+

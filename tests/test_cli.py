@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -144,3 +145,33 @@ def test_eval_of_a_sandbox_label_run_against_its_gold_column(tmp_path: Path) -> 
                                                                                  "escalation_unparsed"}
     assert {g["value"] for g in got["by"]["case"]} == {"plain", "sarcasm"}  # the first 40 rows
     assert one_line_error(cli("eval", str(out), "--gold", "stars")).startswith("error: eval: no column 'stars'")
+
+
+def test_the_first_hour_small_things(tmp_path: Path) -> None:
+    """--version; help without eaten brackets and with examples; a missing key points at --sandbox."""
+    from pipeline import __version__
+
+    assert cli("--version").stdout.strip() == f"momo-batch {__version__}"
+    run_help = cli("run", "--help", COLUMNS="200").stdout
+    assert "overrides  path" not in run_help and "(needs momo-batch)" not in run_help
+    assert "instead of the job's output path" in run_help
+    assert "Examples" in run_help and "momo-batch run jobs/example.toml --sandbox" in run_help
+    line = one_line_error(cli("run", "jobs/example.toml", key=None))
+    assert "MOMO_API_KEY" in line and "--sandbox" in line
+
+
+def test_estimate_and_run_say_the_rate_and_why_a_cost_is_0(tmp_path: Path) -> None:
+    """A job that sets no tier runs at the slowest; both commands say so. The sandbox's prepaid
+    package covers agent 159, so the cost is 0 and says why, in its currency."""
+    job = tmp_path / "job.toml"
+    job.write_text(f'[input]\npath = "{ROOT / "data" / "questions.csv"}"\n[prompt]\ntemplate = "{{question}}"\n'
+                   f'[provider]\nagent_id = 159\nmax_tokens = 50\n[output]\npath = "out.parquet"\n')
+    est = cli("estimate", str(job), "--sandbox", "--limit", "3", COLUMNS="200", NO_COLOR="1")
+    assert est.returncode == 0, est.stderr
+    assert 'time at 10 requests/min (limits.tier not set: the default, "free")' in est.stdout
+    assert re.search(r"0\.000000 CNY .*\n.*0: a prepaid package covers ~[\d,]+ tokens \(list price 0\.\d+ CNY\)",
+                     est.stdout)
+    done = cli("run", str(job), "--sandbox", "--limit", "1", "--quiet", COLUMNS="200", NO_COLOR="1")
+    assert done.returncode == 0, done.stderr
+    assert 'rate assumed: 10 requests/min (limits.tier not set: the default, "free")' in done.stdout
+    assert (tmp_path / "out.parquet").is_file()  # the output, relative to the job file

@@ -135,6 +135,7 @@ def test_duplicates_share_one_answer_and_the_first_carries_the_cost(tmp_path: Pa
     assert df["status"].to_list() == ["ok", "skipped", "ok", "error", "ok"]
     assert df["duplicate"].to_list() == [False, False, True, False, True]
     assert df["cost"].to_list() == [0.2, None, 0.0, None, 0.0]
+    assert df["tokens_used"].to_list() == [5, None, 0, None, 0]  # the tokens are the first row's too
 
 
 def test_dedup_off_gives_each_repeat_a_key_of_its_own(tmp_path: Path) -> None:

@@ -99,6 +99,10 @@ async def test_identical_requests_are_sent_once_and_the_cost_column_sums_to_the_
     assert out["cost"].sum() == pytest.approx(charged, abs=1e-9)
     assert report.job_totals is not None
     assert report.job_totals.cost == pytest.approx(charged, abs=1e-6)
+    # tokens too: a duplicate shares the answer, not the tokens the server counted for it
+    counted = sum(r["tokens_used"] for r in calls(records) if r["charged"])
+    assert out["tokens_used"].sum() == counted and counted > 0
+    assert (out.filter(pl.col("duplicate"))["tokens_used"] == 0).all()
 
 
 async def test_dedup_off_sends_every_repeat(tmp_path: Path, sandbox: Any) -> None:

@@ -43,3 +43,20 @@ def test_the_cli_sets_the_allocators_before_polars_loads_and_a_late_call_changes
     mine = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**env, "ARROW_DEFAULT_MEMORY_POOL": "jemalloc"})
     assert mine.stdout.split()[-1] == "jemalloc"  # a setting of the user's own wins
+
+
+def test_make_report_writes_no_tracked_file_and_make_screenshot_does() -> None:
+    """`make report` leaves a clone's tree clean: only `make screenshot` rewrites docs/report.png."""
+    from .helpers import ROOT
+
+    def commands(target: str) -> list[str]:
+        listed = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        return [line for line in listed.splitlines() if "pip install" not in line]  # the venv's lines only read
+
+    report = " ".join(commands("report")).split()
+    assert "--report" in report and "docs/report.png" not in report
+    assert "docs/report.png" in " ".join(commands("screenshot")).split()
+    # what `make report` writes (the example job's output and its page) is ignored by git
+    ignored = subprocess.run(["git", "check-ignore", "data/out/questions.parquet", "data/out/questions.report.html"],
+                             cwd=ROOT, capture_output=True, text=True)
+    assert ignored.returncode == 0 and len(ignored.stdout.split()) == 2

@@ -163,3 +163,18 @@ async def test_four_workers_leasing_from_one_coordinator_are_never_refused(algor
     assert max_in_any_window(sorted(used), window) <= limit
     span = max(used) - min(used)
     assert rows / span * window > 0.95 * limit  # and the four together use the tier, not a quarter of it
+
+
+def test_on_ray_the_first_row_of_a_request_carries_its_cost_and_tokens() -> None:
+    """As a local run writes it (pipeline.sink): duplicates, across the driver's batches, at 0."""
+    import polars as pl
+
+    from pipeline.ray.run import _first_pays
+
+    seen: set[str] = set()
+    parts = [pl.DataFrame({"request_key": ["a", None, "a"], "cost": [0.2, None, 0.2], "tokens_used": [5, None, 5]}),
+             pl.DataFrame({"request_key": ["b", "a"], "cost": [0.1, 0.2], "tokens_used": [3, 5]})]
+    out = pl.concat([_first_pays(part, seen) for part in parts])
+    assert out["duplicate"].to_list() == [False, False, True, False, True]
+    assert out["cost"].to_list() == [0.2, None, 0.0, 0.1, 0.0]
+    assert out["tokens_used"].to_list() == [5, None, 0, 3, 0]  # sums to 8: what the server counted

@@ -26,7 +26,7 @@ from pipeline.result import RESULT_SCHEMA
 from pipeline.sandbox import FaultConfig, Sandbox, SandboxConfig
 
 from .browser import Chromium, find_chromium
-from .helpers import ROOT, cli, momo_job, questions, run, write_job_toml
+from .helpers import ROOT, calls, cli, momo_job, posts, questions, run, write_job_toml
 
 RATE_LIMIT = 12_000  # requests per minute the fault job allows itself: the chart draws this line
 PLAIN_CHARTS = ["rate", "latency", "cost-time", "per-row", "outcomes", "retries"]
@@ -297,3 +297,69 @@ def test_time_bins_cover_the_run_with_round_widths(span: float, bins: int) -> No
     assert (widths > 0).all() and np.allclose(widths[:-1], widths[0])
     assert len(widths) <= max(bins, 1) + 1
     assert widths[-1] >= widths[0] / 2 or len(widths) == 1  # no sliver at the end to spike a rate
+
+
+# -- one set of numbers, and a reader's summary ----------------------------------------------------
+def test_calls_tokens_and_cost_are_what_the_server_counted_with_repeated_prompts(tmp_path: Path) -> None:
+    """Rows sharing a request show it once: the report's tiles, its summary and ``eval``'s way of
+    counting agree with the sandbox's own log (it once said 974 calls for 440)."""
+    prompts = [f"Question {i % 7}: what is {i % 7} squared?" for i in range(28)]  # 7 requests, 4 rows each
+    data = tmp_path / "q.csv"
+    pl.DataFrame({"id": [f"r{i}" for i in range(28)], "question": prompts}).write_csv(data)
+    with Sandbox(SandboxConfig()).running() as sb:
+        job = momo_job(data, tmp_path / "out.parquet", sb.momo_url)
+        anyio.run(lambda: run(job, "momo-sandbox-enterprise", sb.momo_url))
+        served = [r for r in calls(sb.records()) if r["charged"]]
+        assert len(posts(sb.records())) == len(served)  # no call refused: each one answered and charged
+    loaded = load_run(job.output.path)
+    assert int(loaded.rows["calls"].sum()) == len(served) == 7
+    assert int(loaded.rows["tokens_used"].sum()) == sum(r["tokens_used"] for r in served)
+    assert float(loaded.rows["cost"].sum()) == pytest.approx(sum(r["cost"] for r in served), abs=1e-9)
+    html = write_report(job.output.path).read_text(encoding="utf-8")
+    cards = dict(re.findall(r'<div class="k">([^<]+)</div><div class="v">([^<]+)</div>', html))
+    assert cards["calls"] == "7" and cards["tokens"] == f"{sum(r['tokens_used'] for r in served):,}"
+    # agent 159's calls come out of the demo key's prepaid package: a cost of 0 that says why
+    assert sum(r["cost"] for r in served) == 0 and sum(r["package_tokens"] for r in served) > 0
+    assert cards["cost"] == "0" and "0: prepaid tokens covered the calls" in html
+    summary = html[html.index('id="summary"'):html.index('id="provenance"')]
+    assert "<h3>The whole job: every row of this file</h3>" in summary
+    assert "<th>rows answered without a call</th><td class=\"v\">21 duplicate, 0 from the cache</td>" in summary
+    assert "<th>exit code</th><td class=\"v\">0 — every row finished ok" in summary
+    assert "<details><summary>Every value the run recorded" in summary
+
+
+def test_a_gold_column_gets_the_accuracy_eval_gives(tmp_path: Path) -> None:
+    from pipeline import evaluate
+
+    job = Job.load(ROOT / "jobs/label-gold.toml").with_overrides(output=OutputConfig(path=tmp_path / "g.parquet"))
+    with Sandbox(SandboxConfig(label_truth=ROOT / "data" / "reviews-gold.csv")).running() as sb:
+        anyio.run(lambda: run(job, "momo-sandbox-enterprise", sb.momo_url, limit=30))
+    ev = evaluate(job.output.path, "gold")
+    html = write_report(job.output.path).read_text(encoding="utf-8")
+    cards = dict(re.findall(r'<div class="k">([^<]+)</div><div class="v">([^<]+)</div>', html))
+    assert cards["accuracy"] == f"{ev.accuracy:.1%}" and ev.rows == 30
+    assert f"{ev.correct:,} of 30 against gold" in html
+    out = pl.read_parquet(job.output.path)
+    assert ev.correct == int((out["label"] == out["gold"]).sum())  # by hand, not by evaluate
+
+
+NARROW_VIEW = """JSON.stringify({
+  page: document.documentElement.scrollWidth,
+  smallest: Math.min(...[...document.querySelectorAll("svg.chart text")]
+      .filter(t => t.getBBox().height > 0 && t.textContent.trim())
+      .map(t => { const m = t.getScreenCTM();
+                  return parseFloat(getComputedStyle(t).fontSize) * Math.hypot(m.a, m.b); })),
+  cards: Math.max(...[...document.querySelectorAll(".card")].map(c => c.getBoundingClientRect().right)),
+})"""
+
+
+@needs_chromium
+def test_the_report_reads_on_a_phone_420_px_wide(faulty: Done) -> None:
+    if CHROMIUM is None:
+        pytest.fail("Chromium is missing: `make test` installs Debian's chromium when it can")
+    with Chromium(CHROMIUM, width=420, height=900) as phone:
+        load = phone.open(faulty.page)
+        seen = json.loads(phone.evaluate(NARROW_VIEW))
+    assert load.console == [] and load.log == []
+    assert seen["page"] <= 420 and seen["cards"] <= 420, seen  # the page itself never scrolls sideways
+    assert seen["smallest"] >= 9, seen  # chart text in CSS px as drawn: charts scroll in their box instead

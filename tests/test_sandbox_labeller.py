@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.sandbox.answers import answer
 from pipeline.sandbox.config import SkillConfig
-from pipeline.sandbox.labeller import Labeller, Truth
+from pipeline.sandbox.labeller import Labeller, Truth, text_of
 
 LABELS = ["positive", "negative", "neutral"]
 LINE = "Labels: positive | negative | neutral"
@@ -115,3 +115,18 @@ def test_config_keeps_the_default_skills_it_does_not_override_and_checks_the_tru
         SandboxConfig(label_truth=tmp_path / "no-gold.csv")
     with pytest.raises(ValidationError, match="cannot read"):
         SandboxConfig(label_truth=tmp_path / "missing.csv")
+
+
+@pytest.mark.parametrize("prompt", [
+    "Classify the sentiment of this product review: {text}\n\nLabels: positive | negative | neutral",
+    "Classify the sentiment of this review：{text}\nLabels: positive | negative | neutral",  # a full-width colon
+    "Classify the sentiment of this review:\n{text}\nLabels: positive | negative | neutral",
+    "Product: kettle\nReview: {text}\n\nClassify the text above with exactly one label from this set.\n"
+    "Labels: positive | negative | neutral\nAnswer with the label only.",
+])
+def test_the_review_is_read_wherever_the_prompt_puts_it(tmp_path: Path, prompt: str) -> None:
+    sarcasm = "Great, it cracked the first time I dropped it"
+    labeller = Labeller(0, {"301": PERFECT}, PERFECT, truth(tmp_path, [(sarcasm, "negative", "sarcasm")]))
+    text = prompt.replace("{text}", sarcasm)
+    assert sarcasm in text_of(text) and "Labels" not in text_of(text) and "Classify" not in text_of(text)
+    assert labeller.answer(301, f"{text}\n\n{STRICT}", 0.0, 1) == "negative"  # the gold, not the surface

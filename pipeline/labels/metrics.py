@@ -30,6 +30,7 @@ from typing import Any
 import polars as pl
 
 from ..errors import ConfigError
+from ..usage import as_used
 
 __all__ = ["NONE", "Evaluation", "LabelScore", "evaluate"]
 
@@ -73,7 +74,10 @@ class Evaluation:
     by_agreement: list[Group] = field(default_factory=list)
     by_source: list[Group] = field(default_factory=list)
     by: dict[str, list[Group]] = field(default_factory=dict)
-    tokens: int | None = None  # over the gold rows, every call (votes, re-asks, escalation)
+    # over the gold rows, every call (votes, re-asks, escalation), counted as pipeline.usage counts
+    # them: a duplicate row's call, tokens and cost are the first row's
+    calls: int | None = None
+    tokens: int | None = None
     cost: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -89,8 +93,9 @@ def evaluate(output: str | Path | pl.DataFrame | pl.LazyFrame, gold: str = "gold
     if missing:
         raise ConfigError(f"eval: no column {', '.join(map(repr, missing))} in the output "
                           f"(columns: {', '.join(names)})")
-    optional = [c for c in ("label_agreement", "label_votes", "label_source", "tokens_used", "cost") if c in names]
-    frame = lf.select(list(dict.fromkeys([gold, pred, *by, *optional]))).collect()
+    optional = [c for c in ("label_agreement", "label_votes", "label_source", "tokens_used", "cost", "attempts",
+                            "duplicate", "cached") if c in names]
+    frame = as_used(lf.select(list(dict.fromkeys([gold, pred, *by, *optional]))).collect())
     frame = frame.with_columns(pl.col(gold).cast(pl.String).str.strip_chars().alias("__gold"),
                                pl.col(pred).cast(pl.String).str.strip_chars().alias("__pred"))
     has_gold = pl.col("__gold").is_not_null() & (pl.col("__gold") != "")
@@ -140,6 +145,8 @@ def _assemble(scored: pl.DataFrame, gold: str, pred: str, without_gold: int, by:
     if "label_source" in scored.columns:
         ev.by_source = _groups(scored, "label_source")
     ev.by = {column: _groups(scored, column) for column in by}
+    if "attempts" in scored.columns:
+        ev.calls = int(scored["calls"].sum() or 0)
     if "tokens_used" in scored.columns:
         ev.tokens = int(scored["tokens_used"].sum() or 0)
     if "cost" in scored.columns:

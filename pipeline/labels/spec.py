@@ -35,13 +35,16 @@ class EscalateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    agent_id: int | None = None
-    model: str | None = None
-    below: float = Field(0.67, gt=0, le=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, gt=0)
-    prompt_price_per_million: float | None = Field(None, ge=0)  # relays price a model from the job
-    completion_price_per_million: float | None = Field(None, ge=0)
+    agent_id: int | None = Field(None, description="MOMO: the stronger agent (give this or `model`).")
+    model: str | None = Field(None, description="Relays: the stronger model (give this or `agent_id`).")
+    below: float = Field(0.67, gt=0, le=1, description="Escalate rows whose votes agree less than this "
+                         "(2 of 3 is 0.667), and rows whose votes never parsed.")
+    temperature: float | None = Field(None, ge=0, le=2, description="None: the provider's.")
+    max_tokens: int | None = Field(None, gt=0, description="None: the provider's.")
+    prompt_price_per_million: float | None = Field(None, ge=0, description="Relays: the model's prompt "
+                                                   "price (required with `model`).")
+    completion_price_per_million: float | None = Field(None, ge=0, description="Relays: the model's "
+                                                       "completion price (required with `model`).")
 
     @model_validator(mode="after")
     def _one_target(self) -> EscalateConfig:
@@ -69,15 +72,22 @@ class LabelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)  # votes = "3" is an error
 
-    set: list[str] = Field(default_factory=list)  # at least two labels, unless a schema is given
-    instruction: str | None = None
-    multi_label: bool = False
-    abstain: str | None = None
-    synonyms: dict[str, str] = Field(default_factory=dict)
-    votes: int = Field(1, ge=1)
-    max_reasks: int = Field(2, ge=0)
-    schema_: dict[str, Any] | None = Field(None, alias="schema")
-    escalate: EscalateConfig | None = None
+    set: list[str] = Field(default_factory=list, description="The labels, at least two (unless `schema` "
+                           "is given); ties go to the one listed first.")
+    instruction: str | None = Field(None, description="Your own prompt; `{labels}` is the label set, "
+                                    "`{column}` an input column. None: the row's prompt, then an "
+                                    "instruction and a `Labels: a | b` line.")
+    multi_label: bool = Field(False, description="An answer may name several labels.")
+    abstain: str | None = Field(None, description="An answer the model may give instead of a label.")
+    synonyms: dict[str, str] = Field(default_factory=dict, description="Other answers that mean a label, "
+                                     "e.g. `{ pos = \"positive\" }`.")
+    votes: int = Field(1, ge=1, description="Answers per row (at temperature > 0); the majority wins.")
+    max_reasks: int = Field(2, ge=0, description="Times an answer that does not parse is asked again, "
+                            "more strictly.")
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="A JSON schema (an object "
+                                           "of flat fields): each field becomes a typed output column.")
+    escalate: EscalateConfig | None = Field(None, description="Send rows whose votes disagree to a "
+                                            "stronger target: the `[label.escalate]` keys below.")
 
     @field_validator("set")
     @classmethod

@@ -11,6 +11,7 @@ either, so this overrides its one request method; connections, pool and errors a
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -27,6 +28,7 @@ class WholeBodyTransport(AiohttpTransport):
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self._timeouts: dict[tuple[Any, ...], ClientTimeout] = {}
+        self._closer: AsyncGenerator[None, None] | None = None  # held: the loop keeps only a weak reference
 
     def _timeout(self, request: httpx.Request) -> ClientTimeout:
         given = request.extensions.get("timeout", {})
@@ -39,9 +41,12 @@ class WholeBodyTransport(AiohttpTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.proxy is not None or self.uds is not None:  # not how build_http_client makes it
             return await super().handle_async_request(request)
-        if not isinstance(self.client, ClientSession):
-            self.client = self.get_client()
         client = self.client
+        if not isinstance(client, ClientSession) or client.closed:
+            self.client = None  # get_client() hands back a session it holds, even a closed one
+            client = self.client = self.get_client()
+            self._closer = _close_with_the_loop(client)
+            await anext(self._closer)
         with map_aiohttp_exceptions():
             try:
                 data: Any = request.content or None
@@ -68,6 +73,22 @@ class WholeBodyTransport(AiohttpTransport):
         # aiohttp's headers answer "is there an encoding" in C; httpx's in a Python loop
         return _whole(response.status, response.raw_headers, body, request, extensions,
                       encoded="Content-Encoding" in response.headers)
+
+
+async def _close_with_the_loop(session: ClientSession) -> AsyncGenerator[None, None]:
+    """Closes ``session`` when the event loop that made it shuts down.
+
+    An aiohttp session and its connections belong to one event loop, but a provider outlives it:
+    ``anyio.run(run_job, job, provider)`` twice is two loops. asyncio has no hook for the end of a
+    loop; what it does do, in ``asyncio.run`` and ``anyio.run``, is ``aclose()`` every async
+    generator still suspended (``loop.shutdown_asyncgens``) before the loop closes. So the
+    session's pool is closed there, on its own loop, and the next request makes a new session.
+    """
+    try:
+        yield
+    finally:
+        if not session.closed:
+            await session.close()
 
 
 def _whole(status: int, headers: Any, body: bytes, request: httpx.Request,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -272,7 +273,7 @@ def _float(value: str | None) -> float | None:
         number = float(value)
     except ValueError:
         return None
-    return number if number >= 0 else None
+    return number if math.isfinite(number) and number >= 0 else None  # "inf" would make int() raise
 
 
 def _int(value: str | None) -> int | None:

@@ -7,8 +7,11 @@ format, streaming) stay inside each provider module.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
+
+from ..errors import MalformedResponse
 
 CostSource = Literal["server", "price_table", "unknown"]
 
@@ -48,6 +51,22 @@ class CallResult:
     completion_tokens: int | None = None
     cost_source: CostSource = "server"
     rate_limit: RateLimitInfo | None = None
+
+
+def check_reported(result: CallResult) -> CallResult:
+    """``result`` if every figure the server reported is a finite number ≥ 0 (or unknown).
+
+    A server that says a call used -5 tokens, or cost NaN, is not believed: the answer is
+    :class:`~pipeline.errors.MalformedResponse`, so the row is retried (its worst case stays
+    counted, as for any answer lost after the charge) and no such figure reaches the budget,
+    the ledger or the output.
+    """
+    figures = {"tokens_used": result.tokens_used, "cost": result.cost,
+               "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens}
+    for name, value in figures.items():
+        if value is not None and not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise MalformedResponse(f"the answer reports {name} = {value!r}: not a number ≥ 0")
+    return result
 
 
 @dataclass(frozen=True, slots=True)

@@ -242,7 +242,7 @@ def _opt(value: Any, kind: type) -> Any:
         return None
     try:
         return kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # int(inf): a JSON 1e400
         raise MalformedResponse(f"{value!r} is not a {kind.__name__}") from None
 
 

@@ -330,15 +330,29 @@ def _chat_body(model: str, messages: list[dict[str, str]], temperature: float | 
 
 
 def _usage(raw: object) -> Usage | None:
-    if not isinstance(raw, Mapping):
+    """The usage a relay reported; ``None`` without one. Counts that are there but are not whole
+    numbers ≥ 0 (NaN, -5) are a malformed answer: the cost would be computed from them."""
+    if not isinstance(raw, Mapping) or "prompt_tokens" not in raw:
         return None
     try:
-        prompt, completion = int(raw["prompt_tokens"]), int(raw.get("completion_tokens") or 0)
-    except (KeyError, TypeError, ValueError):
-        return None
+        prompt, completion = _count(raw["prompt_tokens"]), _count(raw.get("completion_tokens") or 0)
+    except (TypeError, ValueError, OverflowError):
+        raise MalformedResponse(f"usage: token counts are not whole numbers ≥ 0 ({_excerpt(raw)})") from None
     details = raw.get("prompt_tokens_details")
     cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else None
     return Usage(prompt, completion, _int(raw.get("total_tokens")) or prompt + completion, cached)
+
+
+def _count(value: object) -> int:
+    """A token count: a whole number ≥ 0 (``5.0`` is one; ``NaN``, ``-5``, ``2.5``, ``"x"`` are not)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or value != int(value):
+        raise ValueError(value)
+    return int(value)
+
+
+def _excerpt(raw: Mapping[str, Any]) -> str:
+    text = ", ".join(f"{k}={v!r}" for k, v in raw.items() if k.endswith("tokens"))
+    return text[:120]
 
 
 def _str(value: object) -> str | None:
@@ -364,9 +378,14 @@ class OpenAIProvider:
         self.model = self.target = model
         self.endpoint = client.base_url  # part of every request key (see pipeline.keys)
         self._currency = currency
-        self._price: Price | None = None
-        if prompt_price_per_million is not None and completion_price_per_million is not None:
-            self._price = Price(prompt_price_per_million, completion_price_per_million, currency)
+        self._price: Price | None = None  # None: the relay's own (/api/pricing), read before the first call
+        if prompt_price_per_million is not None or completion_price_per_million is not None:
+            # a job file's prices are checked when it loads, a caller's here (a late import:
+            # pipeline.arguments imports this package)
+            from ..arguments import check_price
+
+            self._price = Price(check_price(prompt_price_per_million, "prompt_price_per_million"),
+                                check_price(completion_price_per_million, "completion_price_per_million"), currency)
         self._listed: bool | None = None
         self._per_unit: float | None = None  # quota units per US dollar (/api/status)
         self._has_token_usage = True  # until /api/usage/token/ is found missing

@@ -30,8 +30,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from ..arguments import check_job_argument, check_limit, check_max_cost
 from ..config import Job
-from ..connect import Connection
+from ..connect import Connection, Credentials
 from ..errors import ConfigError, MomoError, WriteError, exit_code_for
 from ..job import Prepared, prepare, provenance, resolve
 from ..ledger import Ledger
@@ -42,6 +43,7 @@ from ..preflight import Warn
 from ..providers.base import Provider
 from ..runner import RunStats
 from ..sink import Totals
+from ..usage import paid_by_first
 from .coordinator import Coordinator, lateness
 from .worker import Worker, WorkerSpec
 
@@ -69,7 +71,7 @@ class RayOptions:
     stop_on_signals: bool = False  # SIGINT / SIGTERM stop the job softly (the CLI's choice)
 
 
-def run_job(job: Job | str | Path, connection: Connection, *, output: Path | None = None,
+def run_job(job: Job | str | Path, connection: Connection | Credentials, *, output: Path | None = None,
             limit: int | None = None, restart: bool = False, max_cost: float | None = None,
             yes: bool = False, options: RayOptions | None = None) -> RunReport:
     """Run ``job`` on Ray Data with one rate limit, one budget and one ledger for all workers.
@@ -78,9 +80,13 @@ def run_job(job: Job | str | Path, connection: Connection, *, output: Path | Non
     preflight first (a worst case over the balance or ``max_cost`` raises
     :class:`~pipeline.errors.PreflightRefused` unless ``yes``, before Ray starts or anything is
     paid), the same reconciliation after. Safe to run again after any stop or crash: every
-    answer is kept by content key. ``connection`` says where the calls go; each worker opens its
-    own client from it.
+    answer is kept by content key. ``connection`` says where the calls go (credentials alone: to
+    their base URL, else the job's); each worker opens its own client from it.
     """
+    if isinstance(connection, Credentials):
+        connection = Connection(connection)
+    job = check_job_argument(job, "pipeline.ray.run_job")  # the package's errors, naming the argument
+    limit, max_cost = check_limit(limit, "pipeline.ray.run_job"), check_max_cost(max_cost, "pipeline.ray.run_job")
     opts = options or RayOptions()
     job = resolve(job, output=output)
     _check(job)
@@ -266,7 +272,7 @@ def _dataset(job: Job, limit: int | None, batch_rows: int) -> Any:
 
 def _first_pays(part: pl.DataFrame, seen: set[str]) -> pl.DataFrame:
     """As in a local run: the first row (in input order) asking a request carries its cost; the
-    rows after it are duplicates at no cost, so the cost column sums to what the job paid."""
+    rows after it are duplicates at no cost and no tokens, so those columns sum to what the job used."""
     first = []
     for key in part["request_key"].to_list():
         first.append(key is None or key not in seen)
@@ -275,7 +281,7 @@ def _first_pays(part: pl.DataFrame, seen: set[str]) -> pl.DataFrame:
     duplicate = ~pl.Series(first) & part["request_key"].is_not_null()
     return part.with_columns(
         duplicate.alias("duplicate"),
-        pl.when(duplicate & pl.col("cost").is_not_null()).then(pl.lit(0.0)).otherwise(pl.col("cost")).alias("cost"))
+        *paid_by_first(part.columns, pl.lit(duplicate)))
 
 
 def _report(job: Job, got: dict[str, Any], rows: int, wall: float) -> RunReport:

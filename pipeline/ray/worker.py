@@ -37,7 +37,7 @@ from ..config import Job
 from ..connect import Connection
 from ..dataset import PROMPT, ROW
 from ..errors import BudgetExceeded, MomoError, error_for
-from ..ledger import DB_NAME, FINAL, RETRY, SHARDS, Entry, Ledger, _connect
+from ..ledger import DB_NAME, FINAL, RETRY, SENT, SHARDS, Entry, Ledger, _connect
 from ..plan import FIRST, KEY, OCC, make_keyer, make_task, output_columns, prompt_expr
 from ..providers.base import Price, PromptRequest
 from ..result import RowResult, Unfinished
@@ -245,8 +245,8 @@ class LedgerView:
     def sent(self, key: str, held: float) -> None:
         self.own.sent(key, held)
 
-    def not_charged(self, key: str, held: float) -> None:
-        self.own.not_charged(key, held)
+    def not_charged(self, key: str, held: float, *, before: int | None = SENT) -> None:
+        self.own.not_charged(key, held, before=before)
 
     def answered(self, key: str, answer: dict[str, Any], paid: float, held: float) -> None:
         self.own.answered(key, answer, paid, held)
@@ -312,7 +312,8 @@ class Engine:
                         stop=self.stop, max_attempts=job.limits.max_attempts,
                         request=PromptRequest(prompt="", temperature=p.temperature, max_tokens=p.max_tokens,
                                               stream=p.stream),
-                        keyer=self.keyer, ledger=self.ledger, worst_cost=worst, backoff=spec.backoff)
+                        keyer=self.keyer, ledger=self.ledger, worst_cost=worst, backoff=spec.backoff,
+                        max_wait=job.limits.max_wait_seconds)
         self.inbox: queue.Queue[pl.DataFrame | None] = queue.Queue()
         self.fan = Fanout(task, caller, self.ledger, lambda: _drain(self.inbox), spec.concurrency,
                           on_result=self._finished)

@@ -22,9 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError
+from ..labels.metrics import Evaluation, evaluate
+from ..usage import as_used
 
 REQUIRED = ("status", "error_code", "attempts", "latency_ms", "finished_at", "cost", "tokens_used")
 LABEL_COLUMNS = ("label", "label_agreement", "label_calls")
+SHARING_COLUMNS = ("duplicate", "cached")  # rows whose call another row (or job) made
+GOLD_COLUMN = "gold"  # a label job's output with this column gets eval's accuracy
 META_PREFIX = "momo_batch."
 # bin widths in seconds a time axis may use: about 40 bins over the run, whatever its length
 # (sub-second widths only matter for runs in scaled time, as in the tests)
@@ -47,6 +51,13 @@ class RunData:
     totals: dict[str, Any]  # momo_batch.totals: the summary of the run that wrote the file
     file_bytes: int
     t0: datetime | None  # the first call's estimated start (else the first row's end; None: no rows)
+    evaluation: Evaluation | None = None  # eval's figures, when the output has a gold column
+
+    @property
+    def currency(self) -> str | None:
+        """The money's unit, when the run recorded it."""
+        found = self.totals.get("currency") or self.metadata.get(META_PREFIX + "currency")
+        return str(found) if found else None
 
     @property
     def is_label_job(self) -> bool:
@@ -93,10 +104,12 @@ def load_run(path: Path) -> RunData:
     pairs = ((k.decode(errors="replace"), v.decode(errors="replace")) for k, v in (footer.metadata or {}).items())
     metadata = {k: v for k, v in pairs if k.startswith(META_PREFIX)}
     totals = _parse_totals(metadata.pop(META_PREFIX + "totals", None))
-    columns = list(REQUIRED) + [c for c in LABEL_COLUMNS if c in schema.names]
-    raw = pl.scan_parquet(path).select(columns).collect()
+    columns = list(REQUIRED) + [c for c in (*LABEL_COLUMNS, *SHARING_COLUMNS) if c in schema.names]
+    # counted as eval and the output's columns count them: a shared answer's call is the first row's
+    raw = as_used(pl.scan_parquet(path).select(columns).collect())
     rows, t0 = _with_times(raw)
-    return RunData(path, rows, metadata, totals, path.stat().st_size, t0)
+    scored = evaluate(path, GOLD_COLUMN) if {GOLD_COLUMN, "label"} <= set(schema.names) else None
+    return RunData(path, rows, metadata, totals, path.stat().st_size, t0, scored)
 
 
 def _parse_totals(text: str | None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from html import escape
 from typing import Any
 
 from .. import __version__
+from ..outcome import EXIT_MEANINGS, ExitCode
 from . import _data as d
 from ._charts import Chart
 
@@ -45,7 +46,20 @@ table { border-collapse: collapse; width: 100%; font-size: 13px; }
 td, th { text-align: left; padding: 4px 8px 4px 0; border-top: 1px solid var(--line); vertical-align: top; }
 td.v { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; word-break: break-all; }
 footer { margin-top: 22px; font-size: 12px; color: var(--muted); }
+section.tables h3 { font-size: 13px; margin: 12px 0 4px; }
+details { margin-top: 12px; font-size: 12.5px; }
+details summary { cursor: pointer; color: var(--muted); }
 @media (max-width: 820px) { .grid, section.tables { grid-template-columns: 1fr; } }
+/* a phone: two cards a row, and charts keep a size whose text can be read (9 pt at 90 % or more
+   of the size drawn), scrolling sideways inside their box rather than shrinking */
+@media (max-width: 600px) {
+  main { padding: 14px 10px 32px; }
+  .cards { grid-template-columns: repeat(2, minmax(0, 1fr)); }
+  figure { overflow-x: auto; padding: 10px; }
+  svg.chart { min-width: 540px; }
+  figure.wide svg.chart { min-width: 1040px; }
+  th { word-break: break-word; }
+}
 @media print { body { background: #fff; } figure, .card, section.tables > div { break-inside: avoid; } }
 """
 
@@ -104,13 +118,14 @@ def _headline(run: d.RunData) -> Iterator[tuple[str, str, str, bool]]:
     n_err = int(status.get("error", 0))
     yield "rows", f"{rows.height:,}", _status_note(status), False
     yield "errors", f"{n_err:,}", f"{n_err / rows.height:.1%} of rows" if rows.height else "", n_err > 0
-    yield "calls", f"{int(rows['attempts'].sum()):,}", f"{int(d.retries_per_row(run).sum()):,} retries", False
+    yield "calls", f"{int(rows['calls'].sum()):,}", f"{int(d.retries_per_row(run).sum()):,} retries", False
     if "rate_limited" in t:
         yield "429 answers", f"{t['rate_limited']:,}", "rate limited (last run)", bool(t["rate_limited"])
-    yield "tokens", f"{int(rows['tokens_used'].sum() or 0):,}", "all calls", False
-    source = {"server": "as the server reported it", "price_table": "from the job's prices"}
-    yield "cost", f"{float(rows['cost'].sum() or 0.0):.6g}", \
-        source.get(run.metadata.get("momo_batch.cost_source", ""), ""), False
+    yield "tokens", f"{int(rows['tokens_used'].sum() or 0):,}", "every call, each counted once", False
+    yield "cost", _money(float(rows["cost"].sum() or 0.0), run.currency), _cost_note(run), False
+    if run.evaluation is not None:
+        ev = run.evaluation
+        yield "accuracy", f"{ev.accuracy:.1%}", f"{ev.correct:,} of {ev.rows:,} against gold (as eval)", False
     pct = d.percentiles(d.latency_per_call(run))
     if pct:
         yield "latency p50", f"{pct[50]:,.0f} ms", f"p90 {pct[90]:,.0f} ms · p99 {pct[99]:,.0f} ms", False
@@ -121,6 +136,20 @@ def _headline(run: d.RunData) -> Iterator[tuple[str, str, str, bool]]:
     if "wall_seconds" in t:
         yield "wall time (last run)", _duration(float(t["wall_seconds"])), \
             f"span of all rows {_duration(run.span)}", False
+
+
+def _money(amount: float, currency: str | None) -> str:
+    return f"{amount:.6g} {currency}" if currency else f"{amount:.6g}"
+
+
+def _cost_note(run: d.RunData) -> str:
+    """Where the cost comes from and its unit, or why it is 0."""
+    by = run.metadata.get("momo_batch.cost_source", "")
+    if not float(run.rows["cost"].sum() or 0.0) and int(run.rows["tokens_used"].sum() or 0):
+        # MOMO charges a call covered by a prepaid package nothing; a relay's cost is the job's prices
+        return "0: prepaid tokens covered the calls" if by == "server" else "0: the job's prices are 0"
+    source = {"server": "as charged", "price_table": "at the job's prices"}.get(by, "")
+    return source if run.currency else f"{source}, account currency".lstrip(", ")
 
 
 def _status_note(status: dict[str, int]) -> str:
@@ -144,15 +173,64 @@ def _figure(chart: Chart) -> str:
 
 
 def _tables(run: d.RunData) -> str:
-    summary = _table(_flatten(run.totals)) if run.totals else "<p>No run summary recorded.</p>"
     return (
         '<section class="tables">'
-        '<div id="summary"><h2>Run summary</h2><p>momo_batch.totals: the run that wrote this file; '
-        "job_totals count every run of the job.</p>" + summary + "</div>"
+        '<div id="summary"><h2>Run summary</h2>' + _summary(run) + "</div>"
         '<div id="provenance"><h2>Provenance</h2><p>The Parquet key-value metadata: how this file was '
         "made.</p>" + _table([*run.metadata.items(), *_file_facts(run)]) + "</div>"
         "</section>"
     )
+
+
+def _summary(run: d.RunData) -> str:
+    """The whole job first (every row of this file), then the run that wrote it, then every value
+    it recorded (``momo_batch.totals``), folded away."""
+    job = _table(_job_rows(run))
+    if not run.totals:
+        return "<h3>The whole job</h3>" + job + "<p>No run summary recorded.</p>"
+    return ("<h3>The whole job: every row of this file</h3>" + job
+            + "<h3>The run that wrote this file</h3>" + _table(_run_rows(run.totals))
+            + "<details><summary>Every value the run recorded (momo_batch.totals)</summary>"
+            + _table(_flatten(run.totals)) + "</details>")
+
+
+def _job_rows(run: d.RunData) -> Iterator[tuple[str, str]]:
+    rows = run.rows
+    status = dict(rows.group_by("status").len().iter_rows())
+    yield "rows", f"{rows.height:,} ({', '.join(f'{n:,} {s}' for s, n in sorted(status.items()))})"
+    shared = int(rows["duplicate"].sum()) if "duplicate" in rows.columns else 0
+    cached = int(rows["cached"].sum()) if "cached" in rows.columns else 0
+    if shared or cached:
+        yield "rows answered without a call", f"{shared:,} duplicate, {cached:,} from the cache"
+    yield "calls", f"{int(rows['calls'].sum()):,}"
+    yield "tokens", f"{int(rows['tokens_used'].sum() or 0):,}"
+    yield "cost", f"{_money(float(rows['cost'].sum() or 0.0), run.currency or 'in the account currency')}"
+    if run.evaluation is not None:
+        ev = run.evaluation
+        yield "accuracy against gold", (f"{ev.accuracy:.1%} ({ev.correct:,} of {ev.rows:,}; coverage "
+                                        f"{ev.coverage:.1%}; kappa {'-' if ev.kappa is None else f'{ev.kappa:.3f}'})")
+
+
+def _run_rows(t: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    code = t.get("exit_code")
+    if code is not None:
+        meaning = EXIT_MEANINGS.get(ExitCode(code), "") if code in set(ExitCode) else ""
+        yield "exit code", f"{code} — {meaning}" if meaning else str(code)
+    if t.get("stop_code"):
+        yield "stopped by", str(t["stop_code"])
+    answered = [f"{t[k]:,} {k}" for k in ("ok", "error", "skipped") if isinstance(t.get(k), int)]
+    if answered:
+        yield "rows finished in this run", ", ".join(answered)
+    if isinstance(t.get("already_done"), int):
+        yield "rows already done before it", f"{t['already_done']:,}"
+    if isinstance(t.get("calls"), int):
+        yield "calls (retries, answers 429)", f"{t['calls']:,} ({t.get('retries', 0):,}, {t.get('rate_limited', 0):,})"
+    if isinstance(t.get("tokens"), int):
+        yield "tokens", f"{t['tokens']:,}"
+    if isinstance(t.get("cost"), int | float):
+        yield "cost", _money(float(t["cost"]), t.get("currency"))
+    if isinstance(t.get("wall_seconds"), int | float):
+        yield "wall time", _duration(float(t["wall_seconds"]))
 
 
 def _file_facts(run: d.RunData) -> list[tuple[str, str]]:

@@ -84,11 +84,13 @@ FAULT_NAMES: tuple[str, ...] = (
     "rate_limit", "server_error", "bad_gateway_html", "reset", "hang", "malformed", "success_false",
     "stream_mid_error", "stream_drop", "stream_no_summary", "stream_split", "stream_crlf", "stream_keepalive",
     "conflict", "context_window", "trickle", "echo_key", "charged_reset", "charged_malformed",
+    "negative_usage", "nan_usage", "long_rate_limit",
     "upstream_saturated",
 )
 STREAM_FAULTS = frozenset(name for name in FAULT_NAMES if name.startswith("stream_"))
-# faults that strike after the call was charged: the client pays and gets no answer
-POST_CHARGE_FAULTS = frozenset({"charged_reset", "charged_malformed"})
+# faults that strike after the call was charged: the client pays and gets no answer, or an answer
+# whose figures lie (negative, NaN); the log records what was really charged
+POST_CHARGE_FAULTS = frozenset({"charged_reset", "charged_malformed", "negative_usage", "nan_usage"})
 
 
 class _Strict(BaseModel):
@@ -165,6 +167,10 @@ class FaultConfig(_Strict):
     echo_key: float = _Prob  # HTTP 400 whose message quotes the key without its first 3 characters ("sk-")
     charged_reset: float = _Prob  # charged, then the connection is reset before the answer
     charged_malformed: float = _Prob  # charged, then HTTP 200 whose JSON breaks off half-way
+    negative_usage: float = _Prob  # charged, then an answer whose tokens (and MOMO's cost) are negative
+    nan_usage: float = _Prob  # charged, then an answer whose cost (MOMO) or tokens (relay) are NaN
+    long_rate_limit: float = _Prob  # HTTP 429 asking to wait ``long_retry_after`` seconds (both APIs)
+    long_retry_after: float = Field(default=3600.0, ge=0)
     upstream_saturated: float = _Prob  # a relay's 429: its upstream is saturated (not the key's rate)
     # After this many faults for one (key, prompt) it always succeeds, so a client's retries converge.
     max_faults_per_prompt: int = Field(default=3, ge=0)

@@ -9,13 +9,38 @@ the request always succeeds, so a client that retries converges.
 from __future__ import annotations
 
 import hashlib
+import math
+from typing import Any
 
 from .config import FAULT_NAMES, STREAM_FAULTS, FaultConfig
 
-__all__ = ["FORMAT_VARIANTS", "FaultPicker", "uniform"]
+__all__ = ["FORMAT_VARIANTS", "FaultPicker", "reported", "told", "uniform"]
 
 # Framings that still deliver and charge: they do not count towards ``max_faults_per_prompt``.
 FORMAT_VARIANTS = frozenset({"stream_split", "stream_crlf", "stream_keepalive"})
+
+
+def reported(fault: str | None, value: int | float) -> int | float:
+    """What an answer says it used: ``value``, or the lie a lying fault tells about it (a negative
+    number, or NaN, which the JSON encoder writes as ``NaN``)."""
+    if fault == "negative_usage":
+        return -1 - abs(value)
+    if fault == "nan_usage":
+        return math.nan
+    return value
+
+
+def told(fault: str | None, figures: dict[str, Any], *, nan: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """``figures`` as a lying answer reports them (see :func:`reported`); nested tables as they are.
+    ``nan``: the only figures that ``nan_usage`` makes NaN (default: all of them)."""
+    def lie(name: str, value: Any) -> Any:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return value
+        if fault == "nan_usage" and nan is not None and name not in nan:
+            return value
+        return reported(fault, value)
+
+    return {name: lie(name, v) for name, v in figures.items()}
 
 
 def uniform(*parts: object) -> float:

@@ -2,7 +2,8 @@
 
 A labelling target (MOMO agents 301 and 302, every relay model) reads the ``Labels: a | b | c``
 line of its prompt, or a ``JSON schema: {...}`` line, and answers with a label (in the loose
-styles real models use) or a JSON object.
+styles real models use) or a JSON object. The text it labels is the rest of the prompt, with the
+instruction lines taken out but what follows the colon of ``Classify ...: <text>`` kept.
 
 * **What is right.** For a text found in the truth table (``label_truth``: a CSV with ``text``
   and ``gold`` columns, optionally ``case``; the prompt only has to contain the text), its gold
@@ -39,7 +40,10 @@ __all__ = ["Labeller", "Truth"]
 _LABELS_LINE = re.compile(r"^\s*Labels?\s*:\s*(.+)$", re.M | re.I)
 _SCHEMA_LINE = re.compile(r"^\s*JSON schema\s*:\s*(\{.*\})\s*$", re.M | re.I)
 _STRICT_LINE = re.compile(r"^\s*STRICT:.*?one (?:or more )?of:\s*(.+?),? (?:separated|and nothing)", re.M)
-_INSTRUCTION = ("STRICT:", "Classify", "Answer with", "If none", "JSON schema", "Reply with")
+# lines that only instruct (and name the labels or the schema): never part of the text
+_INSTRUCTION = ("STRICT:", "Answer with", "If none", "JSON schema", "Reply with")
+# an instruction that may carry the text after its colon: "Classify this review: <text>"
+_LEAD_IN = re.compile(r"^\s*Classify\b[^:：\n]*(?:[:：]\s*(.*))?$", re.I)
 _POSITIVE = ("good", "great", "love", "excellent", "perfect", "happy", "recommend", "amazing", "nice",
              "好评", "满意", "喜欢", "不错", "推荐", "好用", "很好", "棒", "👍", "值得")
 _NEGATIVE = ("bad", "broke", "terrible", "awful", "refund", "return", "disappoint", "poor", "worst", "waste",
@@ -165,9 +169,17 @@ def label_set(prompt: str) -> list[str]:
 
 
 def text_of(prompt: str) -> str:
-    """The prompt without its instruction lines (which name every label)."""
-    keep = [line for line in prompt.splitlines()
-            if not _LABELS_LINE.match(line) and not line.lstrip().startswith(_INSTRUCTION)]
+    """The prompt without its instruction lines (which name every label), wherever the text is:
+    on a line of its own, in a ``Review: ...`` line, or after the colon of a ``Classify ...:``
+    line (as a user writes it: ``Classify the sentiment of this product review: {text}``)."""
+    keep = []
+    for line in prompt.splitlines():
+        if _LABELS_LINE.match(line) or line.lstrip().startswith(_INSTRUCTION):
+            continue
+        lead_in = _LEAD_IN.match(line)
+        if lead_in is not None:
+            line = lead_in.group(1) or ""
+        keep.append(line)
     return "\n".join(keep).strip()
 
 

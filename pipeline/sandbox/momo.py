@@ -18,6 +18,7 @@ from aiohttp import web
 
 from .answers import PROMPT_OVERHEAD, answer, completion_tokens, count_tokens
 from .catalog import LABEL_AGENT_IDS, Agent
+from .faults import told
 from .handlers import Handlers
 from .ratelimit import Decision
 from .state import MomoAccount
@@ -121,6 +122,9 @@ class MomoApi(Handlers):
         if fault == "rate_limit":  # an injected 429 says "wait one (scaled) second"
             headers = {"Retry-After": _seconds(self.cfg.window_seconds / 60)} if self.cfg.rate_headers else {}
             return self._fail(rec, 429, "RATE_LIMIT", "请求过于频繁", "稍后重试,遵守限流规则", headers)
+        if fault == "long_rate_limit":
+            headers = {"Retry-After": _seconds(self.cfg.faults.long_retry_after)}
+            return self._fail(rec, 429, "RATE_LIMIT", "请求过于频繁", "稍后重试,遵守限流规则", headers)
         if fault == "hang":
             return self._fail(rec, 504, "INTERNAL_ERROR", "网关超时", "upstream model did not answer in time")
         status = 200 if fault == "success_false" else 500
@@ -199,13 +203,15 @@ class MomoApi(Handlers):
                    request_id=rid)
         labeller = self.state.labeller if agent.id in LABEL_AGENT_IDS else None
         content = answer(agent.id, prompt, params.temperature, rec["n"], labeller=labeller)
-        data = {"id": rid, "content": content, "tokens_used": tokens, "cost": charge.cost}
+        # a lying answer: cost -x and tokens -n, or a NaN cost beside honest tokens
+        usage = told(rec["fault"], {"tokens_used": tokens, "cost": charge.cost}, nan=("cost",))
+        data = {"id": rid, "content": content, **usage}
         if (lost := await self._after_charge(request, rec, {"success": True, "data": data}, params.stream)):
             return lost
         if not params.stream:
             return self._finish(rec, json_reply({"success": True, "data": data}, headers=headers))
         fault = rec["fault"]
-        summary = {"done": True, "id": rid, "tokens_used": tokens, "cost": charge.cost}
+        summary = {"done": True, "id": rid, **usage}
         stream = EventStream.framed_for(request, fault, headers)
         self._finish(rec, stream.response)  # charged now, whatever happens to the stream
         tail = ["[DONE]"] if fault == "stream_no_summary" else [summary, "[DONE]"]

@@ -26,6 +26,7 @@ from aiohttp import web
 from . import newapi
 from .answers import answer, completion_tokens, count_tokens
 from .catalog import QUOTA_PER_USD, RELAY_PRICES, Price, quota_units
+from .faults import told
 from .handlers import Handlers
 from .state import RelayKey, RelayUser, SandboxState
 from .wire import EventStream, bearer, json_reply, pieces, request_id, stream_reply
@@ -162,6 +163,9 @@ class RelayApi(Handlers):
                                                "invalid_request_error"))
         if fault == "rate_limit":  # as relays do: no body, no Retry-After
             return self._finish(rec, web.Response(status=429), "rate_limit")
+        if fault == "long_rate_limit":  # a relay that does say how long: a long time
+            retry = {"Retry-After": f"{self.cfg.faults.long_retry_after:g}"}
+            return self._finish(rec, web.Response(status=429, headers=retry), "rate_limit")
         if fault == "hang":
             return self._fail(rec, 504, _error("upstream timed out", "timeout", "upstream_error"))
         if fault == "upstream_saturated":  # one-api's rewrite of any upstream 429
@@ -267,11 +271,12 @@ class RelayApi(Handlers):
         content = answer(params.model, params.messages[-1][1], params.temperature, rec["n"],
                          labeller=self.state.labeller)
         body = _completion(rid, params.model, content, prompt_tokens, completion)
+        body["usage"] = usage = told(rec["fault"], body["usage"])  # a lying fault's figures
         if (lost := await self._after_charge(request, rec, body, params.stream)):
             return lost
         if not params.stream:
             return self._finish(rec, json_reply(body))
-        return await self._stream(request, rec, rid, params, content, _usage(prompt_tokens, completion))
+        return await self._stream(request, rec, rid, params, content, usage)
 
     async def _stream(self, request: web.Request, rec: dict[str, Any], rid: str, params: ChatParams, content: str,
                       usage: dict[str, Any]) -> web.StreamResponse:
