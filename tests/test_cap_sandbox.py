@@ -35,6 +35,9 @@ class NoBalance:
     async def price(self):  # type: ignore[no-untyped-def]
         return await self.inner.price()
 
+    def retarget(self, target: str, **prices: float | None) -> Provider:
+        return self.inner.retarget(target, **prices)
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 

@@ -206,6 +206,9 @@ class BalanceFailsAfterCalls:
     async def price(self) -> Price:
         return await self.inner.price()
 
+    def retarget(self, target: str, **prices: float | None) -> Provider:
+        return self.inner.retarget(target, **prices)
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 

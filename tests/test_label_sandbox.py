@@ -53,7 +53,7 @@ async def test_a_natural_prompt_scores_like_the_examples_template(tmp_path: Path
             base = Job.load(ROOT / "jobs/label-gold.toml")
             job = base.with_overrides(
                 prompt=base.prompt.model_copy(update={"template": template}),
-                label={**(base.label or {}), "votes": 1, "escalate": None},
+                label={**{k: v for k, v in (base.label_table or {}).items() if k != "escalate"}, "votes": 1},
                 output=OutputConfig(path=tmp_path / f"{name}.parquet"))
             await run(job, "momo-sandbox-enterprise", sb.momo_url)
             accuracy[name] = evaluate(tmp_path / f"{name}.parquet", "gold").accuracy

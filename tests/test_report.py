@@ -320,7 +320,7 @@ def test_calls_tokens_and_cost_are_what_the_server_counted_with_repeated_prompts
     assert cards["calls"] == "7" and cards["tokens"] == f"{sum(r['tokens_used'] for r in served):,}"
     # agent 159's calls come out of the demo key's prepaid package: a cost of 0 that says why
     assert sum(r["cost"] for r in served) == 0 and sum(r["package_tokens"] for r in served) > 0
-    assert cards["cost"] == "0" and "0: prepaid tokens covered the calls" in html
+    assert cards["cost"] == "0 CNY" and "0: prepaid tokens covered the calls" in html  # the unit, recorded by the run
     summary = html[html.index('id="summary"'):html.index('id="provenance"')]
     assert "<h3>The whole job: every row of this file</h3>" in summary
     assert "<th>rows answered without a call</th><td class=\"v\">21 duplicate, 0 from the cache</td>" in summary

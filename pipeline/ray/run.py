@@ -121,10 +121,12 @@ def _on_ray(prepared: Prepared, connection: Connection, opts: RayOptions, *, lim
     job = prepared.job
     started_ray = not ray.is_initialized()
     if started_ray:
-        try:  # Ray's own chatter (execution plans, progress) stays in its log files, errors still show
+        # Ray's own chatter (execution plans, progress, its note on token auth) stays in its log
+        # files; errors still show
+        try:
             # a local Ray listens on loopback only: nothing of this job's leaves the machine
             local = {} if opts.address else {"_node_ip_address": "127.0.0.1"}
-            ray.init(address=opts.address, **{"include_dashboard": False, "logging_level": logging.WARNING,
+            ray.init(address=opts.address, **{"include_dashboard": False, "logging_level": logging.ERROR,
                                               "log_to_driver": False, **local, **opts.init})
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {opts.address}" if opts.address else "a local Ray"
