@@ -14,6 +14,14 @@ with time scaled down (scenario 1 × 0.25, scenario 2 × 0.1, or ``--scale``), 5
    more: it costs up to ``concurrency`` 429s whatever the client does (they are already in flight
    when the limit is reached), 16 of about 170 calls here.
 
+And two new-api relay cases (the sandbox's ``[new_api]`` mode, issue 21), time × 0.1, no rate given:
+
+3. **The model rate limit, stated in words.** 60 per minute on new-api's success counter (a
+   sliding log, 429 ``您已达到请求数限制：1分钟内最多请求60次``, no headers). 150 rows: ideal 120 s (60
+   at once, 60 a window later, 30 a window after). Goal: wall ≤ 1.15 × ideal, ≤ 12 refusals.
+4. **A saturated upstream.** 10 % of calls get one-api's 429 ``当前分组上游负载已饱和``, on an
+   unlimited key, 200 rows; the ideal is the same run without it. Goal: every row ok, wall ≤ 1.3×.
+
 "Ideal" is rows ÷ the server's average rate (a fixed window can beat it, by its first burst).
 "Wall" is the whole ``run_job`` (reading, journal, Parquet output included); "calls" is the span
 from the first to the last call the server saw. All times are unscaled. "429s" are counted in the
@@ -148,13 +156,61 @@ def _row(algorithm: str, r: Result, scenario: Scenario) -> str:
             f"| {r.refused:3d} of {r.calls:4d} ({r.extra:4.1f} %) | {learned:<18} | {'yes' if met else 'NO'} |")
 
 
+def relay_run(tmp: Path, rows: int, scale: float, *, rate_limit: int = 0, saturated: float = 0.0) -> Result:
+    """One run against the sandbox in new-api mode (unlimited job, 16 in flight, 50 ms a call)."""
+    from pipeline.sandbox import FaultConfig, NewApiConfig, RelayKeyConfig, Sandbox, SandboxConfig
+
+    minute = 60.0 * scale
+    data = _questions(tmp / "q.csv", rows)
+    out = tmp / f"out-{time.monotonic_ns()}.parquet"
+    cfg = SandboxConfig(window_seconds=minute, latency_ms=50 * scale, relay_keys={"sk-bench": RelayKeyConfig()},
+                        new_api=NewApiConfig(flavour="one-api" if saturated else "new-api",
+                                             rate_limit_success=rate_limit),
+                        faults=FaultConfig(upstream_saturated=saturated))
+    with Sandbox(cfg).running() as sb:
+        job = _job("openai", data, out, sb.relay_url, {"tier": "enterprise", "window_seconds": minute})
+        t0 = time.perf_counter()
+        report = anyio.run(_run_job, job, "sk-bench", sb.relay_url)
+        wall = time.perf_counter() - t0
+        posts = [r for r in sb.records() if r["path"] == "/v1/chat/completions"]
+    ideal = (-(-rows // rate_limit) - 1) * 60.0 if rate_limit else 0.0
+    span = max(r["ts"] for r in posts) - min(r["ts"] for r in posts)
+    return Result(wall / scale, span / scale, ideal, report.stats.ok, rows, len(posts),
+                  sum(r["status"] == 429 for r in posts), report.rate_limiter, scale)
+
+
+def relay_cases(scale: float, repeat: int) -> None:
+    print(f"\n3-4. new-api relay, no rate given (time scale {scale}, figures unscaled)")
+    print("| case | rows ok | ideal | wall | wall/ideal | 429s of calls | pace learned | goal met |")
+    print("|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="momo-bench-") as tmp:
+        def median(**kw: Any) -> Result:
+            runs = [relay_run(Path(tmp), scale=scale, **kw) for _ in range(repeat)]
+            middle = statistics.median_low(r.wall for r in runs)
+            return next(r for r in runs if r.wall == middle)
+
+        limited = median(rows=150, rate_limit=60)
+        met = limited.ok == limited.rows and limited.ratio <= 1.15 and limited.refused <= 12
+        print(f"| 3. model rate limit 60/min | {limited.ok}/{limited.rows} | {limited.ideal:.0f} s "
+              f"| {limited.wall:.1f} s | {limited.ratio:.2f}× | {limited.refused} of {limited.calls} "
+              f"| stated {limited.learned.get('stated_per_minute')}/min | {'yes' if met else 'NO'} |", flush=True)
+        clear, busy = median(rows=200), median(rows=200, saturated=0.1)
+        ratio = busy.wall / clear.wall
+        met = busy.ok == busy.rows and ratio <= 1.3
+        print(f"| 4. upstream saturated, 10 % | {busy.ok}/{busy.rows} | {clear.wall:.1f} s (without) "
+              f"| {busy.wall:.1f} s | {ratio:.2f}× | {busy.refused} of {busy.calls} "
+              f"| pace {busy.learned.get('pace_per_minute') or 'unlimited'} | {'yes' if met else 'NO'} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, help="real seconds per scenario second (default: per scenario)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell; the median wall is shown")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
-    parser.add_argument("--only", choices=["1", "2", "2b"], help="run one scenario")
+    parser.add_argument("--only", choices=["1", "2", "2b", "relay"], help="run one scenario")
     args = parser.parse_args()
+    if args.only in (None, "relay"):
+        relay_cases(args.scale or 0.1, args.repeat)
     for scenario in (WINDOW, FIND, FIND_SHORT):
         if args.only and scenario.name.split(".")[0] != args.only:
             continue

@@ -19,7 +19,7 @@ from rich.table import Table
 from ._tuning import steady_gc
 from .config import Job
 from .connect import Connection
-from .errors import MomoError, WriteError
+from .errors import Interrupted, Terminated, WriteError
 from .estimator import Estimate
 from .job import RunOptions, resolve, run_job
 from .job import estimate as estimate_job
@@ -69,19 +69,19 @@ def _warner(errors: Console) -> Callable[[str], None]:
 
 # first signal: stop sending, let calls in flight finish and be recorded, write the output;
 # second: cancel the calls in flight too (still recorded as sent); third: the default (die)
-_SIGNALS = {signal.SIGINT: ("INTERRUPTED", "Ctrl-C"), signal.SIGTERM: ("TERMINATED", "SIGTERM")}
+_SIGNALS = {signal.SIGINT: (Interrupted, "Ctrl-C"), signal.SIGTERM: (Terminated, "SIGTERM")}
 
 
 async def _stop_on_signals(stop: Stop, errors: Console) -> None:
     with anyio.open_signal_receiver(*_SIGNALS) as signals:
         async for signum in signals:
-            code, name = _SIGNALS[signal.Signals(signum)]
+            error, name = _SIGNALS[signal.Signals(signum)]
             if not stop.stopped:
-                stop.soft(code, MomoError(f"stopped by {name}"))
+                stop.soft(error(f"stopped by {name}"))
                 errors.print(f"{name}: no new calls; waiting for the calls in flight to finish and be "
                              "recorded (again to abort them)", highlight=False, soft_wrap=True)
             else:
-                stop.now(code, MomoError(f"stopped by {name}"))
+                stop.now(error(f"stopped by {name}"))
                 errors.print(f"{name} again: aborting the calls in flight; writing the output",
                              highlight=False, soft_wrap=True)
                 return

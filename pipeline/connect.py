@@ -99,10 +99,10 @@ def _open(cfg: ProviderConfig, creds: Credentials, *, base_url: str | None, max_
         return MomoProvider(client, cfg.agent_id)
     from .providers.openai import OpenAIClient, OpenAIProvider
 
-    if cfg.prompt_price_per_million is None or cfg.completion_price_per_million is None:
+    if (cfg.prompt_price_per_million is None) != (cfg.completion_price_per_million is None):
         raise ConfigError(
-            "provider.prompt_price_per_million and provider.completion_price_per_million are "
-            "required for kind = 'openai' (relays do not report a cost per call)"
+            "provider.prompt_price_per_million and provider.completion_price_per_million go together "
+            "(without both, a new-api relay's own /api/pricing prices the model)"
         )
     oclient = OpenAIClient(creds.api_key, url or RELAY_DEFAULT_URL, access_token=creds.access_token,
                            user_id=creds.user_id or cfg.user_id, timeout=cfg.timeout,

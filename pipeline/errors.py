@@ -6,26 +6,38 @@
     ├── BudgetExceeded              stop softly  4   the next call's worst case does not fit max_cost
     ├── JobBusy                     stop now     8   another process holds the job's ledger (one writer per job)
     ├── WriteError                  stop softly  9   the ledger or the output cannot be written (disk full)
+    ├── Interrupted                 stop softly  130 Ctrl-C (a second one stops now)
+    │   └── Terminated              stop softly  143 SIGTERM
     ├── WaitTooLong                 stop softly  10  the server asked to wait longer than limits.max_wait_seconds
     └── APIError                                     the service said no, or could not be understood
         ├── TerminalError                            retrying cannot help
         │   ├── InvalidApiKey       stop now     5   401 INVALID_API_KEY
         │   ├── AgentNotFound       stop now     5   404 AGENT_NOT_FOUND (also model_not_found)
+        │   │   └── NoChannel       stop now     5   a relay's 503 "无可用渠道": no channel serves the model
         │   ├── NoSuchApi           stop now     6   a discovery endpoint is missing: wrong base URL
         │   ├── InsufficientBalance stop softly  3   402 INSUFFICIENT_BALANCE: keep results, resumable
+        │   │   └── KeyQuotaUsedUp  stop softly  3   a relay's "该令牌额度已用尽" (401): the key's own quota is spent
         │   ├── InvalidParameters   fail the row 5   400 INVALID_PARAMETERS (context window too): final
         │   └── RequestRejected     fail the row 5   any other 4xx (409, 413, ...)
         └── TransientError          retry        6   worth retrying, then the row fails
-            ├── RateLimited                          429 RATE_LIMIT, carries retry_after
+            ├── RateLimited                          429 RATE_LIMIT, carries retry_after (and a relay's stated quota)
+            ├── UpstreamSaturated                    a relay's 429 "上游负载已饱和": its upstream is busy, not our pace
             ├── ServerError                          5xx
             ├── Timeout                              no whole answer within provider.timeout
             ├── ConnectionLost                       reset, refused, stream dropped
             └── MalformedResponse                    a body that is not the contract's JSON
 
-Each class carries its :class:`Action` (what the runner does with a row's error) and its exit code
-(what the CLI exits with when the error ends a command). :func:`classify` is the one table from
-(HTTP status, error code) to a class, for both services. Decisions read ``action``, never the
-message text. No exception carries an API key: server text is scrubbed by :func:`redact`.
+Each class carries its facts as class attributes, and nothing else keeps them: its :class:`Action`
+(what the runner does with a row's error), its exit code (what the CLI exits with when the error
+ends a command), ``final`` (a row that ends in it is finished: a rerun does not send it again) and
+``may_have_been_charged`` (the request went out and no answer says it was not charged: its worst
+case stays spent), and ``busy`` (the server is busy, the row is not at fault: retrying it does not
+use up ``max_attempts``). Only the connection-level transient errors (timeout, connection lost,
+malformed body) may have been charged; an error answer was not. :func:`classify` is the one table
+from (HTTP status, error code, message) to a class, for both services: the message matters only
+where new-api / one-api relays say with it what their code does not (a key's quota used up, no
+channel, upstream saturation). Decisions read the class's attributes, never the message text. No
+exception carries an API key: server text is scrubbed by :func:`redact`.
 
 :class:`~pipeline.outcome.ExitCode` is the one table of exit codes; the README quotes
 :data:`~pipeline.outcome.EXIT_MEANINGS` and a test keeps the two equal.
@@ -34,6 +46,7 @@ message text. No exception carries an API key: server text is scrubbed by :func:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from enum import StrEnum
 
 from .outcome import ExitCode
@@ -47,23 +60,32 @@ __all__ = [
     "ConfigError",
     "ConnectionLost",
     "InsufficientBalance",
+    "Interrupted",
     "InvalidApiKey",
     "InvalidParameters",
     "JobBusy",
+    "KeyQuotaUsedUp",
     "MalformedResponse",
     "MomoError",
+    "NoChannel",
     "NoSuchApi",
     "PreflightRefused",
     "RateLimited",
     "RequestRejected",
     "ServerError",
     "TerminalError",
+    "Terminated",
     "Timeout",
     "TransientError",
+    "UpstreamSaturated",
     "WaitTooLong",
     "WriteError",
     "classify",
+    "error_for",
+    "exit_code_for",
     "redact",
+    "request_id_in",
+    "stated_quota",
 ]
 
 
@@ -116,6 +138,10 @@ class MomoError(Exception):
     code: str = "ERROR"
     action: Action = Action.STOP_NOW
     exit_code: ExitCode = ExitCode.TERMINAL
+    final: bool = False  # a row that ends in this error is finished: resuming would only fail it again
+    # raised after a request may have gone out, with no answer saying it was not charged
+    may_have_been_charged: bool = True
+    busy: bool = False  # the server is busy, not the row at fault: its retries do not use up max_attempts
 
 
 class ConfigError(MomoError):
@@ -155,6 +181,21 @@ class WriteError(MomoError):
     exit_code = ExitCode.WRITE
 
 
+class Interrupted(MomoError):
+    """Ctrl-C: stop sending, let calls in flight finish and be recorded; run again to resume."""
+
+    code = "INTERRUPTED"
+    action = Action.STOP_SOFT
+    exit_code = ExitCode.INTERRUPTED
+
+
+class Terminated(Interrupted):
+    """SIGTERM: as Ctrl-C."""
+
+    code = "TERMINATED"
+    exit_code = ExitCode.TERMINATED
+
+
 class WaitTooLong(MomoError):
     """A server asked (``Retry-After``) for a pause longer than ``limits.max_wait_seconds``: the job
     stops softly, resumable, instead of sleeping for it silently."""
@@ -172,6 +213,7 @@ class APIError(MomoError):
     """
 
     code = "API_ERROR"
+    may_have_been_charged = False  # the server answered: an error answer is not charged
 
     def __init__(
         self,
@@ -214,6 +256,12 @@ class AgentNotFound(TerminalError):
     code = "AGENT_NOT_FOUND"
 
 
+class NoChannel(AgentNotFound):
+    """A new-api / one-api relay has no channel serving the model in the key's group (503, new-api
+    with code ``model_not_found``, one-api with none): no row can succeed, so the job stops instead
+    of retrying every row. The message names the model and the group."""
+
+
 class NoSuchApi(TerminalError):
     """A discovery endpoint (agents, models, balance, billing, user self) is not there: the base URL
     is wrong, or the server is not this API. The message names the URL."""
@@ -228,12 +276,18 @@ class InsufficientBalance(TerminalError):
     exit_code = ExitCode.INSUFFICIENT_BALANCE
 
 
+class KeyQuotaUsedUp(InsufficientBalance):
+    """A relay's key has used up its own quota (new-api answers every call with 401 ``[sk-ab***yz]
+    该令牌额度已用尽``): money, not a bad key. Top up or raise the key's quota, then run again."""
+
+
 class InvalidParameters(TerminalError):
     """The request itself is wrong (a bad field, a prompt over the context window): the row fails
-    for good, and a rerun does not send it again (``FINAL_ERROR_CODES``)."""
+    for good, and a rerun does not send it again (``final``)."""
 
     code = "INVALID_PARAMETERS"
     action = Action.FAIL_ROW
+    final = True
 
 
 class RequestRejected(TerminalError):
@@ -258,6 +312,7 @@ class TransientError(APIError):
 
 class RateLimited(TransientError):
     code = "RATE_LIMIT"
+    busy = True
 
     def __init__(
         self,
@@ -266,12 +321,25 @@ class RateLimited(TransientError):
         retry_after: float | None = None,
         remaining: int | None = None,
         reset: float | None = None,
+        stated: tuple[int, float, bool] | None = None,
         **kw: object,
     ) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.retry_after = retry_after  # seconds, from Retry-After, when the server sent it
         self.remaining = remaining  # X-RateLimit-Remaining
         self.reset = reset  # X-RateLimit-Reset, seconds from now
+        # (requests, minutes, refused calls count too) a relay's message states: new-api's
+        # "N分钟内最多请求M次" is (M, N, False) from its success counter, (M, N, True) from its total one
+        self.stated = stated if stated is not None else stated_quota(message)
+
+
+class UpstreamSaturated(TransientError):
+    """A relay's 429 saying its upstream is saturated (one-api, older new-api: any upstream 429
+    becomes ``当前分组上游负载已饱和，请稍后再试``): back off this call, but it says nothing about the
+    job's own pace, so the rate limiter does not slow down."""
+
+    code = "UPSTREAM_SATURATED"
+    busy = True
 
 
 class ServerError(TransientError):
@@ -280,14 +348,17 @@ class ServerError(TransientError):
 
 class Timeout(TransientError):
     code = "TIMEOUT"
+    may_have_been_charged = True  # the request went out and no whole answer came
 
 
 class ConnectionLost(TransientError):
     code = "CONNECTION_LOST"
+    may_have_been_charged = True  # the request went out and no whole answer came
 
 
 class MalformedResponse(TransientError):
     code = "MALFORMED_RESPONSE"
+    may_have_been_charged = True  # the request went out and no whole answer came
 
 
 # -- classification ----------------------------------------------------------------------------------
@@ -326,13 +397,36 @@ STATUS_ERRORS: dict[int, type[APIError]] = {
 }
 
 
-def classify(status: int | None, code: str | None) -> type[APIError]:
-    """The error class for an error answer, by its code first, then its HTTP status.
+# What new-api / one-api relays say only in their message (their code is empty, or says less):
+# the text each sends, from their source, and the class it means.
+MESSAGE_ERRORS: tuple[tuple[str, type[APIError]], ...] = (
+    ("该令牌额度已用尽", KeyQuotaUsedUp),  # the key's own quota (new-api: 401 on every call)
+    ("无可用渠道", NoChannel),  # new-api: 分组 G 下模型 M 无可用渠道; one-api: 当前分组 G 下对于模型 M 无可用渠道
+    ("上游负载已饱和", UpstreamSaturated),  # one-api's rewrite of any upstream 429
+)
+
+# A code whose meaning depends on the status: OpenAI-style ``insufficient_quota`` sent with a 429
+# is a relay's rate limit (its upstream's quota per minute), not the account's money.
+CODE_STATUS_ERRORS: dict[tuple[str, int], type[APIError]] = {
+    ("insufficient_quota", 429): RateLimited,
+}
+
+
+def classify(status: int | None, code: str | None, message: str | None = None) -> type[APIError]:
+    """The error class for an error answer: a relay's telling message first, then its code (with
+    the status where that changes it), then its HTTP status.
 
     Unknown 4xx fail their row (:class:`RequestRejected`); 5xx, and error bodies sent with a
     2xx status and no known code, are transient (:class:`ServerError`).
     """
-    named = CODE_ERRORS.get((code or "").strip().lower())
+    if message:
+        said = next((cls for text, cls in MESSAGE_ERRORS if text in message), None)
+        if said is not None:
+            return said
+    name = (code or "").strip().lower()
+    if status is not None and (name, status) in CODE_STATUS_ERRORS:
+        return CODE_STATUS_ERRORS[name, status]
+    named = CODE_ERRORS.get(name)
     if named is not None:
         return named
     if status is not None:
@@ -341,6 +435,68 @@ def classify(status: int | None, code: str | None) -> type[APIError]:
         if 400 <= status < 500:
             return RequestRejected
     return ServerError
+
+
+_STATED = re.compile(r"(\d+)\s*分钟内最多请求\s*(\d+)\s*次")
+_REQUEST_ID = re.compile(r"\(request id: ([^)\s]+)\)\s*$")
+_NO_CHANNEL = re.compile(r"分组\s*(\S+?)\s*下(?:对于)?模型\s*(\S+?)\s*无可用渠道")
+
+
+def stated_quota(message: str | None) -> tuple[int, float, bool] | None:
+    """``(requests, minutes, refused calls count too)`` from new-api's model rate limit message:
+    ``1分钟内最多请求60次`` (its success counter) or ``总请求数限制：…包括失败次数`` (its total counter)."""
+    text = message or ""
+    found = _STATED.search(text)
+    if found is None or int(found.group(2)) <= 0 or int(found.group(1)) <= 0:
+        return None
+    return int(found.group(2)), float(found.group(1)), "总请求数" in text
+
+
+def request_id_in(message: str | None) -> str | None:
+    """The id new-api / one-api append to every error message: ``… (request id: 2025…)``."""
+    found = _REQUEST_ID.search(message or "")
+    return found.group(1) if found else None
+
+
+def relay_message(cls: type[APIError], message: str) -> str:
+    """What a relay's own words mean, said first (the relay's text follows)."""
+    if cls is KeyQuotaUsedUp:
+        return f"the key's own quota on the relay is used up (raise it or top up, then run again): {message}"
+    if cls is NoChannel:
+        found = _NO_CHANNEL.search(message)
+        what = (f"model {found.group(2)} in group {found.group(1)}" if found else "the model in the key's group")
+        return f"no channel of the relay serves {what}: {message}"
+    return message
+
+
+def _classes() -> Iterator[type[MomoError]]:
+    """Every class of the tree, each before its subclasses."""
+    queue: list[type[MomoError]] = [MomoError]
+    while queue:
+        cls = queue.pop(0)
+        yield cls
+        queue.extend(cls.__subclasses__())
+
+
+def error_class_for(code: str | None) -> type[MomoError]:
+    """The most general class whose ``code`` this is (:class:`MomoError` for a code no class names):
+    how a code that crossed a process (a Ray worker's stop) or a file finds its facts again."""
+    return next((cls for cls in _classes() if cls.code == code), MomoError)
+
+
+def exit_code_for(code: str | None) -> ExitCode:
+    """The exit code of a run stopped by the error whose ``code`` this is."""
+    return error_class_for(code).exit_code
+
+
+def error_for(code: str, message: str) -> MomoError:
+    """A stop that crossed a process (a Ray worker learns it as a code and a text): the text as it
+    was said, with the facts of the class that ``code`` names."""
+    cls = error_class_for(code)
+    err = MomoError(message)
+    err.code, err.action, err.exit_code = code, cls.action, cls.exit_code
+    err.final, err.may_have_been_charged = cls.final, cls.may_have_been_charged
+    return err
 
 
 def server_code(raw: object) -> str | None:

@@ -283,9 +283,24 @@ async def estimate(job: Job, provider: Provider, *, pilot: int = 0, limit: int |
     account = await provider.account()
     est = _assemble(job, price, account, totals, spent, fitted,
                     max_cost if max_cost is not None else job.limits.max_cost, escalation)
-    est.warnings = [note for note in (price.note, account.note) if note]  # an unlisted model, no balance
+    est.warnings = [note for note in (price.note, account.note, _reservations(job, provider, price, account, totals))
+                    if note]  # an unlisted model, no balance, reservations over what is left
     est.notes += est.warnings
     return est
+
+
+def _reservations(job: Job, provider: Provider, price: Price, account: Account, t: PromptTotals) -> str | None:
+    """A relay (new-api, one-api) holds (prompt + max_tokens) × its prompt price before each call:
+    when the calls in flight hold more than is left, calls are refused before the money is spent."""
+    if provider.name != "openai" or account.remaining is None or not t.remaining:
+        return None
+    per_call = (t.prompt_tokens / t.remaining + (job.provider.max_tokens or 0)) * price.prompt_per_million / 1e6
+    in_flight = min(job.limits.concurrency, t.remaining) * per_call
+    if in_flight <= account.remaining:
+        return None
+    return (f"the relay reserves prompt + max_tokens at the prompt price before each call: "
+            f"{min(job.limits.concurrency, t.remaining)} calls in flight hold about {in_flight:.4g} {price.currency}, "
+            f"more than the {account.remaining:.4g} left; calls will be refused (exit 3) before it is spent")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from ._version import __version__
 from .arguments import check_frame, check_job_argument, check_limit, check_max_cost, check_provider
 from .budget import BalanceReader, Budget
 from .config import Job, OutputConfig
-from .errors import MomoError
+from .errors import Interrupted
 from .estimator import Estimate, worst_cost_fn
 from .estimator import estimate as estimate_job
 from .ledger import Cache, Ledger
@@ -201,9 +201,10 @@ async def _execute(prepared: Prepared, provider: Provider, ledger: Ledger, share
     try:
         await fan.run()
     except KeyboardInterrupt:  # the Python API in a terminal; the CLI stops through ``stop``
-        stop.soft("INTERRUPTED", MomoError("interrupted"))
+        stop.soft(Interrupted("interrupted"))
     return RunReport(job.output.path, stats, stop.reason.code if stop.reason else None,
-                     str(stop.error) if stop.error else None, time.monotonic() - started,
+                     str(stop.error) if stop.error else None, stop.error.exit_code if stop.error else None,
+                     time.monotonic() - started,
                      limits.rate_per_window, limits.window_seconds,
                      requests=Reuse(plan.sendable, plan.distinct, stats.cached, stats.cache_saved),
                      rate_limiter=caller.limiter.learned(),

@@ -26,11 +26,23 @@ Three things set the pace, and the slowest wins:
    multiplicative decrease, the way TCP finds a link's capacity. This is how a job with no rate
    given (enterprise) settles near a server that limits it anyway and says nothing else (a
    LiteLLM-style proxy: 429s with no ``Retry-After`` and no ``X-RateLimit-*``).
+
+Two kinds of 429 are not a pace to find. A relay that states its limit in words (new-api's
+``1分钟内最多请求60次``, its "minute" being the job's window) says how it counts too: a sliding log.
+Its "total" counter (``总请求数``) logs each call when it arrives, refused ones too; its success
+counter logs each call when it is answered, and only if it was not refused. So the limiter keeps
+the same logs: its grants (refused ones too, or not, as the counter does), which count calls still
+in flight, and its answers, which are logged when the server logs them (a slow answer is counted
+late). A grant goes out while fewer than M of either are in the last window (plus the safety
+margin): a burst of M each window, as the server allows, with no probing. And a 429 that carries
+no rate headers while the server's other answers show room is that call's trouble: the call waits
+its ``Retry-After`` in the retry policy, the pace stays.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -138,6 +150,8 @@ class ServerWindow:
             self.window = max(self.window, span)
 
 
+# Grant times kept for a stated limit's window: enough for any per-minute limit a relay states.
+_SENT_LOG = 4096
 # Successes a cycle needs before what the server admitted in it may hold the found rate down.
 _MIN_SPAN = 10
 # how much longer each refused probe waits than the one before
@@ -302,6 +316,14 @@ class RateLimiter:
         self._safety = safety
         self._increase = increase
         self._configured = Quota(float(limit), window) if limit is not None else None
+        # what a relay's 429s said in words: sliding logs' limits, each with whether refused calls count
+        self._stated: dict[Quota, bool] = {}
+        self._sent_at: deque[float] = deque(maxlen=_SENT_LOG)  # the latest grants' times
+        self._answered_at: deque[float] = deque(maxlen=_SENT_LOG)  # the latest successes' answer times
+        self._refused: set[int] = set()  # grants a success counter refused (it does not log them)
+        self._slack = 0.0  # added room after the server refused what our logs allowed
+        self._stated_before = False
+        self._room: int | None = None  # Remaining on the latest answer that sent it
         self.server = ServerWindow()
         # probes start at a "second" of the job's "minute"
         self.finder = RateFinder(decrease=decrease, recover=recover_per_success, probe=window / 60,
@@ -340,6 +362,8 @@ class RateLimiter:
             "server_window_seconds": round(self.server.window, 3) if self.server.quota else None,
             "pace_per_minute": None if self.rate is None else round(self.rate, 2),
             "found_per_minute": None if self.finder.rate is None else round(self.finder.rate * self._window, 2),
+            "stated_per_minute": (round(min(q.per_second for q in self._stated) * self._window, 2)
+                                  if self._stated else None),
         }
 
     @property
@@ -349,7 +373,9 @@ class RateLimiter:
         return 5 * max(self._window, self.server.window)
 
     def _quotas(self) -> list[Quota]:
-        return [q for q in (self._configured, self.server.quota) if q is not None]
+        # a stated limit past what the grant log holds is paced to instead of logged
+        paced = [q for q in self._stated if q.limit > _SENT_LOG]
+        return [q for q in (self._configured, self.server.quota, *paced) if q is not None]
 
     def _ceiling(self) -> float | None:
         """The slowest quota, in requests per second."""
@@ -376,7 +402,7 @@ class RateLimiter:
     # -- granting ----------------------------------------------------------------------------
     def grant_now(self) -> int | None:
         """A grant without waiting, when nothing paces the calls (no rate, no pause, no probe)."""
-        if self._interval is None and not self.finder.blocked:
+        if self._interval is None and not self.finder.blocked and not self._stated:
             now = self._clock.now()
             if now >= self._paused_until:
                 return self._grant(now)
@@ -400,7 +426,7 @@ class RateLimiter:
                     await self._clock.sleep(wait)
 
     def _earliest(self, now: float) -> float:
-        earliest = self._paused_until
+        earliest = max(self._paused_until, self._log_frees())
         if self.finder.blocked:
             return max(earliest, self._probe_at)
         if self._interval is not None and self._tat is not None:
@@ -416,6 +442,7 @@ class RateLimiter:
             tat = self._tat if self._tat is not None else now + self._tau
             self._tat = max(tat, now) + self._interval
         self.granted += 1
+        self._sent_at.append(now)
         self.finder.start(now)
         self.server.sent(self.granted, now)
         return self.granted
@@ -425,6 +452,9 @@ class RateLimiter:
                    reset: float | None = None, *, grant: int | None = None) -> None:
         """A call went through; headers (when sent) may still tell us to slow down."""
         grant = self.granted if grant is None else grant
+        self._answered_at.append(self._clock.now())  # what a success counter logs
+        if remaining is not None:
+            self._room = remaining
         if limit is None and remaining is None and reset is None:
             if self.finder.rate is None and not self.finder.in_episode:
                 self.finder.successes += 1  # the fast path: nothing to learn
@@ -448,11 +478,19 @@ class RateLimiter:
 
     def on_rate_limited(self, retry_after: float | None = None, limit: int | None = None,
                         remaining: int | None = None, reset: float | None = None, *,
-                        grant: int | None = None) -> None:
-        """The server said RATE_LIMIT: slow down, and pause for ``Retry-After`` when given."""
+                        grant: int | None = None, stated: tuple[int, float, bool] | None = None) -> None:
+        """The server said RATE_LIMIT: slow down, and pause for ``Retry-After`` when given.
+
+        ``stated`` is the limit a relay's message gave, (requests, job windows, whether refused
+        requests count): keep to it."""
         self.rate_limited += 1
         now = self._clock.now()
         grant = self.granted if grant is None else grant
+        if stated is not None:
+            self._learn_stated(now, grant, *stated)
+            return
+        if limit is None and remaining is None and reset is None and self._room is not None and self._room > 1:
+            return  # a lone 429 while the server's answers show room: that call's trouble, not our pace
         self.server.observe(grant, limit, None, reset, retry_after)
         self._pause(now, retry_after)
         pace = None if self._interval is None else 1 / self._interval
@@ -463,6 +501,67 @@ class RateLimiter:
         if self.finder.blocked:
             self._probe_at = max(self._probe_at, now + self.finder.probe_delay)
         self._repace()
+
+    def _log_frees(self) -> float:
+        """When our logs have room under every stated limit: the M-th latest call each counts
+        leaves its window."""
+        frees = 0.0
+        for stated, counts_refused in self._stated.items():
+            n = int(stated.limit)
+            if n > _SENT_LOG:
+                continue
+            oldest = [self._latest_grant(n, self.granted + 1, counts_refused)]
+            if not counts_refused and len(self._answered_at) >= n:
+                oldest.append(self._answered_at[-n])
+            counted = [t for t in oldest if t is not None]
+            if counted:
+                frees = max(frees, max(counted) + stated.window * (1 + self._safety) + self._slack)
+        return frees
+
+    def _latest_grant(self, count: int, before: int, counts_refused: bool) -> float | None:
+        """When the ``count``-th latest grant numbered below ``before`` was sent (skipping the ones a
+        success counter refused, unless they count); ``None`` when fewer are logged."""
+        if counts_refused or not self._refused:
+            return self._sent_time(before - count)
+        first = self.granted - len(self._sent_at) + 1
+        seen = 0
+        for grant in range(min(before - 1, self.granted), first - 1, -1):
+            if grant not in self._refused:
+                seen += 1
+                if seen == count:
+                    return self._sent_at[grant - first]
+        return None
+
+    def _learn_stated(self, now: float, grant: int, count: int, windows: float, counts_refused: bool) -> None:
+        quota = Quota(count, windows * self._window)
+        if quota not in self._stated:
+            self._stated[quota] = counts_refused
+            self._repace()
+        # The server counted ``count`` calls in its window before this one: our latest answers (a
+        # success counter), or at most our grants before this one (a total counter). The oldest of
+        # them leaves the window ``quota.window`` after it was counted. (When we made fewer, older
+        # calls were counted too: they leave before our first does.)
+        if counts_refused:
+            oldest = self._sent_time(max(1, grant - count))
+        else:
+            self._refused.add(grant)
+            if len(self._refused) > _SENT_LOG:  # forget grants the log no longer holds
+                self._refused = {g for g in self._refused if g > self.granted - _SENT_LOG}
+            log = self._answered_at
+            oldest = log[-count] if len(log) >= count else log[0] if log else None
+        frees = (now if oldest is None else oldest) + quota.window
+        if self._stated_before and frees <= now:
+            # our logs saw room the server did not (it counted a call later than we did): leave
+            # that much more room from now on, and wait it now
+            self._slack += quota.window / quota.limit
+            frees = now + quota.window / quota.limit
+        self._stated_before = True
+        self._pause(now, frees - now)
+
+    def _sent_time(self, grant: int) -> float | None:
+        """When grant number ``grant`` was sent, if it is among the latest logged."""
+        index = grant - (self.granted - len(self._sent_at)) - 1
+        return self._sent_at[index] if 0 <= index < len(self._sent_at) else None
 
     def _observe(self, grant: int, limit: int | None, remaining: int | None, reset: float | None) -> None:
         before = self.server.quota

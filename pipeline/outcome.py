@@ -55,18 +55,6 @@ EXIT_MEANINGS: dict[ExitCode, str] = {
     ExitCode.TERMINATED: "terminated (SIGTERM) — run again to resume",
 }
 
-# why a run stopped early (the stopping error's ``code``) → its exit code (any other: ExitCode.TERMINAL)
-STOP_EXIT: dict[str, ExitCode] = {
-    "INSUFFICIENT_BALANCE": ExitCode.INSUFFICIENT_BALANCE,
-    "BUDGET_EXCEEDED": ExitCode.BUDGET,
-    "WRITE_FAILED": ExitCode.WRITE,
-    "NO_SUCH_API": ExitCode.UNREACHABLE,
-    "WAIT_TOO_LONG": ExitCode.WAIT,
-    "INTERRUPTED": ExitCode.INTERRUPTED,
-    "TERMINATED": ExitCode.TERMINATED,
-}
-
-
 @dataclass
 class RunStats:
     """Live counters: the progress bar reads them, the summary reports them."""
@@ -209,6 +197,7 @@ class RunReport:
     stats: RunStats
     stop_code: str | None = None
     stop_message: str | None = None
+    stop_exit: int | None = None  # the stopping error's exit code (its class says it: pipeline.errors)
     wall_seconds: float = 0.0
     rate_target: float | None = None  # requests per window the tier allows; None: unlimited
     window_seconds: float = 60.0
@@ -226,7 +215,7 @@ class RunReport:
     @property
     def exit_code(self) -> int:
         if self.stop_code:
-            return STOP_EXIT.get(self.stop_code, ExitCode.TERMINAL)
+            return self.stop_exit if self.stop_exit is not None else ExitCode.TERMINAL
         errors = self.job_totals.error if self.job_totals is not None else self.stats.error
         return ExitCode.ROW_ERRORS if errors else ExitCode.OK
 

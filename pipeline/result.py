@@ -40,10 +40,6 @@ REUSE_SCHEMA: dict[str, pl.DataType] = {
     "request_key": pl.String(),
 }
 
-# error codes after which a row counts as finished: resuming would only fail it again
-FINAL_ERROR_CODES = frozenset({"INVALID_PARAMETERS", "EMPTY_PROMPT"})
-
-
 @dataclass
 class RowResult:
     """The outcome of one input row, whatever happened to it."""
@@ -61,13 +57,14 @@ class RowResult:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached: bool = False
+    final: bool = False  # its error is final (``MomoError.final``): resuming would only fail it again
     finished_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     extra: dict[str, Any] = field(default_factory=dict)  # task columns (labels)
 
     @property
     def finished(self) -> bool:
         """True when resuming must not call this row again."""
-        return self.status != "error" or self.error_code in FINAL_ERROR_CODES
+        return self.status != "error" or self.final
 
     def to_record(self) -> dict[str, Any]:
         """The row's output columns (but ``duplicate`` and ``request_key``, which the plan knows)."""

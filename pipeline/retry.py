@@ -8,7 +8,8 @@ A 429 is not the row's failure but the server's pace: the rate limiter has alrea
 everyone down (and, without a ``Retry-After``, holds every request back until a probe gets
 through), so a rate-limited row waits in the limiter, not in its own backoff, and does not use up
 ``max_attempts``. It gives up on 429s only after ``rate_limited_for`` seconds, which the limiter
-sets to outlast any window it knows of.
+sets to outlast any window it knows of. A relay's saturated upstream is busy too (``busy``), but
+says nothing of our pace: that row backs off on its own, and does not use up ``max_attempts`` either.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def _rate_limited(retry_state: RetryCallState) -> RateLimited | None:
     return exc if isinstance(exc, RateLimited) else None
 
 
+def _busy(retry_state: RetryCallState) -> bool:
+    outcome = retry_state.outcome
+    exc = outcome.exception() if outcome is not None else None
+    return bool(getattr(exc, "busy", False))
+
+
 class wait_retry_after(wait_base):  # noqa: N801 - named like tenacity's own policies
     """After a 429, wait what ``Retry-After`` asked for (or nothing: the limiter paces the retry);
     otherwise defer to ``fallback``."""
@@ -51,8 +58,9 @@ class wait_retry_after(wait_base):  # noqa: N801 - named like tenacity's own pol
 
 
 class stop_after_failures(stop_base):  # noqa: N801 - named like tenacity's own policies
-    """Stop after ``max_attempts`` attempts that failed other than by a 429, or once 429s alone
-    have kept the call retrying for ``rate_limited_for`` seconds."""
+    """Stop after ``max_attempts`` attempts that failed other than by a busy server (a 429, a relay's
+    saturated upstream), or once a busy server alone has kept the call retrying for
+    ``rate_limited_for`` seconds."""
 
     def __init__(self, max_attempts: int, rate_limited_for: float) -> None:
         self.max_attempts = max_attempts
@@ -61,7 +69,7 @@ class stop_after_failures(stop_base):  # noqa: N801 - named like tenacity's own 
         self._rate_limited: weakref.WeakKeyDictionary[RetryCallState, int] = weakref.WeakKeyDictionary()
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        if _rate_limited(retry_state) is not None:
+        if _busy(retry_state):
             self._rate_limited[retry_state] = self._rate_limited.get(retry_state, 0) + 1
             return (retry_state.seconds_since_start or 0.0) >= self.rate_limited_for
         failures = retry_state.attempt_number - self._rate_limited.get(retry_state, 0)

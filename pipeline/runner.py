@@ -25,11 +25,9 @@ from .errors import (
     Action,
     APIError,
     BudgetExceeded,
-    ConnectionLost,
     MalformedResponse,
     MomoError,
     RateLimited,
-    Timeout,
     WaitTooLong,
     WriteError,
 )
@@ -111,15 +109,16 @@ class Stop:
     def stopped(self) -> bool:
         return self.reason is not None
 
-    def soft(self, code: str, exc: MomoError) -> None:
+    def soft(self, exc: MomoError) -> None:
+        """Stop sending because of ``exc`` (the rows not run are recorded with its code)."""
         if self.reason is None:
-            self.reason = Unfinished(code, f"not run: {exc} (job stopped; run again to resume)")
+            self.reason = Unfinished(exc.code, f"not run: {exc} (job stopped; run again to resume)")
             self.error = exc
         for scope in list(self._waiting):
             scope.cancel()
 
-    def now(self, code: str, exc: MomoError) -> None:
-        self.soft(code, exc)
+    def now(self, exc: MomoError) -> None:
+        self.soft(exc)
         self.hard = True
         if self.scope is not None:
             self.scope.cancel()
@@ -164,7 +163,7 @@ class Pacer(Protocol):
 
     def on_rate_limited(self, retry_after: float | None = None, limit: int | None = None,
                         remaining: int | None = None, reset: float | None = None, *,
-                        grant: int | None = None) -> None: ...
+                        grant: int | None = None, stated: tuple[int, float, bool] | None = None) -> None: ...
 
     def learned(self) -> dict[str, float | int | None]:
         """What the pacing learned of the server, for the run report."""
@@ -257,11 +256,6 @@ def _believable(result: CallResult | None) -> CallResult | None:
         return None if result is None else check_reported(result)
     except MalformedResponse:
         return None
-
-
-def _may_have_been_charged(exc: BaseException) -> bool:
-    """After the request went out, no answer came: the server may have charged it."""
-    return isinstance(exc, (ConnectionLost, Timeout, MalformedResponse)) or not isinstance(exc, APIError)
 
 
 class Caller:
@@ -478,7 +472,7 @@ class Caller:
         if not seconds or seconds <= 0:
             return
         if self.max_wait is not None and seconds > self.max_wait:
-            self.stop.soft("WAIT_TOO_LONG", WaitTooLong(
+            self.stop.soft(WaitTooLong(
                 f"the server asked to wait {seconds:g} s (Retry-After), longer than limits.max_wait_seconds "
                 f"= {self.max_wait:g} s; stopped without waiting: run again later to resume"))
             return
@@ -487,9 +481,10 @@ class Caller:
     def _failed(self, key: str, held: float, exc: BaseException, grant: int) -> None:
         if isinstance(exc, RateLimited):
             self.stats.rate_limited += 1
-            self.limiter.on_rate_limited(exc.retry_after, None, exc.remaining, exc.reset, grant=grant)
+            self.limiter.on_rate_limited(exc.retry_after, None, exc.remaining, exc.reset, grant=grant,
+                                         stated=exc.stated)
             self._server_pause(exc.retry_after)
-        if _may_have_been_charged(exc):
+        if not isinstance(exc, MomoError) or exc.may_have_been_charged:
             # the worst case stays spent, in this run's budget and in the ledger for the next
             self.budget.settle(held, None)
             self.stats.unknown_outcomes += 1
@@ -585,7 +580,7 @@ class Fanout:
         try:
             self.ledger.commit()
         except WriteError as exc:
-            self.caller.stop.soft("WRITE_FAILED", exc)
+            self.caller.stop.soft(exc)
         done, self._unreported = self._unreported, []
         lost = self.ledger.abandoned
         for result, abandoned in done:
@@ -658,7 +653,7 @@ class Fanout:
             self.ledger.outcome(acc.key, result.to_record(), final=result.finished,
                                 paid=acc.unrecorded_cost, held=acc.unrecorded_held)
         except WriteError as exc:
-            self.caller.stop.soft("WRITE_FAILED", exc)
+            self.caller.stop.soft(exc)
             return
         self._unreported.append((result, self.ledger.abandoned))
         if self._written is not None:
@@ -673,12 +668,16 @@ class Fanout:
         except (APIError, BudgetExceeded, WriteError) as exc:  # each error class says what to do
             match exc.action:
                 case Action.RETRY | Action.FAIL_ROW:  # retries spent, or retrying cannot help
-                    return acc.result(row, status="error", error_code=exc.code, error_message=str(exc))
+                    result = acc.result(row, status="error", error_code=exc.code, error_message=str(exc),
+                                        final=exc.final)
+                    # the relay's id of the failed request, to find it in the relay's own log
+                    result.request_id = getattr(exc, "request_id", None) or result.request_id
+                    return result
                 case Action.STOP_SOFT:
-                    stop.soft(exc.code, exc)
+                    stop.soft(exc)
                     return None if isinstance(exc, WriteError) else _spent_or_none(acc, row, stop)
                 case Action.STOP_NOW:
-                    stop.now(exc.code, exc)
+                    stop.now(exc)
                     return None
 
 

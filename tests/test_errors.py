@@ -17,22 +17,30 @@ from pipeline.errors import (
     ConfigError,
     ConnectionLost,
     InsufficientBalance,
+    Interrupted,
     InvalidApiKey,
     InvalidParameters,
     JobBusy,
+    KeyQuotaUsedUp,
     MalformedResponse,
+    NoChannel,
     NoSuchApi,
     PreflightRefused,
     RateLimited,
     RequestRejected,
     ServerError,
+    Terminated,
     Timeout,
+    UpstreamSaturated,
     WriteError,
     classify,
+    error_for,
+    exit_code_for,
     redact,
+    request_id_in,
+    stated_quota,
 )
-from pipeline.outcome import EXIT_MEANINGS, STOP_EXIT, ExitCode
-from pipeline.result import FINAL_ERROR_CODES
+from pipeline.outcome import EXIT_MEANINGS, ExitCode
 
 from .helpers import ROOT
 
@@ -84,23 +92,48 @@ def test_one_table_for_both_services(status: int | None, code: str | None, expec
     (WriteError, Action.STOP_SOFT, ExitCode.WRITE),
     (JobBusy, Action.STOP_NOW, ExitCode.BUSY),
     (PreflightRefused, Action.STOP_NOW, ExitCode.REFUSED),
+    (Interrupted, Action.STOP_SOFT, ExitCode.INTERRUPTED),
+    (Terminated, Action.STOP_SOFT, ExitCode.TERMINATED),
 ])
 def test_each_class_carries_its_action_and_exit_code(cls: type, action: Action, exit_code: ExitCode) -> None:
     assert cls.action is action and cls.exit_code is exit_code
 
 
 def test_a_stopping_error_exits_with_its_own_code() -> None:
-    """A run stopped by an error exits with that error class's code (``RunReport`` reads STOP_EXIT)."""
-    for cls in (InsufficientBalance, BudgetExceeded, WriteError, NoSuchApi, InvalidApiKey, AgentNotFound):
-        assert STOP_EXIT.get(cls.code, ExitCode.TERMINAL) == cls.exit_code
+    """A run stopped by an error exits with that error class's code (``RunReport`` has the code)."""
+    expected = {InsufficientBalance: 3, BudgetExceeded: 4, WriteError: 9, NoSuchApi: 6, InvalidApiKey: 5,
+                AgentNotFound: 5, Interrupted: 130, Terminated: 143}
+    for cls, code in expected.items():
+        assert exit_code_for(cls.code) == cls.exit_code == code
+    assert exit_code_for("SOMETHING_ELSE") == exit_code_for(None) == ExitCode.TERMINAL
+    assert exit_code_for("API_ERROR") == ExitCode.TERMINAL  # the most general class with the code
+
+
+def test_a_stop_that_crossed_a_process_keeps_its_text_and_its_facts() -> None:
+    err = error_for("INSUFFICIENT_BALANCE", "INSUFFICIENT_BALANCE HTTP 402: top up")
+    assert str(err) == "INSUFFICIENT_BALANCE HTTP 402: top up" and err.code == "INSUFFICIENT_BALANCE"
+    assert err.exit_code == ExitCode.INSUFFICIENT_BALANCE and err.action is Action.STOP_SOFT
+    other = error_for("NOT_A_CLASS", "why")
+    assert other.code == "NOT_A_CLASS" and other.exit_code == ExitCode.TERMINAL
+
+
+@pytest.mark.parametrize(("cls", "charged"), [
+    (ConnectionLost, True), (Timeout, True), (MalformedResponse, True),  # no whole answer came
+    (ServerError, False), (RateLimited, False), (InsufficientBalance, False), (InvalidParameters, False),
+    (RequestRejected, False), (InvalidApiKey, False),  # an error answer is not charged
+    (WriteError, True), (BudgetExceeded, True), (ConfigError, True),  # not the server's word
+])
+def test_whether_a_failed_call_may_have_been_charged(cls: type, charged: bool) -> None:
+    assert cls.may_have_been_charged is charged
 
 
 def test_error_codes_are_the_contracts_and_a_bad_request_is_final() -> None:
     err = InvalidParameters("too long", status=400, server_code="context_length_exceeded")
-    assert err.code == "INVALID_PARAMETERS" and err.code in FINAL_ERROR_CODES
+    assert err.code == "INVALID_PARAMETERS" and err.final
     assert "context_length_exceeded" in str(err) and "HTTP 400" in str(err)
     assert RequestRejected("busy", status=409).code == "HTTP_409"
-    assert RequestRejected("busy", status=409).code not in FINAL_ERROR_CODES  # a rerun tries it again
+    assert not RequestRejected("busy", status=409).final  # a rerun tries it again
+    assert not any(cls.final for cls in (RateLimited, ServerError, InsufficientBalance, InvalidApiKey))
     assert InvalidParameters("x", server_code="INVALID_PARAMETERS").server_code is None  # not repeated
 
 
@@ -144,3 +177,40 @@ def test_no_8_characters_of_a_key_survive(key: str, before: str, after: str, sta
         return
     text = redact(before + piece + after, key)
     assert not any(key[i:i + 8] in text for i in range(len(key) - 7))
+
+
+# -- what new-api / one-api relays say in words (texts from their source) --------------------------
+@pytest.mark.parametrize(("status", "code", "message", "expected"), [
+    # new-api's model/token.go (older) and forks: every call of a spent key, as 401
+    (401, "", "[sk-ab***yz] 该令牌额度已用尽 (request id: 20251201101010123456789abcdefgh)", KeyQuotaUsedUp),
+    (403, "pre_consume_token_quota_failed", "[sk-ab***yz] 该令牌额度已用尽", KeyQuotaUsedUp),
+    # new-api's distributor (code model_not_found) and one-api's (no code)
+    (503, "model_not_found", "分组 default 下模型 gpt-9 无可用渠道（distributor） (request id: 1)", NoChannel),
+    (503, None, "当前分组 vip 下对于模型 gpt-9 无可用渠道 (request id: 2025)", NoChannel),
+    # one-api's controller/relay.go rewrites any upstream 429
+    (429, "", "当前分组上游负载已饱和，请稍后再试 (request id: 2025)", UpstreamSaturated),
+    # new-api's middleware/model-rate-limit.go: a rate limit, both counters
+    (429, "", "您已达到请求数限制：1分钟内最多请求60次", RateLimited),
+    (429, "", "您已达到总请求数限制：1分钟内最多请求60次，包括失败次数，请检查您的请求是否正确", RateLimited),
+    # insufficient_quota with a 429 is a rate; elsewhere it is money
+    (429, "insufficient_quota", "You exceeded your current quota", RateLimited),
+    (402, "insufficient_quota", "You exceeded your current quota", InsufficientBalance),
+    # a 401 that says nothing more is a bad key
+    (401, "", "无效的令牌 (request id: 2025)", InvalidApiKey),
+])
+def test_a_relays_words_decide_where_its_code_does_not(status: int, code: str | None, message: str,
+                                                       expected: type[APIError]) -> None:
+    assert classify(status, code, message) is expected
+
+
+def test_what_a_relays_words_mean_for_a_job() -> None:
+    assert KeyQuotaUsedUp.exit_code == ExitCode.INSUFFICIENT_BALANCE and KeyQuotaUsedUp.action is Action.STOP_SOFT
+    assert NoChannel.exit_code == ExitCode.TERMINAL and NoChannel.action is Action.STOP_NOW
+    assert UpstreamSaturated.action is Action.RETRY and UpstreamSaturated.busy and RateLimited.busy
+    assert not issubclass(UpstreamSaturated, RateLimited)  # the limiter never hears of it
+    assert stated_quota("您已达到请求数限制：1分钟内最多请求60次 (request id: 9)") == (60, 1.0, False)
+    assert stated_quota("您已达到总请求数限制：2分钟内最多请求150次，包括失败次数") == (150, 2.0, True)
+    assert stated_quota("请求过于频繁") is None
+    assert request_id_in("无效的令牌 (request id: 20251201abc)") == "20251201abc"
+    assert request_id_in("no id here") is None
+    assert RateLimited("您已达到请求数限制：1分钟内最多请求60次").stated == (60, 1.0, False)

@@ -342,3 +342,76 @@ async def test_a_successful_probe_wakes_the_request_waiting_for_the_next_one() -
         await anyio.sleep(0.05)
         lim.on_success(grant=probe)
     assert granted_at and granted_at[0] < 1.8  # woken by the probe's success, not at ~2 s
+
+
+# -- what a relay says in words, and a lone 429 ---------------------------------------------------
+async def test_a_stated_limit_is_a_sliding_log_sent_in_bursts_as_it_frees() -> None:
+    """new-api's "1分钟内最多请求60次" on the 61st call of an unpaced burst: the limiter waits until
+    the first of the 60 leaves the window, then sends as the server's log frees, without probing:
+    never more than 60 in any window (its safety margin kept), and no slower."""
+    clock = VirtualClock()
+    lim = RateLimiter(None, 60.0, clock=clock)
+    start = clock.now()
+    for _ in range(60):
+        lim.on_success(grant=await lim.acquire())
+        clock.t += 0.01
+    refused = await lim.acquire()
+    lim.on_rate_limited(grant=refused, stated=(60, 1.0, False))
+    assert not lim.finder.in_episode and lim.learned()["stated_per_minute"] == 60  # given, not found
+    times = []
+    for _ in range(150):
+        lim.on_success(grant=await lim.acquire())
+        times.append(clock.now())
+    assert times[0] >= start + 60.0  # the first of the 60 has left the server's window
+    assert max_in_any_window(times, 60.0 * 1.015) <= 60
+    assert times[-1] - times[0] <= 2 * 60.0 * 1.015 + 1.0  # 150 in three bursts, two windows apart
+
+
+async def test_every_stated_limit_holds_at_once() -> None:
+    """The success counter's 10 per minute and the total counter's 15 per two: neither is exceeded."""
+    clock = VirtualClock()
+    lim = RateLimiter(None, 60.0, clock=clock)
+    lim.on_rate_limited(grant=await lim.acquire(), stated=(10, 1.0, False))
+    lim.on_rate_limited(grant=await lim.acquire(), stated=(15, 2.0, True))
+    assert lim.learned()["stated_per_minute"] == 7.5  # the slower on average
+    times = []
+    for _ in range(60):
+        lim.on_success(grant=await lim.acquire())
+        times.append(clock.now())
+    assert max_in_any_window(times, 60.0 * 1.015) <= 10 and max_in_any_window(times, 120.0 * 1.015) <= 15
+
+
+async def test_a_lone_429_while_answers_show_room_keeps_the_pace() -> None:
+    """A 429 with only a Retry-After while the server's headers show room: that call's trouble."""
+    clock = VirtualClock()
+    lim = RateLimiter(1200, 60.0, clock=clock)
+    lim.on_success(limit=1200, remaining=900, reset=30.0, grant=await lim.acquire())
+    before = lim.rate
+    lim.on_rate_limited(retry_after=1.0, grant=await lim.acquire())
+    assert lim.rate == before and not lim.finder.in_episode
+    start = clock.now()
+    await lim.acquire()
+    assert clock.now() - start <= 60 / 1200 * 1.015 + 1e-9  # no pause for everyone: the call waits alone
+    # the same 429 when the answers showed no room is the pace's trouble
+    lim.on_success(limit=1200, remaining=0, reset=30.0)
+    lim.on_rate_limited(retry_after=1.0, grant=await lim.acquire())
+    assert lim.rate is not None and lim.rate < before
+
+
+@pytest.mark.parametrize("counts_refused", [False, True])
+async def test_refused_calls_count_only_for_the_total_counter(counts_refused: bool) -> None:
+    """60 answered, then 10 refused in flight: the success counter frees when the first answered
+    leaves the window; the total counter, which counted the 10 refused too, frees 10 grants later."""
+    clock = VirtualClock()
+    lim = RateLimiter(None, 60.0, clock=clock)
+    start = clock.now()
+    for _ in range(60):
+        lim.on_success(grant=await lim.acquire())
+        clock.t += 0.1
+    refused = [await lim.acquire() for _ in range(10)]
+    for grant in refused:
+        clock.t += 0.1
+        lim.on_rate_limited(grant=grant, stated=(60, 1.0, counts_refused))
+    await lim.acquire()
+    waited_for = 10 * 0.1 if counts_refused else 0.0  # the 11th grant, 1 s later, or the first
+    assert clock.now() == pytest.approx(start + waited_for + 60.0 * 1.015, abs=1e-6)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from pipeline.errors import (
     ConnectionLost,
     InsufficientBalance,
+    Interrupted,
     InvalidApiKey,
     InvalidParameters,
     MomoError,
@@ -271,7 +272,7 @@ async def test_an_interrupt_sends_nothing_more_and_records_every_call_it_made(tm
     def interrupt_after_three(result: RowResult) -> None:
         if len(r.results) == 3 and not at_stop:
             at_stop.append(len(provider.calls))
-            r.stop.soft("INTERRUPTED", MomoError("interrupted"))
+            r.stop.soft(Interrupted("interrupted"))
 
     with r.ledger:
         # one batch: the reader has queued rows beyond those in flight when the stop comes
@@ -288,7 +289,7 @@ async def test_a_hard_stop_cancels_calls_in_flight_and_leaves_them_marked_sent(t
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: r.run(prompts(10), concurrency=3))
             await provider.wait_in_flight(3)
-            r.stop.now("INVALID_API_KEY", InvalidApiKey("revoked"))
+            r.stop.now(InvalidApiKey("revoked"))
         assert r.results == [] and len(provider.calls) == 3
         # each cancelled call may have been charged: it stays "sent", so a resume knows to count it
         for call in provider.calls:
@@ -303,7 +304,7 @@ async def test_a_resume_sends_again_what_a_killed_run_had_in_flight_and_counts_i
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: killed.run(prompts(10), concurrency=3))
             await hung.wait_in_flight(3)
-            killed.stop.now("INTERRUPTED", MomoError("killed"))
+            killed.stop.now(Interrupted("killed"))
     provider = FakeProvider()
     again = rig(tmp_path, provider)
     with again.ledger:
@@ -318,7 +319,7 @@ async def test_a_stop_between_retries_ends_them_and_leaves_the_row_for_resume(tm
 
     def script(prompt: str, n: int) -> object:
         if n == 1:
-            r.stop.soft("INTERRUPTED", MomoError("interrupted"))  # the stop comes during the second try
+            r.stop.soft(Interrupted("interrupted"))  # the stop comes during the second try
         return ServerError("down", status=500)
 
     r.provider.script = script

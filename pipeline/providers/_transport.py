@@ -32,6 +32,8 @@ from ..errors import (
     check_secret,
     classify,
     redact,
+    relay_message,
+    request_id_in,
     server_code,
 )
 from .base import RateLimitInfo
@@ -257,6 +259,8 @@ def _int(value: str | None) -> int | None:
     return None if number is None else int(number)
 
 
+RELAY_REQUEST_ID = "X-Oneapi-Request-Id"  # new-api and one-api: the id of the request in the relay's log
+
 _RATE_HEADERS = {b"x-ratelimit-limit": 0, b"x-ratelimit-remaining": 1, b"x-ratelimit-reset": 2}
 
 
@@ -301,12 +305,15 @@ def error_from(status: int | None, err: Mapping[str, Any] | None, headers: httpx
     raw = server_code(err.get("code"))
     message = redact(str(err.get("message") or (f"HTTP {status}" if status else "no message")), *secrets)
     details = redact(str(err["details"]), *secrets) if err.get("details") else None
-    cls = classify(status, raw)
+    cls = classify(status, raw, message)
+    # new-api / one-api send the id of the request in their log as a header and at the message's end
+    rid = headers.get(RELAY_REQUEST_ID) or request_id_in(message)
     if cls is RateLimited:
         info = rate_limit_info(headers)
         return RateLimited(message, status=status, details=details, server_code=raw, retry_after=retry_after(headers),
-                           remaining=info.remaining if info else None, reset=info.reset if info else None)
-    return cls(message, status=status, details=details, server_code=raw)
+                           remaining=info.remaining if info else None, reset=info.reset if info else None,
+                           request_id=rid)
+    return cls(relay_message(cls, message), status=status, details=details, server_code=raw, request_id=rid)
 
 
 # statuses that say something about the key even when the body is not the API's own

@@ -8,6 +8,12 @@ missing is mapped by the HTTP status. A 404 or a body that is not the API's from
 billing or ``/api/user/self`` means the base URL is not such a relay
 (:class:`~pipeline.errors.NoSuchApi`); a relay without billing or ``/api/user/self`` runs with its
 balance unknown, and :class:`Account` says why.
+
+What the sk- key alone reads on new-api: the prices (``/api/pricing``: model ratio, completion ratio,
+group ratio; ``/api/status``: quota units per US dollar), used when the job file gives none (prices
+in the file win), and the key's own quota (``/api/usage/token/``), which caps the balance: the
+relay reserves against it before each call. The id of each request in the relay's log
+(``X-Oneapi-Request-Id``) is the row's ``request_id``.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from typing import Any
 
 import httpx
 
-from ..errors import APIError, InvalidApiKey, MalformedResponse, NoSuchApi, check_secret, redact
+from ..errors import APIError, ConfigError, InvalidApiKey, MalformedResponse, NoSuchApi, check_secret, redact
 from ._transport import (
+    RELAY_REQUEST_ID,
     ClientBase,
     TransportName,
     build_http_client,
@@ -37,8 +44,8 @@ from ._transport import (
 )
 from .base import Account, CallResult, Price, PromptRequest
 
-__all__ = ["Billing", "ChatDelta", "ChatResult", "OpenAIClient", "OpenAIProvider", "UserSelf", "Usage",
-           "QUOTA_PER_USD"]
+__all__ = ["Billing", "ChatDelta", "ChatResult", "OpenAIClient", "OpenAIProvider", "RelayPricing", "TokenUsage",
+           "UserSelf", "Usage", "QUOTA_PER_USD"]
 
 DEFAULT_BASE_URL = "https://api.moka-ai.com"
 QUOTA_PER_USD = 500_000  # new-api: 500000 quota units = 1 US dollar
@@ -89,6 +96,30 @@ class UserSelf:
         return self.quota / QUOTA_PER_USD
 
 
+@dataclass(frozen=True, slots=True)
+class RelayPricing:
+    """A model's price as new-api's ``/api/pricing`` and ``/api/status`` give it: quota units per token are
+    ``model_ratio × group_ratio`` (× ``completion_ratio`` for completion), ``quota_per_unit`` per dollar."""
+
+    model_ratio: float
+    completion_ratio: float
+    group_ratio: float
+    quota_per_unit: float
+
+    def per_million(self) -> tuple[float, float]:
+        """(prompt, completion) US dollars per million tokens."""
+        prompt = 1e6 * self.model_ratio * self.group_ratio / self.quota_per_unit
+        return prompt, prompt * self.completion_ratio
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """``/api/usage/token/``: the key's own quota, in quota units (``None``: unlimited)."""
+
+    available: int | None
+    used: int
+
+
 class OpenAIClient(ClientBase):
     """Async client for one relay key (and, optionally, its system access token for ``/api/user/self``)."""
 
@@ -133,8 +164,9 @@ class OpenAIClient(ClientBase):
             content = body["choices"][0]["message"].get("content") or ""
         except (KeyError, IndexError, TypeError, AttributeError):
             raise MalformedResponse("chat completion without choices[0].message") from None
-        return ChatResult(str(content), _str(body.get("id")), _usage(body.get("usage")),
-                          rate_limit_info(response.headers))
+        # the relay's own id (new-api, one-api) finds the call in its log; else the completion's
+        rid = response.headers.get(RELAY_REQUEST_ID) or _str(body.get("id"))
+        return ChatResult(str(content), rid, _usage(body.get("usage")), rate_limit_info(response.headers))
 
     async def chat_stream(self, model: str, messages: list[dict[str, str]], *, temperature: float | None = None,
                           max_tokens: int | None = None, include_usage: bool = True
@@ -150,6 +182,8 @@ class OpenAIClient(ClientBase):
                     await response.aread()
                     self._check(response, json_body(response))
                     raise MalformedResponse(f"stream requested, got {describe_body(response)}")
+                if (rid := response.headers.get(RELAY_REQUEST_ID)) is not None:
+                    yield rid  # the first id wins: the relay's own
                 async for item in _chunks(response, self._key):
                     yield item
 
@@ -182,6 +216,43 @@ class OpenAIClient(ClientBase):
             return Billing(limit, float(use["total_usage"]) / 100)  # usage is in cents
         except (KeyError, TypeError, ValueError):
             raise no_such_api(use_response, "billing", self._key) from None
+
+    async def relay_pricing(self, model: str, group: str = "default") -> RelayPricing | None:
+        """The model's ratios from ``/api/pricing`` and ``/api/status``; ``None`` when the relay has
+        no such endpoints or does not price the model by tokens."""
+        try:
+            prices, _ = await self._request("GET", "api/pricing", discovery=True)
+            status, _ = await self._request("GET", "api/status", discovery=True)
+        except (NoSuchApi, MalformedResponse):
+            return None
+        entry = next((m for m in prices.get("data") or [] if isinstance(m, Mapping) and m.get("model_name") == model),
+                     None)
+        raw_groups, raw_info = prices.get("group_ratio"), status.get("data")
+        groups: Mapping[str, Any] = raw_groups if isinstance(raw_groups, Mapping) else {}
+        info: Mapping[str, Any] = raw_info if isinstance(raw_info, Mapping) else {}
+        try:
+            if entry is None or int(entry.get("quota_type") or 0) != 0:  # 1: a price per call
+                return None
+            group_ratio = float(groups.get(group, 1.0)) if groups else 1.0
+            return RelayPricing(float(entry["model_ratio"]), float(entry.get("completion_ratio") or 1.0), group_ratio,
+                                float(info.get("quota_per_unit") or QUOTA_PER_USD))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    async def token_usage(self) -> TokenUsage | None:
+        """The key's own quota from ``/api/usage/token/``; ``None`` when the relay has no such endpoint."""
+        try:
+            body, _ = await self._request("GET", "api/usage/token/", discovery=True)
+        except (NoSuchApi, MalformedResponse):
+            return None
+        data = body.get("data")
+        if not isinstance(data, Mapping):
+            return None
+        try:
+            available = None if data.get("unlimited_quota") else int(data["total_available"])
+            return TokenUsage(available, int(data.get("total_used") or 0))
+        except (KeyError, TypeError, ValueError):
+            return None
 
     async def user_self(self) -> UserSelf:
         if not self.has_user_self:
@@ -296,22 +367,28 @@ def _int(value: object) -> int | None:
 
 
 class OpenAIProvider:
-    """One relay model behind one key; cost is computed from the job's price table."""
+    """One relay model behind one key; cost is computed from the job's price table, or from the
+    relay's own (``/api/pricing``) when the job gives none."""
 
     name = "openai"
 
-    def __init__(self, client: OpenAIClient, model: str, *, prompt_price_per_million: float,
-                 completion_price_per_million: float, currency: str = "USD") -> None:
+    def __init__(self, client: OpenAIClient, model: str, *, prompt_price_per_million: float | None,
+                 completion_price_per_million: float | None, currency: str = "USD") -> None:
         self.client = client
         self.model = self.target = model
         self.endpoint = client.base_url  # part of every request key (see pipeline.keys)
-        # a job file's prices are checked when it loads, a caller's here (a late import: pipeline.arguments
-        # imports this package)
-        from ..arguments import check_price
+        self._currency = currency
+        self._price: Price | None = None  # None: the relay's own (/api/pricing), read before the first call
+        if prompt_price_per_million is not None or completion_price_per_million is not None:
+            # a job file's prices are checked when it loads, a caller's here (a late import:
+            # pipeline.arguments imports this package)
+            from ..arguments import check_price
 
-        self._price = Price(check_price(prompt_price_per_million, "prompt_price_per_million"),
-                            check_price(completion_price_per_million, "completion_price_per_million"), currency)
+            self._price = Price(check_price(prompt_price_per_million, "prompt_price_per_million"),
+                                check_price(completion_price_per_million, "completion_price_per_million"), currency)
         self._listed: bool | None = None
+        self._per_unit: float | None = None  # quota units per US dollar (/api/status)
+        self._has_token_usage = True  # until /api/usage/token/ is found missing
         self._owns_client = True
 
     def retarget(self, target: str, *, prompt_price_per_million: float | None = None,
@@ -322,16 +399,19 @@ class OpenAIProvider:
             raise ValueError("a relay model needs its prompt and completion prices")
         twin = OpenAIProvider(self.client, target, prompt_price_per_million=prompt_price_per_million,
                               completion_price_per_million=completion_price_per_million,
-                              currency=self._price.currency)
+                              currency=self._currency)
         twin.endpoint = self.endpoint
         twin._owns_client = False
         return twin
 
     def cost(self, usage: Usage) -> float:
         p = self._price
+        assert p is not None, "priced before the first call (see complete)"
         return (usage.prompt_tokens * p.prompt_per_million + usage.completion_tokens * p.completion_per_million) / 1e6
 
     async def complete(self, request: PromptRequest) -> CallResult:
+        if self._price is None:
+            await self._relay_price()
         messages = [{"role": "user", "content": request.prompt}]
         chat = self.client.chat_streaming if request.stream else self.client.chat
         result = await chat(self.model, messages, temperature=request.temperature, max_tokens=request.max_tokens)
@@ -344,6 +424,36 @@ class OpenAIProvider:
                           cost_source="price_table", rate_limit=result.rate_limit)
 
     async def account(self) -> Account:
+        """What the user has (:meth:`_user_account`), capped by the key's own quota where the relay
+        says it (``/api/usage/token/``): the relay reserves against both before each call."""
+        user = await self._user_account()
+        key = await self._token_usage()
+        if key is None or key.available is None:
+            return user
+        if self._per_unit is None:  # read once: the balance is read again while a job runs
+            relay = await self.client.relay_pricing(self.model)
+            self._per_unit = relay.quota_per_unit if relay is not None else QUOTA_PER_USD
+        left = key.available / self._per_unit
+        raw = {**user.raw, "key_available_quota": key.available, "key_used_quota": key.used}
+        if user.remaining is not None and user.remaining <= left:
+            return replace(user, raw=raw)
+        note = "balance: the key's own quota (/api/usage/token/)"
+        return Account(left, "USD", raw=raw, note=note if user.remaining is not None else f"{note}; {user.note}")
+
+    async def _token_usage(self) -> TokenUsage | None:
+        """The key's own quota, when the relay says it (a relay without the endpoint is not asked again)."""
+        if not self._has_token_usage:
+            return None
+        try:
+            key = await self.client.token_usage()
+        except InvalidApiKey:
+            raise
+        except APIError:  # this read failed (an error body, a 5xx): the user's balance stands alone
+            return None
+        self._has_token_usage = key is not None
+        return key
+
+    async def _user_account(self) -> Account:
         """Quota from ``/api/user/self`` when a system token is set, else the billing endpoints; a relay
         with neither gives an :class:`Account` whose balance is unknown and whose ``note`` says why."""
         missing = ""
@@ -369,12 +479,25 @@ class OpenAIProvider:
     async def price(self) -> Price:
         """The job's price table; a model the relay does not list is a warning (``Price.note``), not a
         refusal: wildcard routes (LiteLLM) serve models they do not list, and the first call decides."""
+        price = self._price or await self._relay_price()
         if self._listed is None:
             self._listed = self.model in await self.client.models()
         if self._listed:
-            return self._price
-        return replace(self._price, note=f"model {self.model!r} is not in this relay's /v1/models: "
-                                         "running anyway, the first call decides")
+            return price
+        return replace(price, note=f"model {self.model!r} is not in this relay's /v1/models: "
+                                   "running anyway, the first call decides")
+
+    async def _relay_price(self) -> Price:
+        """The relay's own price of the model, when the job gave none."""
+        relay = await self.client.relay_pricing(self.model)
+        if relay is None:
+            raise ConfigError(f"no prices for {self.model!r}: the job file gives none and the relay's /api/pricing "
+                              "does not price it by tokens; set provider.prompt_price_per_million and "
+                              "provider.completion_price_per_million")
+        prompt, completion = relay.per_million()
+        self._per_unit = relay.quota_per_unit
+        self._price = Price(prompt, completion, "USD", note=None)
+        return self._price
 
     async def aclose(self) -> None:
         if self._owns_client:

@@ -120,8 +120,8 @@ class Coordinator:
         return Lease(slots)
 
     async def rate_limited(self, retry_after: float | None, limit: int | None, remaining: int | None,
-                     reset: float | None) -> None:
-        self.limiter.on_rate_limited(retry_after, limit, remaining, reset)
+                     reset: float | None, stated: tuple[int, float, bool] | None = None) -> None:
+        self.limiter.on_rate_limited(retry_after, limit, remaining, reset, stated=stated)
 
     # -- money -------------------------------------------------------------------------------
     async def reserve(self, worst: float) -> float | str:

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from ..arguments import check_job_argument, check_limit, check_max_cost
 from ..config import Job
 from ..connect import Connection, Credentials
-from ..errors import ConfigError, MomoError, WriteError
+from ..errors import ConfigError, MomoError, WriteError, exit_code_for
 from ..job import Prepared, prepare, provenance, resolve
 from ..ledger import Ledger
 from ..outcome import RayFigures, Reuse, RunReport
@@ -297,7 +297,8 @@ def _report(job: Job, got: dict[str, Any], rows: int, wall: float) -> RunReport:
     stats.last_call = counters.get("last_call_max")
     stopped = got["stopped"]
     return RunReport(job.output.path, stats, stopped[0] if stopped else None, stopped[1] if stopped else None,
-                     wall, job.limits.rate_per_window, job.limits.window_seconds)
+                     exit_code_for(stopped[0]) if stopped else None, wall, job.limits.rate_per_window,
+                     job.limits.window_seconds)
 
 
 class _Writer:

@@ -36,7 +36,7 @@ import pyarrow as pa
 from ..config import Job
 from ..connect import Connection
 from ..dataset import PROMPT, ROW
-from ..errors import BudgetExceeded, MomoError
+from ..errors import BudgetExceeded, MomoError, error_for
 from ..ledger import DB_NAME, FINAL, RETRY, SENT, SHARDS, Entry, Ledger, _connect
 from ..plan import FIRST, KEY, OCC, make_keyer, make_task, output_columns, prompt_expr
 from ..providers.base import Price, PromptRequest
@@ -131,9 +131,9 @@ class LeasedLimiter:
 
     def on_rate_limited(self, retry_after: float | None = None, limit: int | None = None,
                         remaining: int | None = None, reset: float | None = None, *,
-                        grant: int | None = None) -> None:
+                        grant: int | None = None, stated: tuple[int, float, bool] | None = None) -> None:
         self._slots.clear()
-        self.pending.append(self._coordinator.rate_limited.remote(retry_after, limit, remaining, reset))
+        self.pending.append(self._coordinator.rate_limited.remote(retry_after, limit, remaining, reset, stated))
 
 
 class SharedBudget:
@@ -171,23 +171,23 @@ class SharedStop(Stop):
         self._coordinator = coordinator
         self.pending: list[Any] = []
 
-    def soft(self, code: str, exc: MomoError) -> None:
+    def soft(self, exc: MomoError) -> None:
         first = self.reason is None
-        super().soft(code, exc)
+        super().soft(exc)
         if first:
-            self.pending.append(self._coordinator.stop.remote(code, str(exc), False))
+            self.pending.append(self._coordinator.stop.remote(exc.code, str(exc), False))
 
-    def now(self, code: str, exc: MomoError) -> None:
-        super().now(code, exc)
-        self.pending.append(self._coordinator.stop.remote(code, str(exc), True))
+    def now(self, exc: MomoError) -> None:
+        super().now(exc)
+        self.pending.append(self._coordinator.stop.remote(exc.code, str(exc), True))
 
     def learn(self, code: str, message: str, hard: bool) -> None:
         """Another worker (or the driver) stopped the job."""
-        exc = MomoError(message)
+        exc = error_for(code, message)
         if hard and not self.hard:
-            Stop.now(self, code, exc)
+            Stop.now(self, exc)
         elif not self.stopped:
-            Stop.soft(self, code, exc)
+            Stop.soft(self, exc)
 
 
 class LedgerView:

@@ -9,7 +9,15 @@ and benchmarked without network or money.
 """
 
 from .catalog import RELAY_PRICES, Price
-from .config import DEFAULT_KEYS, DEFAULT_RELAY_KEYS, FaultConfig, KeyConfig, RelayKeyConfig, SandboxConfig
+from .config import (
+    DEFAULT_KEYS,
+    DEFAULT_RELAY_KEYS,
+    FaultConfig,
+    KeyConfig,
+    NewApiConfig,
+    RelayKeyConfig,
+    SandboxConfig,
+)
 from .log import fingerprint
 from .server import Sandbox, build_app, serve_forever
 
@@ -19,6 +27,7 @@ __all__ = [
     "RELAY_PRICES",
     "FaultConfig",
     "KeyConfig",
+    "NewApiConfig",
     "Price",
     "RelayKeyConfig",
     "Sandbox",

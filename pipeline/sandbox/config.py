@@ -29,7 +29,22 @@ hard = 0.6
 ```
 
 ``relay_numeric_codes``, ``hidden_models`` and ``missing_endpoints`` imitate relays that are not
-quite new-api (LiteLLM's numeric codes, wildcard routes, no billing endpoints).
+quite new-api (LiteLLM's numeric codes, wildcard routes, no billing endpoints). ``[new_api]`` turns
+on what a real new-api (or one-api) relay does that OpenAI does not (see :mod:`.newapi`):
+
+```toml
+[new_api]
+flavour = "new-api"           # or "one-api": its texts and codes
+rate_limit_success = 60       # the model rate limit's success counter, per rate_limit_minutes
+rate_limit_total = 0          # its total counter (counts failed requests too); 0: off
+no_channel_models = ["gpt-4o"]  # priced and listed, but no channel serves them: 503
+
+[relay_keys.sk-sandbox-relay]
+quota_usd = 0.5               # the key's own quota (new-api's remain_quota); unset: unlimited
+
+[faults]
+upstream_saturated = 0.1      # one-api's 429 "当前分组上游负载已饱和，请稍后再试"
+```
 """
 
 from __future__ import annotations
@@ -51,6 +66,7 @@ __all__ = [
     "Algorithm",
     "FaultConfig",
     "KeyConfig",
+    "NewApiConfig",
     "RelayKeyConfig",
     "SandboxConfig",
     "SkillConfig",
@@ -69,6 +85,7 @@ FAULT_NAMES: tuple[str, ...] = (
     "stream_mid_error", "stream_drop", "stream_no_summary", "stream_split", "stream_crlf", "stream_keepalive",
     "conflict", "context_window", "trickle", "echo_key", "charged_reset", "charged_malformed",
     "negative_usage", "nan_usage", "long_rate_limit",
+    "upstream_saturated",
 )
 STREAM_FAULTS = frozenset(name for name in FAULT_NAMES if name.startswith("stream_"))
 # faults that strike after the call was charged: the client pays and gets no answer, or an answer
@@ -105,6 +122,19 @@ class RelayKeyConfig(_Strict):
     hard_limit_usd: float = Field(default=100.0, ge=0)
     rpm: int | None = Field(default=None, ge=1)
     window_seconds: float | None = Field(default=None, gt=0)
+    quota_usd: float | None = Field(default=None, ge=0)  # the key's own quota ([new_api] mode); None: unlimited
+
+
+class NewApiConfig(_Strict):
+    """The relay behaves as new-api (or one-api) does: see :mod:`.newapi`."""
+
+    flavour: Literal["new-api", "one-api"] = "new-api"
+    group: str = "default"
+    group_ratio: float = Field(default=1.0, gt=0)
+    rate_limit_minutes: int = Field(default=1, ge=1)  # of the server's "minute" (window_seconds)
+    rate_limit_success: int = Field(default=0, ge=0)  # 0: off
+    rate_limit_total: int = Field(default=0, ge=0)  # 0: off
+    no_channel_models: list[str] = Field(default_factory=list)
 
 
 _Prob = Field(default=0.0, ge=0.0, le=1.0)
@@ -141,6 +171,7 @@ class FaultConfig(_Strict):
     nan_usage: float = _Prob  # charged, then an answer whose cost (MOMO) or tokens (relay) are NaN
     long_rate_limit: float = _Prob  # HTTP 429 asking to wait ``long_retry_after`` seconds (both APIs)
     long_retry_after: float = Field(default=3600.0, ge=0)
+    upstream_saturated: float = _Prob  # a relay's 429: its upstream is saturated (not the key's rate)
     # After this many faults for one (key, prompt) it always succeeds, so a client's retries converge.
     max_faults_per_prompt: int = Field(default=3, ge=0)
     apply_to: Literal["all", "calls"] = "calls"
@@ -203,6 +234,7 @@ class SandboxConfig(_Strict):
     relay_numeric_codes: bool = False
     hidden_models: list[str] = Field(default_factory=list)
     missing_endpoints: list[str] = Field(default_factory=list)  # paths answered 404, e.g. "/api/user/self"
+    new_api: NewApiConfig | None = None  # the relay behaves as new-api / one-api do (see .newapi)
     # Labelling targets (see .labeller): gold labels they know (a CSV with text, gold, optional case),
     # and how often each is right per call; the draws follow ``seed``.
     label_truth: Path | None = None

@@ -1,5 +1,9 @@
 """The OpenAI-compatible relay (contract §2, new-api family): models, chat completions, billing, user.
 
+With ``[new_api]`` it behaves as a new-api / one-api relay does (:mod:`.newapi`): the model rate
+limit's two counters, the reservation before each call, the key's own quota, no channel, upstream
+saturation, request ids, and ``/api/pricing``, ``/api/status``, ``/api/usage/token/``.
+
 Tokens: ``prompt_tokens`` = o200k count of every message content + 4 per message + 3 (OpenAI's
 chat framing); ``completion_tokens`` as for MOMO. Charge: :func:`~.catalog.quota_units` from
 :data:`~.catalog.RELAY_PRICES`. Errors look the way such relays really send them: an empty-bodied
@@ -19,11 +23,12 @@ from typing import Any
 
 from aiohttp import web
 
+from . import newapi
 from .answers import answer, completion_tokens, count_tokens
 from .catalog import QUOTA_PER_USD, RELAY_PRICES, Price, quota_units
 from .faults import told
 from .handlers import Handlers
-from .state import RelayKey, RelayUser
+from .state import RelayKey, RelayUser, SandboxState
 from .wire import EventStream, bearer, json_reply, pieces, request_id, stream_reply
 
 __all__ = ["ChatParams", "RelayApi", "parse_chat"]
@@ -102,10 +107,20 @@ class RelayApi(Handlers):
 
     api = "relay"
 
+    def __init__(self, state: SandboxState) -> None:
+        super().__init__(state)
+        self.new_api = state.cfg.new_api
+        self.model_rate = (newapi.ModelRateLimit(self.new_api, state.cfg.window_seconds)
+                           if self.new_api is not None else None)
+
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/v1/models", self.models), web.post("/v1/chat/completions", self.chat),
-                web.get("/v1/dashboard/billing/subscription", self.subscription),
-                web.get("/v1/dashboard/billing/usage", self.usage), web.get("/api/user/self", self.user_self)]
+        routes = [web.get("/v1/models", self.models), web.post("/v1/chat/completions", self.chat),
+                  web.get("/v1/dashboard/billing/subscription", self.subscription),
+                  web.get("/v1/dashboard/billing/usage", self.usage), web.get("/api/user/self", self.user_self)]
+        if self.new_api is not None:
+            routes += [web.get("/api/pricing", self.pricing), web.get("/api/status", self.status),
+                       web.get("/api/usage/token/", self.token_usage)]
+        return routes
 
     # -- shared steps -----------------------------------------------------------------------------
     def _fail(self, rec: dict[str, Any], status: int, body: dict[str, Any], log_code: str | None = None,
@@ -117,7 +132,19 @@ class RelayApi(Handlers):
         code = body["error"]["code"] or log_code
         if self.cfg.relay_numeric_codes:
             body = {"error": {**body["error"], "code": str(status)}}
+        if self.new_api is not None:  # every error message ends with the request's id
+            rec["request_id"] = rid = rec["request_id"] or newapi.new_request_id()
+            body = {"error": {**body["error"], "message": newapi.with_request_id(body["error"]["message"], rid)}}
+            if self.new_api.flavour == "one-api" and not body["error"]["code"]:
+                body = {"error": {"message": body["error"]["message"], "type": "one_api_error"}}
         return self._finish(rec, json_reply(body, status), code)
+
+    def _finish(self, rec: dict[str, Any], response: web.StreamResponse, code: str | None = None,
+                ) -> web.StreamResponse:
+        if self.new_api is not None and not response.prepared:
+            rec["request_id"] = rec["request_id"] or newapi.new_request_id()
+            response.headers[newapi.REQUEST_ID_HEADER] = rec["request_id"]
+        return super()._finish(rec, response, code)
 
     def _authorize(self, request: web.Request) -> tuple[dict[str, Any], RelayKey | None]:
         key = bearer(request)
@@ -141,6 +168,8 @@ class RelayApi(Handlers):
             return self._finish(rec, web.Response(status=429, headers=retry), "rate_limit")
         if fault == "hang":
             return self._fail(rec, 504, _error("upstream timed out", "timeout", "upstream_error"))
+        if fault == "upstream_saturated":  # one-api's rewrite of any upstream 429
+            return self._fail(rec, 429, _error(newapi.saturated()), "upstream_saturated")
         if fault == "success_false":  # an error body with HTTP 200
             return self._fail(rec, 200, _error("upstream returned an empty response", "empty_response"))
         return self._fail(rec, 500, _error("upstream error: do request failed", "do_request_failed", "upstream_error"))
@@ -167,6 +196,9 @@ class RelayApi(Handlers):
         if isinstance(params, str):
             return self._fail(rec, 400, _error(params, "invalid_request", "invalid_request_error"))
         rec["target"], rec["stream"] = params.model, params.stream
+        token = bearer(request) or ""
+        if self.new_api is not None and (refused := self._gate(rec, token, key, params.model)) is not None:
+            return refused
         price = RELAY_PRICES.get(params.model)
         if price is None:
             return self._fail(rec, 503, _error(f"当前分组 default 下对于模型 {params.model} 无可用渠道",
@@ -181,21 +213,61 @@ class RelayApi(Handlers):
             return reply
         if self.cfg.latency_ms:
             await asyncio.sleep(self.cfg.latency_ms / 1000)
-        return await self._answer(request, rec, key.user, params, price, transcript)
+        return await self._answer(request, rec, key, params, price, transcript)
 
-    async def _answer(self, request: web.Request, rec: dict[str, Any], user: RelayUser, params: ChatParams,
+    def _gate(self, rec: dict[str, Any], token: str, key: RelayKey, model: str) -> web.StreamResponse | None:
+        """new-api's steps before a call, in its order: the key's own quota, the model rate limit,
+        a channel for the model."""
+        assert self.new_api is not None and self.model_rate is not None
+        if key.remain_quota is not None and key.remain_quota <= 0:
+            return self._fail(rec, 401, _error(newapi.exhausted(token)), "token_exhausted")
+        if (said := self.model_rate.check(key.user.user_id, self.state.clock())) is not None:
+            return self._fail(rec, 429, _error(said), "model_rate_limit")
+        if model in self.new_api.no_channel_models or model not in RELAY_PRICES:
+            message, code = newapi.no_channel(self.new_api, model)
+            return self._fail(rec, 503, _error(message, code), "no_channel")
+        return None
+
+    def _reserve(self, rec: dict[str, Any], key: RelayKey, price: Price, prompt_tokens: int,
+                 params: ChatParams) -> web.StreamResponse | None:
+        """new-api's reservation: the user's quota, then the key's own, must cover it."""
+        assert self.new_api is not None
+        held = newapi.reservation(price, prompt_tokens, params.max_tokens, self.new_api.group_ratio)
+        user = key.user
+        if user.quota <= 0:
+            return self._fail(rec, 403, _error(f"用户额度不足, 剩余额度: {user.quota}", "insufficient_user_quota"))
+        if user.quota < held:
+            return self._fail(rec, 403, _error(f"预扣费额度失败, 用户剩余额度: {user.quota}, 需要预扣费额度: {held}",
+                                               "insufficient_user_quota"))
+        if key.remain_quota is not None and key.remain_quota < held:
+            return self._fail(rec, 403, _error(f"令牌额度不足, 剩余额度: {key.remain_quota}, 需要预扣费额度: {held}",
+                                               "pre_consume_token_quota_failed"))
+        return None
+
+    async def _answer(self, request: web.Request, rec: dict[str, Any], key: RelayKey, params: ChatParams,
                       price: Price, transcript: str) -> web.StreamResponse:
+        user = key.user
         prompt_tokens = sum(count_tokens(text) for _, text in params.messages)
         prompt_tokens += _PER_MESSAGE * len(params.messages) + _PER_REPLY
         completion = completion_tokens(params.model, transcript, params.max_tokens)
         quota = quota_units(price, prompt_tokens, completion)
-        if user.quota < quota:
+        if self.new_api is not None:
+            if (refused := self._reserve(rec, key, price, prompt_tokens, params)) is not None:
+                return refused
+            quota = round(quota * self.new_api.group_ratio)
+        elif user.quota < quota:
             return self._fail(rec, 403, _error(f"用户额度不足, 剩余额度: {user.quota}", "insufficient_user_quota"))
         user.used_quota += quota
         user.request_count += 1
+        key.used_quota += quota
+        if key.remain_quota is not None:
+            key.remain_quota -= quota  # may go below 0: the next call finds the key used up
+        if self.model_rate is not None:
+            self.model_rate.succeeded(user.user_id, self.state.clock())
         rid = request_id("chatcmpl-")
-        rec.update(charged=True, cost=quota / QUOTA_PER_USD, tokens_used=prompt_tokens + completion, quota=quota,
-                   request_id=rid)
+        rec.update(charged=True, cost=quota / QUOTA_PER_USD, tokens_used=prompt_tokens + completion, quota=quota)
+        # new-api's own id of the request (its header) is not the completion's id (the body's)
+        rec["request_id"] = newapi.new_request_id() if self.new_api is not None else rid
         content = answer(params.model, params.messages[-1][1], params.temperature, rec["n"],
                          labeller=self.state.labeller)
         body = _completion(rid, params.model, content, prompt_tokens, completion)
@@ -257,6 +329,20 @@ class RelayApi(Handlers):
                 "display_name": "Sandbox", "role": 1, "status": 1, "group": "default", "quota": user.quota,
                 "used_quota": user.used_quota, "request_count": user.request_count}
         return self._finish(rec, json_reply({"success": True, "message": "", "data": data}))
+
+    # -- what the sk- key alone reads on new-api ---------------------------------------------------
+    async def pricing(self, request: web.Request) -> web.StreamResponse:
+        assert self.new_api is not None
+        return self._finish(self._record(request, bearer(request)), json_reply(newapi.pricing(self.new_api)))
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        return self._finish(self._record(request, bearer(request)), json_reply(newapi.status()))
+
+    async def token_usage(self, request: web.Request) -> web.StreamResponse:
+        rec, key = self._authorize(request)
+        if key is None:
+            return self._finish(rec, json_reply({"success": False, "message": "无效的令牌"}, 401), "invalid_token")
+        return self._finish(rec, json_reply(newapi.token_usage(key.remain_quota, key.used_quota)))
 
     def _logged_in(self, token: str | None, claimed: str | None) -> RelayUser | str:
         """The user a system access token and ``New-Api-User`` header name, or why not."""

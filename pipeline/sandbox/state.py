@@ -53,6 +53,8 @@ class RelayUser:
 class RelayKey:
     user: RelayUser
     limiter: Limiter | None
+    remain_quota: int | None = None  # the key's own quota (new-api's remain_quota); None: unlimited
+    used_quota: int = 0
 
 
 @dataclass
@@ -78,7 +80,8 @@ class SandboxState:
         for key, rk in cfg.relay_keys.items():
             # A user's credit is the hard limit of its first key.
             user = self.users.setdefault(rk.user_id, RelayUser(rk.user_id, rk.hard_limit_usd))
-            self.relay[key] = RelayKey(user, make_limiter(algorithm, rk.rpm, rk.window_seconds or window))
+            remain = None if rk.quota_usd is None else round(rk.quota_usd * QUOTA_PER_USD)
+            self.relay[key] = RelayKey(user, make_limiter(algorithm, rk.rpm, rk.window_seconds or window), remain)
         self.agents = make_agents(cfg.agent_count)
         self.faults = FaultPicker(cfg.seed, cfg.faults)
         truth = Truth.read(cfg.label_truth) if cfg.label_truth is not None else None
