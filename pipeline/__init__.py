@@ -32,8 +32,9 @@ _EXPORTS = {
     "Connection": ".connect", "Credentials": ".connect", "open_provider": ".connect",
     **{name: ".errors" for name in (
         "AgentNotFound", "APIError", "BudgetExceeded", "ConfigError", "ConnectionLost", "InsufficientBalance",
-        "InvalidApiKey", "InvalidParameters", "MalformedResponse", "MomoError", "PreflightRefused",
-        "RateLimited", "ServerError", "TerminalError", "Timeout", "TransientError")},
+        "Interrupted", "InvalidApiKey", "InvalidParameters", "KeyQuotaUsedUp", "MalformedResponse", "MomoError",
+        "NoChannel", "PreflightRefused", "RateLimited", "ServerError", "TerminalError", "Terminated", "Timeout",
+        "TransientError", "UpstreamSaturated", "WaitTooLong")},
     "Estimate": ".estimator", "estimate": ".job",
     "RunOptions": ".job", "run_frame": ".job", "run_job": ".job",
     "RunReport": ".outcome",
@@ -46,10 +47,11 @@ _EXPORTS = {
 
 __all__ = [
     "Account", "Agent", "AgentNotFound", "APIError", "AsyncMomoAI", "BudgetExceeded", "CallResult", "ConfigError",
-    "Connection", "ConnectionLost", "Credentials", "Estimate", "Evaluation", "InsufficientBalance", "InvalidApiKey",
-    "InvalidParameters", "Job", "MalformedResponse", "MomoAI", "MomoClient", "MomoError", "MomoProvider",
-    "OpenAIClient", "OpenAIProvider", "PreflightRefused", "Price", "PromptRequest", "Provider", "RateLimited",
-    "RunOptions", "RunReport", "ServerError", "TerminalError", "Timeout", "TransientError", "estimate", "evaluate",
+    "Connection", "ConnectionLost", "Credentials", "Estimate", "Evaluation", "InsufficientBalance", "Interrupted",
+    "InvalidApiKey", "InvalidParameters", "Job", "KeyQuotaUsedUp", "MalformedResponse", "MomoAI", "MomoClient",
+    "MomoError", "MomoProvider", "NoChannel", "OpenAIClient", "OpenAIProvider", "PreflightRefused", "Price",
+    "PromptRequest", "Provider", "RateLimited", "RunOptions", "RunReport", "ServerError", "TerminalError",
+    "Terminated", "Timeout", "TransientError", "UpstreamSaturated", "WaitTooLong", "estimate", "evaluate",
     "open_provider", "run_frame", "run_job",
 ]
 
@@ -79,16 +81,22 @@ if TYPE_CHECKING:  # what type checkers and editors see
         ConfigError,
         ConnectionLost,
         InsufficientBalance,
+        Interrupted,
         InvalidApiKey,
         InvalidParameters,
+        KeyQuotaUsedUp,
         MalformedResponse,
         MomoError,
+        NoChannel,
         PreflightRefused,
         RateLimited,
         ServerError,
         TerminalError,
+        Terminated,
         Timeout,
         TransientError,
+        UpstreamSaturated,
+        WaitTooLong,
     )
     from .estimator import Estimate
     from .job import RunOptions, estimate, run_frame, run_job
