@@ -22,7 +22,7 @@ from rich.table import Table
 from ._memory import tune_allocators
 from ._version import __version__
 from .config import Job, OutputConfig, ProviderConfig
-from .connect import Connection, Credentials, base_url_env
+from .connect import MOMO_DEFAULT_URL, Connection, Credentials
 from .errors import ConfigError, MomoError, TransientError, redact
 from .outcome import EXIT_MEANINGS, ExitCode
 
@@ -100,14 +100,6 @@ def _one_line(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, sqlite3.Error):  # the ledger or the cache, read or written outside the places that say so
         return f"the ledger or the cache: {exc} — {EXIT_MEANINGS[ExitCode.WRITE]}", ExitCode.WRITE
     return "interrupted", ExitCode.INTERRUPTED
-
-
-def _env_base_url(kind: str) -> str | None:
-    return os.environ.get(base_url_env(kind)) or None
-
-
-def _credentials(cfg: ProviderConfig) -> Credentials:
-    return Credentials.from_env(cfg)
 
 
 @contextlib.contextmanager
@@ -274,8 +266,8 @@ def _momo_call(base_url: str | None, action: Callable[[Any], Any]) -> Any:
     from .providers.momo import MomoClient
 
     cfg = _momo_cfg()
-    creds = _credentials(cfg)
-    url = base_url or _env_base_url("momo") or "https://api.momoai.pro/v1"
+    creds = Credentials.from_env(cfg)
+    url = base_url or creds.base_url or MOMO_DEFAULT_URL
 
     async def go() -> Any:
         async with MomoClient(creds.api_key, url, timeout=15.0) as client:

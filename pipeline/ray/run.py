@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 import anyio
 import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from ..arguments import check_job_argument, check_limit, check_max_cost
@@ -38,7 +37,6 @@ from ..job import Prepared, prepare, provenance, resolve
 from ..ledger import Ledger
 from ..outcome import RayFigures, Reuse, RunReport
 from ..output_path import PARTS_MARK
-from ..plan import check_collisions, make_task, output_columns, prompt_expr
 from ..preflight import Warn
 from ..providers.base import Provider
 from ..runner import RunStats
@@ -209,7 +207,7 @@ def _drive(prepared: Prepared, ledger: Ledger, connection: Connection, *, opts: 
             ray.kill(coordinator)
     for shard in ledger.shards():
         ledger.absorb(shard)
-    summarise = getattr(make_task(job), "summarise", None)
+    summarise = getattr(prepared.plan.task, "summarise", None)
     if summarise is not None:
         report.labels = summarise(pl.scan_parquet(out / "part-*.parquet" if opts.parts_rows else out))
     return report
@@ -256,17 +254,10 @@ def _dataset(job: Job, limit: int | None, batch_rows: int) -> Any:
     ray.data.DataContext.get_current().enable_progress_bars = False
     path = str(job.input.path)
     reader = ray.data.read_csv if path.lower().endswith(".csv") else ray.data.read_parquet
-    try:  # the schema from pyarrow (a file's footer or a CSV's first block), not a Ray job
-        names = pads.dataset(path, format="csv" if reader is ray.data.read_csv else "parquet").schema.names
+    try:  # its columns were checked by the plan (``prepare``), before Ray started
         ds = reader(path, num_cpus=READ_CPUS)
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read input ({_first_line(exc)})") from None
-    _, needed = prompt_expr(job)
-    for column in needed + ([job.input.id_column] if job.input.id_column else []):
-        if column not in names:
-            raise ConfigError(f"{path}: column {column!r} is named by the job but the file has only "
-                              f"{', '.join(repr(c) for c in names)}")
-    check_collisions(list(names), output_columns(job, make_task(job)), path)
     if limit is not None:
         ds = ds.limit(limit)
     return ds.repartition(target_num_rows_per_block=batch_rows)
