@@ -118,8 +118,12 @@ def run_cli_job(job: Job, command: RunCommand, *, connect: Connect, console: Con
         if c.ray is not None:
             from .ray import run_job as run_on_ray
 
-            report = run_on_ray(job, connection, limit=c.limit, restart=c.restart, max_cost=c.max_cost, yes=c.yes,
-                                options=replace(c.ray, warn=_warner(errors), stop_on_signals=True))
+            stats = RunStats()
+            with Reporter(stats, stream=errors.file, enabled=not c.quiet) as rep:  # type: ignore[arg-type]
+                options = replace(c.ray, warn=_warner(errors), stop_on_signals=True, stats=stats,
+                                  on_batch=rep.update)
+                report = run_on_ray(job, connection, limit=c.limit, restart=c.restart, max_cost=c.max_cost,
+                                    yes=c.yes, options=options)
         else:
             provider = connection.open(job.provider, max_connections=job.limits.concurrency)
             with steady_gc():  # process-wide: set here, at the CLI's entry, never by the library

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from pipeline import Credentials
 from pipeline.connect import Connection
 from pipeline.ledger import FINAL, SHARDS, Ledger, ledger_dir
+from pipeline.outcome import RunStats
 from pipeline.ray import RayOptions, run_job
 from pipeline.sandbox import KeyConfig, Sandbox, SandboxConfig
 
@@ -70,7 +72,9 @@ def test_a_cap_holds_across_workers_and_a_raised_cap_resumes(tmp_path: Path) -> 
             "_momo_batch.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet",
             "part-00003.parquet"]
         charged_first = sum(r["cost"] for r in calls(sb.records()) if r["charged"])
-        second = run_job(job, Connection(Credentials(key), sb.momo_url), max_cost=10.0, options=opts)
+        live, shown = RunStats(), []  # the progress a display reads: rows done, as batches come back
+        second = run_job(job, Connection(Credentials(key), sb.momo_url), max_cost=10.0,
+                         options=replace(opts, stats=live, on_batch=lambda: shown.append(live.done)))
         records = calls(sb.records())
     assert first.exit_code == 4 and first.stop_code == "BUDGET_EXCEEDED"
     # reconciled as a local run is: what the account lost is what the cost column says
@@ -81,6 +85,8 @@ def test_a_cap_holds_across_workers_and_a_raised_cap_resumes(tmp_path: Path) -> 
     assert capped.filter(pl.col("status") == "ok").height > 10
     assert set(capped.filter(pl.col("status") == "error")["error_code"].unique()) == {"BUDGET_EXCEEDED"}
     assert second.exit_code == 0 and second.stats.already_done > 10
+    assert shown == sorted(shown) and shown[-1] == live.total == n and len(shown) > 1
+    assert live.ok == n and live.cost == pytest.approx(second.job_totals.cost if second.job_totals else -1)
     assert max(charged_per_prompt(records).values()) == 1  # nothing recorded was paid again
     final = pl.read_parquet(tmp_path / "out" / "part-*.parquet")
     assert final["cost"].sum() == pytest.approx(sum(r["cost"] for r in records if r["charged"]))

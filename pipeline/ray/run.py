@@ -67,6 +67,10 @@ class RayOptions:
     init: dict[str, Any] = field(default_factory=dict)  # more ``ray.init`` arguments
     warn: Warn | None = None  # the preflight's warnings as they arise (all are in ``report.warnings``)
     stop_on_signals: bool = False  # SIGINT / SIGTERM stop the job softly (the CLI's choice)
+    # progress: the output's rows as they come back from the workers, counted into ``stats``
+    # (by status, with their tokens and cost), and ``on_batch`` called after each batch
+    stats: RunStats | None = None
+    on_batch: Callable[[], None] | None = None
 
 
 def run_job(job: Job | str | Path, connection: Connection | Credentials, *, output: Path | None = None,
@@ -188,12 +192,17 @@ def _drive(prepared: Prepared, ledger: Ledger, connection: Connection, *, opts: 
         writer = _Writer(out, opts.parts_rows)
         totals, seen, rows, sendable = Totals(), set[str](), 0, 0
         try:
+            live = opts.stats or RunStats()
+            live.total = prepared.plan.n_rows
             for table in _batches(ds):
                 part = _first_pays(pl.from_arrow(table), seen)  # type: ignore[arg-type]
                 rows += part.height
                 sendable += part.height - part["request_key"].null_count()
                 totals.add(part)
                 writer.write(part.to_arrow())
+                _progress(live, part)
+                if opts.on_batch is not None:
+                    opts.on_batch()
             if rows == 0:
                 raise ConfigError(f"{job.input.path}: input has no rows")
             got = ray.get(coordinator.report.remote())
@@ -261,6 +270,15 @@ def _dataset(job: Job, limit: int | None, batch_rows: int) -> Any:
     if limit is not None:
         ds = ds.limit(limit)
     return ds.repartition(target_num_rows_per_block=batch_rows)
+
+
+def _progress(live: RunStats, part: pl.DataFrame) -> None:
+    """Count a batch of finished output rows into the progress display's counters."""
+    for status, n in part.group_by("status").len().iter_rows():
+        if status in ("ok", "error", "skipped", "unparsed"):
+            setattr(live, status, getattr(live, status) + n)
+    live.tokens += int(part["tokens_used"].sum() or 0)  # a duplicate's are 0: each call counted once
+    live.cost += float(part["cost"].sum() or 0.0)
 
 
 def _first_pays(part: pl.DataFrame, seen: set[str]) -> pl.DataFrame:
