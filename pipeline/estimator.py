@@ -34,7 +34,6 @@ from typing import Any
 
 import polars as pl
 
-from .arguments import check_job_argument, check_limit, check_max_cost, check_provider
 from .config import Job
 from .dataset import PROMPT, ROW
 from .labels.spec import EscalateConfig
@@ -258,8 +257,6 @@ async def estimate(job: Job, provider: Provider, *, pilot: int = 0, limit: int |
     ``restart``: estimate as if nothing had run yet (what ``run --restart`` will pay); ``parts``:
     the output is a directory of Parquet parts (a Ray run's).
     """
-    job, provider = check_job_argument(job, "estimate"), check_provider(provider, "estimate")
-    limit, max_cost = check_limit(limit, "estimate"), check_max_cost(max_cost, "estimate")
     prep = plan or prepare(job, endpoint=provider.endpoint, limit=limit)
     check_output(job.output.path, job.input.path, parts=parts)  # before any paid call (a pilot's, the run's)
     price = await provider.price()

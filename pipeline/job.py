@@ -95,9 +95,9 @@ def _why_free(est: Estimate, stats: RunStats) -> str | None:
     return f"prepaid package: {stats.tokens:,} tokens (list price ≈ {est.list_price:.6f} {est.currency})"
 
 
-def resolve(job: Job | str | Path, *, output: Path | None = None, cache: Path | None = None) -> Job:
-    """The job with a caller's overrides of its output and its cache."""
-    job = job if isinstance(job, Job) else Job.load(job)
+def resolve(job: Job, *, output: Path | None = None, cache: Path | None = None) -> Job:
+    """The job with a caller's overrides of its output and its cache (a path was loaded by the
+    front door's :func:`~pipeline.arguments.check_job_argument`)."""
     if output is not None:
         job = job.with_overrides(output=OutputConfig(path=output))
     if cache is not None:
