@@ -156,10 +156,22 @@ def count_prompts(prep: Plan, ledger: Ledger | None, sample: set[int]) -> Prompt
     return totals
 
 
-def pick_sample(prep: Plan, n: int, seed: int = 0) -> set[int]:
-    """``n`` rows with distinct prompts, spread over the file, the same every time for the same input."""
-    rows = prep.keys.with_row_index(ROW).filter(pl.col(KEY).is_not_null() & pl.col(FIRST))[ROW].to_list()
-    return set(random.Random(seed).sample(rows, min(n, len(rows))))
+def pick_sample(prep: Plan, n: int, seed: int = 0) -> dict[int, str]:
+    """``n`` rows with distinct prompts, spread over the file, the same every time for the same
+    input: the rows and their keys. Drawn by position among the distinct rows (a ``range``, so
+    memory is ``n`` rows, not the input), then found in one pass over the plan."""
+    if n <= 0 or not prep.distinct:
+        return {}
+    wanted = pl.Series(sorted(random.Random(seed).sample(range(prep.distinct), min(n, prep.distinct))),
+                       dtype=pl.UInt64)
+    picked: dict[int, str] = {}
+    seen = 0
+    for batch in prep.batches(65_536):
+        firsts = batch.filter(pl.col(KEY).is_not_null() & pl.col(FIRST))
+        mine = wanted.filter((wanted >= seen) & (wanted < seen + firsts.height)) - seen
+        picked.update(firsts.select(ROW, KEY)[mine].iter_rows())
+        seen += firsts.height
+    return picked
 
 
 @dataclass
@@ -198,13 +210,13 @@ class Pilot:
     escalation_cost: float = 0.0  # list cost of the escalated rows' calls to the stronger target
 
 
-def pilot_fit(ledger: Ledger, prep: Plan, price: Price, sample_tokens: dict[int, int],
+def pilot_fit(ledger: Ledger, prep: Plan, price: Price, sample_tokens: dict[int, int], sample: dict[int, str],
               escalation: tuple[EscalateConfig, Price] | None = None) -> Pilot | None:
-    """Fit list-price cost per row on local prompt tokens, from the pilot rows' recorded outcomes."""
+    """Fit list-price cost per row on local prompt tokens, from the pilot rows' recorded outcomes
+    (``sample``: the pilot's rows and their keys)."""
     if not sample_tokens:
         return None
-    keys = prep.keys[KEY]
-    by_key = {keys[row]: tokens for row, tokens in sample_tokens.items()}
+    by_key = {sample[row]: tokens for row, tokens in sample_tokens.items()}
     found = decode_outcomes(ledger.outcomes(list(by_key)), record_schema(prep.task.extra_schema))
     done = found.filter(pl.col("status").is_in(["ok", "unparsed"])).with_columns(
         pl.col(KEY).replace_strict(by_key, return_dtype=pl.Int64).alias("__tokens"))
@@ -266,14 +278,14 @@ async def estimate(job: Job, provider: Provider, *, pilot: int = 0, limit: int |
         from .labels.escalate import escalation_provider
 
         escalation = (esc[0], await escalation_provider(provider, esc[0]).price())
-    sample = pick_sample(prep, pilot) if pilot else set()
+    sample = pick_sample(prep, pilot)
     if sample and run_pilot is not None:
-        await run_pilot(sample)
+        await run_pilot(set(sample))
     ledger = None if restart else Ledger.peek(job.output.path)
     try:
-        totals = count_prompts(prep, ledger, sample)
+        totals = count_prompts(prep, ledger, set(sample))
         spent = ledger.totals().spent if ledger is not None else 0.0
-        fitted = pilot_fit(ledger, prep, price, totals.sample_tokens, escalation) if sample and ledger else None
+        fitted = pilot_fit(ledger, prep, price, totals.sample_tokens, sample, escalation) if sample and ledger else None
     finally:
         if ledger is not None:
             ledger.close()

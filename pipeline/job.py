@@ -113,15 +113,21 @@ async def prepare(job: Job, provider: Provider, *, limit: int | None = None, res
     :class:`~pipeline.errors.PreflightRefused` for a worst case over the balance or the cap unless
     ``yes``. ``check=False`` skips the preflight (an estimate's pilot); ``parts``: the output is a
     directory of Parquet parts (a Ray run's)."""
+    own = plan is None
     plan = plan or make_plan(job, endpoint=provider.endpoint, limit=limit)
     cap = max_cost if max_cost is not None else job.limits.max_cost
     prepared = Prepared(job, plan, cap, None, None, warn=warn)
-    if check:
-        prepared.checked = await preflight(job, provider, plan, max_cost=cap, restart=restart, yes=yes,
-                                           warn=prepared.note, parts=parts)
-        prepared.price = prepared.checked.price
-    elif cap is not None:
-        prepared.price = await provider.price()
+    try:
+        if check:
+            prepared.checked = await preflight(job, provider, plan, max_cost=cap, restart=restart, yes=yes,
+                                               warn=prepared.note, parts=parts)
+            prepared.price = prepared.checked.price
+        elif cap is not None:
+            prepared.price = await provider.price()
+    except BaseException:
+        if own:  # refused: the plan made here is of no further use
+            plan.close()
+        raise
     return prepared
 
 
@@ -147,6 +153,15 @@ async def run_job(job: Job | str | Path, provider: Provider, *, output: Path | N
     job = resolve(job, output=output, cache=opts.cache)
     prepared = await prepare(job, provider, limit=limit, restart=restart, max_cost=max_cost, yes=yes,
                              check=opts.check, plan=opts.plan, warn=opts.warn)
+    with contextlib.ExitStack() as cleanup:
+        if opts.plan is None:  # this run's own: its temporary files go with it
+            cleanup.callback(prepared.plan.close)
+        report = await _run_prepared(prepared, provider, restart, opts)
+    return report
+
+
+async def _run_prepared(prepared: Prepared, provider: Provider, restart: bool, opts: RunOptions) -> RunReport:
+    job = prepared.job
     worst_cost = opts.worst_cost or prepared.worst_cost()
     if prepared.checked is not None and worst_cost is None:
         # this run's preflight counted what it needed and the run counts nothing more; a caller
@@ -231,13 +246,14 @@ async def estimate(job: Job | str | Path, provider: Provider, *, pilot: int = 0,
     job, provider = check_job_argument(job, "estimate"), check_provider(provider, "estimate")
     limit, max_cost = check_limit(limit, "estimate"), check_max_cost(max_cost, "estimate")
     job = resolve(job)
-    plan = make_plan(job, endpoint=provider.endpoint, limit=limit)
+    with make_plan(job, endpoint=provider.endpoint, limit=limit) as plan:
 
-    async def run_pilot(rows: set[int]) -> None:
-        await run_job(job, provider, options=RunOptions(only_rows=rows, write_output=False, plan=plan, check=False))
+        async def run_pilot(rows: set[int]) -> None:
+            await run_job(job, provider, options=RunOptions(only_rows=rows, write_output=False, plan=plan,
+                                                            check=False))
 
-    return await estimate_job(job, provider, pilot=pilot, max_cost=max_cost, run_pilot=run_pilot,
-                              restart=restart, plan=plan)
+        return await estimate_job(job, provider, pilot=pilot, max_cost=max_cost, run_pilot=run_pilot,
+                                  restart=restart, plan=plan)
 
 
 def _remaining(provider: Provider) -> BalanceReader:

@@ -2,13 +2,15 @@
 
 ``prepare`` checks the input against the job (columns, collisions) and reads it once, whole,
 before any paid call: a file that fails to parse halfway fails here, not after calls were paid.
-That pass renders every prompt and keys it (:mod:`pipeline.keys`); the keys, one short string
-per row (about 50 bytes), are what every later step joins on.
+That pass renders every prompt and keys it (:mod:`pipeline.keys`, each distinct prompt of a batch
+hashed once); the keys are what every later step joins on. They go to disk as they are made
+(:mod:`pipeline.spill`), so a plan holds a bit a row in memory, not the keys.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import polars as pl
@@ -19,6 +21,7 @@ from .errors import ConfigError
 from .keys import FIRST, KEY, OCC, Keyer, canonical, repeat_key
 from .result import RESULT_SCHEMA, REUSE_SCHEMA, TOKEN_SPLIT_SCHEMA
 from .runner import PromptTask, RowTask
+from .spill import InputChanged, KeySpill
 
 PLAN_ROWS = 65_536
 
@@ -59,7 +62,8 @@ def make_keyer(job: Job, endpoint: str, target: str | None = None) -> Keyer:
 
 @dataclass
 class Plan:
-    """Everything checked and keyed before the first paid call."""
+    """Everything checked and keyed before the first paid call. ``close()`` (or ``with``) removes
+    its temporary files; they are also removed when it is garbage-collected."""
 
     job: Job
     dataset: Dataset
@@ -68,28 +72,47 @@ class Plan:
     task: RowTask
     result_columns: list[str]
     keyer: Keyer
-    keys: pl.DataFrame  # one row per input row, in input order: KEY, FIRST, OCC
+    spill: KeySpill  # every row's KEY, FIRST, OCC, in input order
 
     @property
     def n_rows(self) -> int:
-        return self.keys.height
+        return self.spill.rows
 
     @property
     def sendable(self) -> int:
         """Rows with a prompt to send."""
-        return self.n_rows - self.keys[KEY].null_count()
+        return self.spill.sendable
 
     @property
     def distinct(self) -> int:
         """Distinct requests among them: what the job pays for at most once each."""
-        return int(self.keys[KEY].drop_nulls().n_unique())
+        return self.spill.distinct
 
     def batches(self, batch_rows: int) -> Iterator[pl.DataFrame]:
         """Input batches ``[ROW, *columns, PROMPT, KEY, FIRST, OCC]`` in input order."""
-        offset = 0
-        for batch in self.dataset.batches(self.columns, self.prompt, batch_rows=batch_rows):
-            yield batch.hstack(self.keys.slice(offset, batch.height))
-            offset += batch.height
+        return self.keyed(self.dataset.batches(self.columns, self.prompt, batch_rows=batch_rows))
+
+    def keyed(self, batches: Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+        """``batches`` (the input's rows, in order, from its first) with each row's KEY, FIRST and OCC."""
+        aligned = self.spill.aligned()
+        try:
+            for batch in batches:
+                yield batch.hstack(aligned.take(batch.height))
+        except InputChanged as exc:
+            raise ConfigError(f"{self.dataset.path}: {exc}; run the job again") from None
+
+    def read_keys(self) -> pl.DataFrame:
+        """``KEY``, ``FIRST``, ``OCC`` of every row at once: for small inputs (tests, notebooks)."""
+        return self.spill.read()
+
+    def close(self) -> None:
+        self.spill.close()
+
+    def __enter__(self) -> Plan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def prepare(job: Job, *, endpoint: str = "", limit: int | None = None) -> Plan:
@@ -102,27 +125,43 @@ def prepare(job: Job, *, endpoint: str = "", limit: int | None = None) -> Plan:
     result_columns = output_columns(job, task)
     check_collisions(schema.names(), result_columns, job.input.path)
     keyer = make_keyer(job, endpoint)
-    keys = _key_rows(dataset, columns, expr, keyer, dedup=job.reuse.dedup)
-    return Plan(job, dataset, expr, columns, task, result_columns, keyer, keys)
+    spill = _key_rows(dataset, columns, expr, keyer, dedup=job.reuse.dedup)
+    return Plan(job, dataset, expr, columns, task, result_columns, keyer, spill)
+
+
+def key_column(keyer: Keyer, prompts: pl.Series) -> pl.Series:
+    """Each prompt's row key, null for a null or blank prompt; each distinct prompt hashed once."""
+    distinct = prompts.drop_nulls().unique()
+    keys = [keyer.row(p) if p.strip() else None for p in distinct.to_list()]
+    return prompts.replace_strict(distinct, pl.Series(keys, dtype=pl.String), default=None,
+                                  return_dtype=pl.String).alias(KEY)
 
 
 def _key_rows(dataset: Dataset, columns: list[str], expr: pl.Expr, keyer: Keyer, *,
-              dedup: bool) -> pl.DataFrame:
-    parts = []
-    # every column is parsed (check_all): a ragged CSV line anywhere fails here, before any paid call
-    for batch in dataset.batches(columns, expr, batch_rows=PLAN_ROWS, check_all=True):
-        keys = [keyer.row(p) if p is not None and p.strip() else None for p in batch[PROMPT].to_list()]
-        parts.append(pl.Series(KEY, keys, pl.String))
-    column = pl.concat(parts) if parts else pl.Series(KEY, [], pl.String)
-    if dedup:  # (``is_first_distinct`` holds ~1 MB per 1 M rows; a window ``over`` the keys ~70 MB)
-        first = column.is_first_distinct() | column.is_null()
-        return pl.DataFrame({KEY: column, FIRST: first, OCC: pl.zeros(len(column), pl.UInt32, eager=True)})
-    # dedup off: the n-th repeat of a prompt is a request of its own, and no row is a duplicate
-    keyed = pl.DataFrame([column]).with_row_index("__i").filter(pl.col(KEY).is_not_null()).with_columns(
-        pl.int_range(pl.len(), dtype=pl.UInt32).over(KEY).alias(OCC))
-    occ = pl.zeros(len(column), pl.UInt32, eager=True).scatter(keyed["__i"], keyed[OCC])
-    repeats = [k if n == 0 or k is None else repeat_key(k, n) for k, n in zip(column, occ, strict=True)]
-    return pl.DataFrame({KEY: pl.Series(repeats, dtype=pl.String), FIRST: True, OCC: occ})
+              dedup: bool) -> KeySpill:
+    spill = KeySpill(dataset.count_rows(), dedup=dedup)
+    seen: Counter[str] = Counter()  # dedup off: how often each prompt came before
+    try:
+        # every column is parsed (check_all): a ragged CSV line anywhere fails here, before any paid call
+        for batch in dataset.batches(columns, expr, batch_rows=PLAN_ROWS, check_all=True):
+            keys = key_column(keyer, batch[PROMPT])
+            spill.write(_occurrences(keys, seen) if not dedup else
+                        pl.DataFrame([keys, pl.zeros(len(keys), pl.UInt32, eager=True).alias(OCC)]))
+        spill.seal()
+    except BaseException:
+        spill.close()
+        raise
+    return spill
+
+
+def _occurrences(keys: pl.Series, seen: Counter[str]) -> pl.DataFrame:
+    """Dedup off: the n-th repeat of a prompt is a request of its own, with a key of its own.
+    (``seen`` holds each distinct prompt's key: with dedup off every row is paid for anyway.)"""
+    frame = pl.DataFrame([keys]).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).over(KEY).alias(OCC))
+    occ = [0 if k is None else seen[k] + n for k, n in zip(frame[KEY], frame[OCC], strict=True)]
+    seen.update(k for k in keys if k is not None)
+    repeats = [k if n == 0 or k is None else repeat_key(k, n) for k, n in zip(keys, occ, strict=True)]
+    return pl.DataFrame({KEY: pl.Series(repeats, dtype=pl.String), OCC: pl.Series(occ, dtype=pl.UInt32)})
 
 
 def check_collisions(dataset_columns: list[str], result_columns: list[str], path: object) -> None:
@@ -134,4 +173,4 @@ def check_collisions(dataset_columns: list[str], result_columns: list[str], path
         )
 
 
-__all__ = ["FIRST", "KEY", "OCC", "ROW", "Plan", "make_task", "output_columns", "prepare", "prompt_expr"]
+__all__ = ["FIRST", "KEY", "OCC", "ROW", "Plan", "key_column", "make_task", "output_columns", "prepare", "prompt_expr"]

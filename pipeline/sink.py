@@ -2,7 +2,9 @@
 
 ``finalise`` reads the input in batches, joins each batch with the row outcomes that the ledger
 holds for its rows' content keys (never their positions), and appends it to the Parquet file as
-row groups, through a temporary file and an atomic rename. Memory is one batch, not the job.
+row groups, through a temporary file and an atomic rename. Memory is one batch, not the job, and
+the outcomes of the keys seen lately (:class:`OutcomeReader`): a prompt repeated over millions
+of rows is read from the ledger and decoded once, not once a row.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ if TYPE_CHECKING:
 
 # rows per batch and row group: the output's working set (a 20,000-row run's peak RSS with 8,192 /
 # 4,096 / 2,048 / 1,024: 240 / 220 / 207 / 200 MB; 65,536 took a 1 M-row finalise from 260 to 330 MB)
-FINAL_CHUNK_ROWS = 2_048
+# against the time a batch costs whatever its size (3 M rows: 2,048 took 42 s to write, 16,384 ...)
+FINAL_CHUNK_ROWS = 16_384
+OUTCOMES_KEPT = 65_536  # decoded outcomes an OutcomeReader keeps (the keys seen lately)
 
 
 def record_schema(extra: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
@@ -76,8 +80,9 @@ def finalise(
     writer: pq.ParquetWriter | None = None
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        for batch in _keyed_input(plan):
-            part = with_outcomes(batch, ledger, schema, unfinished).select(columns)
+        reader = OutcomeReader(ledger, schema)
+        for batch in plan.keyed(_input_batches(plan.dataset)):
+            part = with_outcomes(batch, reader, unfinished).select(columns)
             totals.add(part)
             table = part.to_arrow()
             if writer is None:
@@ -88,7 +93,7 @@ def finalise(
         if writer is None:  # no input rows at all: still a typed, empty file
             empty = plan.dataset.scan().head(0).collect().with_columns(
                 pl.lit(None, pl.String).alias(KEY), pl.lit(True).alias(FIRST))
-            table = with_outcomes(empty, ledger, schema, unfinished).select(columns).to_arrow()
+            table = with_outcomes(empty, reader, unfinished).select(columns).to_arrow()
             writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
             writer.write_table(table)
         result = totals.final()
@@ -106,15 +111,6 @@ def finalise(
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
     return result
-
-
-def _keyed_input(plan: Plan) -> Iterator[pl.DataFrame]:
-    """Every input column, in order, with each row's KEY and FIRST from the plan."""
-    offset = 0
-    keys = plan.keys.select(KEY, FIRST)
-    for batch in _input_batches(plan.dataset):
-        yield batch.hstack(keys.slice(offset, batch.height))
-        offset += batch.height
 
 
 def _input_batches(dataset: Dataset) -> Iterator[pl.DataFrame]:
@@ -139,12 +135,33 @@ class Outcomes(Protocol):
     def outcomes(self, keys: Sequence[str]) -> pl.DataFrame: ...
 
 
-def with_outcomes(batch: pl.DataFrame, ledger: Outcomes, schema: dict[str, pl.DataType],
-                   unfinished: Unfinished) -> pl.DataFrame:
+class OutcomeReader:
+    """Decoded row outcomes by key, read from ``source`` once per key while it is among the
+    :data:`OUTCOMES_KEPT` keys asked for lately. For a source that no longer changes (the
+    ledger once the calls are over): a key it had no outcome for is not asked for again."""
+
+    def __init__(self, source: Outcomes, schema: dict[str, pl.DataType], *, kept: int = OUTCOMES_KEPT) -> None:
+        self._source, self._schema, self._kept = source, schema, kept
+        self._asked: pl.Series = pl.Series(KEY, [], pl.String)
+        self._decoded = decode_outcomes(source.outcomes([]), schema)
+
+    def of(self, keys: pl.Series) -> pl.DataFrame:
+        """``[KEY, *outcome columns]`` for those of ``keys`` that have an outcome (and maybe others)."""
+        wanted = keys.drop_nulls().unique()
+        new = wanted.filter(~wanted.is_in(self._asked.implode()))
+        if not new.len():
+            return self._decoded
+        if self._asked.len() + new.len() > self._kept:  # forget the older keys
+            self._asked, self._decoded, new = self._asked.head(0), self._decoded.head(0), wanted
+        fresh = decode_outcomes(self._source.outcomes(new.to_list()), self._schema)
+        self._asked = pl.concat([self._asked, new])
+        self._decoded = pl.concat([self._decoded, fresh])
+        return self._decoded
+
+
+def with_outcomes(batch: pl.DataFrame, outcomes: OutcomeReader, unfinished: Unfinished) -> pl.DataFrame:
     """``batch`` with its rows' outcomes; rows without one say why."""
-    keys = [k for k in batch[KEY].to_list() if k is not None]
-    outcomes = decode_outcomes(ledger.outcomes(keys), schema)
-    joined = batch.join(outcomes, on=KEY, how="left", maintain_order="left")
+    joined = batch.join(outcomes.of(batch[KEY]), on=KEY, how="left", maintain_order="left")
     empty = pl.col(KEY).is_null()
     missing = pl.col("status").is_null()
     duplicate = ~pl.col(FIRST) & ~empty

@@ -130,7 +130,7 @@ def _plan_keys(tmp: Path, data: list[tuple[str, int]], *, dedup: bool = True,
                          "provider": {"kind": "momo", "agent_id": 159, "max_tokens": 300},
                          "reuse": {"dedup": dedup}, "output": {"path": str(tmp / "out.parquet")}})
     plan = prepare(job, endpoint="http://momo.example")
-    return pl.DataFrame({"q": frame["q"], KEY: plan.keys[KEY], OCC: plan.keys[OCC]})
+    return pl.DataFrame({"q": frame["q"], KEY: plan.read_keys()[KEY], OCC: plan.read_keys()[OCC]})
 
 
 def _key_of(keys: pl.DataFrame) -> dict[str, str]:

@@ -98,7 +98,7 @@ def test_spent_counts_paid_calls_once_and_unknown_outcomes_at_their_worst(tmp_pa
 def test_finalise_joins_by_content_key_not_position(tmp_path: Path) -> None:
     job = _job(tmp_path, ["a", "b", "c"])
     plan = prepare(job)
-    keys = plan.keys[KEY].to_list()
+    keys = plan.read_keys()[KEY].to_list()
     with Ledger.open(job.output.path) as led:
         led.outcome(keys[2], _record(status="ok", response="C", tokens_used=3, cost=0.1, attempts=1),
                     final=True, paid=0.1, held=0)
@@ -115,7 +115,7 @@ def test_finalise_joins_by_content_key_not_position(tmp_path: Path) -> None:
     assert df["status"].to_list() == ["error", "error", "error", "ok"]
     assert df["error_code"].to_list() == ["NOT_RUN", "SERVER_ERROR", "NOT_RUN", None]
     assert df["response"].to_list() == [None, None, None, "C"]
-    assert df["request_key"].to_list() == plan.keys[KEY].to_list()
+    assert df["request_key"].to_list() == plan.read_keys()[KEY].to_list()
     for name, dtype in RESULT_SCHEMA.items():
         assert df.schema[name] == dtype, name
     assert totals.as_dict() == {"ok": 1, "error": 3, "skipped": 0, "tokens": 3, "cost": 0.1}
@@ -126,7 +126,7 @@ def test_duplicates_share_one_answer_and_the_first_carries_the_cost(tmp_path: Pa
     job = _job(tmp_path, ["a", None, "a", "b", "a"])
     plan = prepare(job)
     assert (plan.n_rows, plan.sendable, plan.distinct) == (5, 4, 2)
-    key_a = plan.keys[KEY][0]
+    key_a = plan.read_keys()[KEY][0]
     with Ledger.open(job.output.path) as led:
         led.outcome(key_a, _record(status="ok", response="A", tokens_used=5, cost=0.2), final=True, paid=0.2, held=0)
         finalise(plan, led, job.output.path, unfinished=Unfinished("NOT_RUN", "x"), metadata=lambda t: {})
@@ -139,10 +139,10 @@ def test_duplicates_share_one_answer_and_the_first_carries_the_cost(tmp_path: Pa
 
 
 def test_dedup_off_gives_each_repeat_a_key_of_its_own(tmp_path: Path) -> None:
-    keys = prepare(_job(tmp_path, ["a", "b", "a", "a"], dedup=False)).keys
+    keys = prepare(_job(tmp_path, ["a", "b", "a", "a"], dedup=False)).read_keys()
     assert keys[KEY].n_unique() == 4 and keys["__first"].all()
     # the repeat keys follow the prompt, not the position: a row inserted above changes nothing
-    moved = prepare(_job(tmp_path, ["z", "a", "b", "a", "a"], dedup=False)).keys
+    moved = prepare(_job(tmp_path, ["z", "a", "b", "a", "a"], dedup=False)).read_keys()
     assert moved[KEY].to_list()[1:] == keys[KEY].to_list()
 
 

@@ -285,7 +285,7 @@ async def test_a_local_run_takes_up_what_a_distributed_runs_workers_recorded(tmp
     data = write_questions(tmp_path / "q.csv", BASE[:10])
     job = momo_job(data, tmp_path / "out.parquet", sandbox.momo_url)
     provider = provider_for(job, KEY, sandbox.momo_url)
-    keys = prepare(job, endpoint=provider.endpoint).keys[ROW_KEY].to_list()
+    keys = prepare(job, endpoint=provider.endpoint).read_keys()[ROW_KEY].to_list()
     await provider.aclose()
     with Ledger.open(tmp_path / "out.parquet") as ledger:
         run_no = ledger.run

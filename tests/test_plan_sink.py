@@ -63,13 +63,13 @@ def test_the_plan_gives_every_row_once_in_input_order_with_its_key(tmp_path: Pat
 
 def test_the_first_row_asking_a_prompt_is_the_one_that_pays(tmp_path: Path) -> None:
     plan = _plan(tmp_path)
-    assert plan.keys[FIRST].to_list() == [True, True, True, False, True, False, False, True, True, True]
-    assert set(plan.keys[OCC].to_list()) == {0}
+    assert plan.read_keys()[FIRST].to_list() == [True, True, True, False, True, False, False, True, True, True]
+    assert set(plan.read_keys()[OCC].to_list()) == {0}
 
 
 def test_with_dedup_off_no_row_is_a_repeat_and_each_has_its_own_key(tmp_path: Path) -> None:
     plan = _plan(tmp_path, dedup=False)
-    assert plan.keys[FIRST].all() and plan.keys[OCC].to_list() == [0, 0, 0, 1, 0, 1, 2, 0, 0, 0]
+    assert plan.read_keys()[FIRST].all() and plan.read_keys()[OCC].to_list() == [0, 0, 0, 1, 0, 1, 2, 0, 0, 0]
     assert plan.distinct == plan.sendable == 8
 
 
@@ -122,7 +122,7 @@ async def test_the_output_has_every_row_once_in_input_order_and_repeats_cost_not
     # the cost column adds up to what the fake server billed: each distinct prompt once
     assert out["cost"].sum() == pytest.approx(sum(provider.charged)) == pytest.approx(sum(costs.values()))
     assert provider.prompts == dict.fromkeys(costs, 1)
-    assert out["request_key"].to_list() == plan.keys[KEY].to_list()
+    assert out["request_key"].to_list() == plan.read_keys()[KEY].to_list()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
 
 

@@ -96,8 +96,9 @@ def run_job(job: Job | str | Path, connection: Connection | Credentials, *, outp
     prepared = _with_provider(job, connection, lambda provider: prepare(
         job, provider, limit=limit, restart=restart, max_cost=max_cost, yes=yes, warn=opts.warn,
         parts=opts.parts_rows is not None))
-    report = _on_ray(prepared, connection, opts, limit=limit, restart=restart)
-    _with_provider(job, connection, lambda provider: prepared.settle(provider, report))
+    with prepared.plan:  # its temporary files go with the run
+        report = _on_ray(prepared, connection, opts, limit=limit, restart=restart)
+        _with_provider(job, connection, lambda provider: prepared.settle(provider, report))
     return report
 
 

@@ -38,11 +38,11 @@ from ..connect import Connection
 from ..dataset import PROMPT, ROW
 from ..errors import BudgetExceeded, MomoError, error_for
 from ..ledger import DB_NAME, FINAL, RETRY, SENT, SHARDS, Entry, Ledger, _connect
-from ..plan import FIRST, KEY, OCC, make_keyer, make_task, output_columns, prompt_expr
+from ..plan import FIRST, KEY, OCC, key_column, make_keyer, make_task, output_columns, prompt_expr
 from ..providers.base import Price, PromptRequest
 from ..result import RowResult, Unfinished
 from ..runner import Caller, Fanout, RunStats, Stop
-from ..sink import record_schema, with_outcomes
+from ..sink import OutcomeReader, record_schema, with_outcomes
 from .coordinator import Headers
 
 # how final an entry is when the same key is in several files (as in Ledger.absorb)
@@ -356,8 +356,8 @@ class Engine:
                 self.stop.learn(*reason)
         frame = pl.from_arrow(batch)
         assert isinstance(frame, pl.DataFrame)
-        prompts = frame.select(self.prompt)[PROMPT].to_list()
-        keys = [self.keyer.row(p) if p is not None and p.strip() else None for p in prompts]
+        prompt = frame.select(self.prompt)[PROMPT]
+        prompts, keys = prompt.to_list(), key_column(self.keyer, prompt).to_list()
         rows = list(range(self.next_row, self.next_row + frame.height))
         self.next_row += frame.height
         wanted = list(dict.fromkeys(k for k in keys if k is not None))
@@ -370,7 +370,7 @@ class Engine:
             raise RuntimeError("the worker's runner failed") from self.failure
         keyed = frame.with_columns(pl.Series(KEY, keys, pl.String), pl.lit(True).alias(FIRST))
         reason = self.stop.reason or Unfinished("NOT_RUN", "not run (job ended before this row)")
-        out = with_outcomes(keyed, self.ledger, self.schema, reason)
+        out = with_outcomes(keyed, OutcomeReader(self.ledger, self.schema), reason)
         return out.select(*batch.column_names, *self.result_columns).to_arrow()
 
     async def _wait_for(self, wanted: list[str], rows: list[int], prompts: list[str | None],

@@ -1,0 +1,159 @@
+"""The plan's per-row keys on disk, so that memory does not grow with the input (issue 22).
+
+A job of ten million rows has ten million content keys (32 hex digits each): held in memory they
+were ~170 MB per million rows. :class:`KeySpill` writes them to a temporary Arrow IPC stream in
+input order while the plan reads the input, and reads them back, a batch at a time, beside any
+later pass over the input (the calls, the output). Arrow's IPC stream, read through a plain file
+rather than a memory map, keeps what a pass holds to one batch.
+
+Which row is the first to ask a request (dedup) needs every key the input has seen. The keys are
+partitioned by their first hex digits into buckets of at most :data:`BUCKET_ROWS` rows, each its
+own IPC stream; a bucket then fits in memory, and its first rows (by input position) are found
+there. Within one plan batch only a key's first row is written to its bucket, so a prompt
+repeated a million times costs a bucket one row per batch, not a million. What stays in memory
+is one bit a row: whether the row is the first of its key.
+
+Polars alone has no appendable IPC writer (``write_ipc_stream`` writes a whole stream a call)
+and its streaming ``group_by`` keeps every distinct key in memory; pyarrow's ``RecordBatch``
+stream writer and reader are used through their public API.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from .keys import FIRST, KEY, OCC
+
+BUCKET_ROWS = 500_000  # batch-first rows a bucket holds at most on average: ~40 MB while it is read
+ROW = "__spill_row"
+KEYS_SCHEMA = pa.schema([(KEY, pa.large_string()), (OCC, pa.uint32())])
+BUCKET_SCHEMA = pa.schema([(ROW, pa.uint64()), (KEY, pa.large_string())])
+
+
+class _Stream:
+    """An Arrow IPC stream file, appended a polars frame at a time."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path = path
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_stream(self._sink, schema)
+        self._schema = schema
+
+    def write(self, frame: pl.DataFrame) -> None:
+        if frame.height:
+            self._writer.write_table(frame.to_arrow().cast(self._schema))
+
+    def close(self) -> None:
+        self._writer.close()
+        self._sink.close()
+
+
+def read_stream(path: Path) -> Iterator[pl.DataFrame]:
+    """The frames of an IPC stream file, in order, one record batch at a time (no memory map)."""
+    with pa.OSFile(str(path), "rb") as source:
+        reader = pa.ipc.open_stream(source)
+        for batch in reader:
+            frame = pl.from_arrow(batch)
+            assert isinstance(frame, pl.DataFrame)
+            yield frame
+
+
+class KeySpill:
+    """Every row's key (and repeat count), in input order, on disk; whether each row is the first
+    of its key, in memory (a bit a row). Build with :meth:`write` for each plan batch, then
+    :meth:`seal`; read with :meth:`aligned`. Temporary files go under ``TMPDIR``."""
+
+    def __init__(self, expected_rows: int, *, dedup: bool) -> None:
+        root = self._root = Path(tempfile.mkdtemp(prefix="momo-batch-plan-"))
+        # removed by close(), else when the spill is garbage-collected or the interpreter exits
+        self._cleanup = weakref.finalize(self, shutil.rmtree, root, ignore_errors=True)
+        self._keys = _Stream(root / "keys.arrows", KEYS_SCHEMA)
+        self._dedup = dedup
+        self._n_buckets = max(1, math.ceil(expected_rows / BUCKET_ROWS)) if dedup else 0
+        self._buckets = [_Stream(root / f"bucket-{b}.arrows", BUCKET_SCHEMA) for b in range(self._n_buckets)]
+        self._first: pl.Series | None = None
+        self.rows = 0
+        self.sendable = 0
+        self.distinct = 0
+
+    def write(self, keys: pl.DataFrame) -> None:
+        """The next rows' ``KEY`` (null: nothing to send) and ``OCC``, in input order."""
+        self._keys.write(keys)
+        sent = keys.height - keys[KEY].null_count()
+        if self._dedup and sent:
+            firsts = keys.select(pl.int_range(self.rows, self.rows + keys.height, dtype=pl.UInt64).alias(ROW),
+                                 KEY).filter(pl.col(KEY).is_not_null() & pl.col(KEY).is_first_distinct())
+            bucket = pl.col(KEY).str.slice(0, 6).str.to_integer(base=16) % self._n_buckets
+            for (b,), part in firsts.with_columns(bucket.alias("__b")).partition_by("__b", as_dict=True).items():
+                self._buckets[int(b)].write(part.drop("__b"))
+        self.rows += keys.height
+        self.sendable += sent
+
+    def seal(self) -> None:
+        """After the last batch: find each key's first row, bucket by bucket."""
+        self._keys.close()
+        if not self._dedup:
+            self.distinct = self.sendable  # every repeat is a request of its own
+            return
+        first = pl.zeros(self.rows, pl.Boolean, eager=True)
+        for stream in self._buckets:
+            stream.close()
+            frames = list(read_stream(stream.path))
+            stream.path.unlink()
+            if not frames:
+                continue
+            rows = pl.concat(frames).filter(pl.col(KEY).is_first_distinct())[ROW]
+            self.distinct += rows.len()
+            first = first.scatter(rows, True)
+        self._first = first
+
+    def aligned(self) -> _Aligned:
+        """A reader of the rows' ``KEY``, ``FIRST`` and ``OCC``, taken in input order, any number at a time."""
+        return _Aligned(read_stream(self._root / "keys.arrows"), self._first)
+
+    def read(self) -> pl.DataFrame:
+        """Every row's ``KEY``, ``FIRST`` and ``OCC`` at once: for small inputs (tests, notebooks)."""
+        return self.aligned().take(self.rows)
+
+    def close(self) -> None:
+        self._cleanup()
+
+
+class InputChanged(Exception):
+    """The input is not what the plan read (edited while the job ran)."""
+
+
+class _Aligned:
+    """Takes the spill's rows in order, as many as the next batch of another pass over the input has."""
+
+    def __init__(self, frames: Iterator[pl.DataFrame], first: pl.Series | None) -> None:
+        self._frames = frames
+        self._first = first  # None: dedup off, every row is its own request
+        self._buffer: pl.DataFrame = pl.DataFrame(schema={KEY: pl.String, OCC: pl.UInt32})
+        self._offset = 0
+
+    def take(self, n: int) -> pl.DataFrame:
+        parts, need = [self._buffer.head(0)], n
+        while need:
+            if not self._buffer.height:
+                frame = next(self._frames, None)
+                if frame is None:
+                    raise InputChanged("the input has more rows than when the run began")
+                self._buffer = frame
+            part = self._buffer.head(need)
+            self._buffer = self._buffer.slice(part.height)
+            parts.append(part)
+            need -= part.height
+        keys = pl.concat(parts) if len(parts) > 2 else parts[-1]
+        first = (pl.repeat(True, n, dtype=pl.Boolean, eager=True).alias(FIRST) if self._first is None
+                 else self._first.slice(self._offset, n).alias(FIRST))
+        self._offset += n
+        return keys.with_columns(first | keys[KEY].is_null()).select(KEY, FIRST, OCC)
