@@ -1,7 +1,7 @@
 """Read a prompt dataset (Parquet or CSV) lazily, in batches, and render each row's prompt.
 
 Nothing here loads a whole file: schemas come from the file footer / CSV header, counts from a
-streaming ``select(len())``, rows from ``collect_batches``. Every problem is a
+streaming ``select(len())``, rows from :meth:`Dataset.frames`, a batch at a time. Every problem is a
 :class:`~pipeline.errors.ConfigError` naming the file and, where it applies, the column.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,21 +69,43 @@ class Dataset:
 
     def scan(self) -> pl.LazyFrame:
         """The file as a lazy frame, with its row position in :data:`ROW`."""
+        lf = self._source().with_row_index(ROW)
+        return lf.head(self.limit) if self.limit is not None else lf
+
+    def _source(self) -> pl.LazyFrame:
         suffix = self.path.suffix.lower()
         if not self.path.exists():
             raise ConfigError(f"{self.path}: input file not found")
         try:
             if suffix == ".parquet":
-                lf = pl.scan_parquet(self.path)
-            elif suffix == ".csv":
+                return pl.scan_parquet(self.path)
+            if suffix == ".csv":
                 self._not_parquet()
-                lf = pl.scan_csv(self.path, infer_schema_length=10_000)
-            else:
-                raise ConfigError(f"{self.path}: input must be .parquet or .csv")
-            lf = lf.with_row_index(ROW)
-            return lf.head(self.limit) if self.limit is not None else lf
+                return pl.scan_csv(self.path, infer_schema_length=10_000)
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)})") from None
+        raise ConfigError(f"{self.path}: input must be .parquet or .csv")
+
+    def frames(self, query: Callable[[pl.LazyFrame], pl.LazyFrame] = lambda lf: lf, *,
+               batch_rows: int = 4096) -> Iterator[pl.DataFrame]:
+        """The input's rows in order with :data:`ROW`, through ``query`` (a select or with_columns),
+        ``batch_rows`` at a time; memory is one batch.
+
+        A Parquet file is read a slice at a time (the reader skips to the slice's row groups):
+        ``collect_batches`` runs ahead of a slow consumer and would hold the whole file (3 M rows:
+        290 MB against 95 MB by slices). A CSV file cannot be sliced without parsing it from its
+        start each time, so it is streamed; polars maps it into memory, and its pages count in RSS.
+        """
+        try:
+            if self.path.suffix.lower() != ".parquet":
+                yield from query(self.scan()).collect_batches(chunk_size=batch_rows, maintain_order=True)
+                return
+            total = self.count_rows()
+            for start in range(0, total, batch_rows):
+                part = self._source().slice(start, min(batch_rows, total - start))
+                yield query(part.with_row_index(ROW, offset=start)).collect()
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)}{self._ragged_hint()})") from None
 
     def schema(self) -> pl.Schema:
         try:
@@ -125,13 +147,11 @@ class Dataset:
         """
         wanted = [pl.col(ROW), *(pl.col(c) for c in columns), prompt]
         whole = check_all and self.path.suffix.lower() == ".csv"
-        lf = self.scan().with_columns(prompt) if whole else self.scan().select(wanted)
         names = [ROW, *columns, PROMPT]
-        try:
-            for batch in lf.collect_batches(chunk_size=batch_rows, maintain_order=True):
-                yield batch.select(names) if whole else batch
-        except (pl.exceptions.PolarsError, OSError) as exc:
-            raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)}{self._ragged_hint()})") from None
+        query: Callable[[pl.LazyFrame], pl.LazyFrame] = (
+            (lambda lf: lf.with_columns(prompt)) if whole else (lambda lf: lf.select(wanted)))
+        for batch in self.frames(query, batch_rows=batch_rows):
+            yield batch.select(names) if whole else batch
 
     def _not_parquet(self) -> None:
         """A Parquet file named ``.csv`` would be read as text: its bytes would become column names."""

@@ -12,15 +12,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import polars as pl
 
-from .dataset import ROW, Dataset
-from .errors import ConfigError, WriteError
+from .dataset import ROW
+from .errors import WriteError
 from .ledger import Ledger
 from .outcome import JobTotals
 from .plan import FIRST, KEY, Plan
@@ -81,7 +81,7 @@ def finalise(
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         reader = OutcomeReader(ledger, schema)
-        for batch in plan.keyed(_input_batches(plan.dataset)):
+        for batch in plan.keyed(plan.dataset.frames(batch_rows=FINAL_CHUNK_ROWS)):
             part = with_outcomes(batch, reader, unfinished).select(columns)
             totals.add(part)
             table = part.to_arrow()
@@ -111,13 +111,6 @@ def finalise(
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
     return result
-
-
-def _input_batches(dataset: Dataset) -> Iterator[pl.DataFrame]:
-    try:
-        yield from dataset.scan().collect_batches(chunk_size=FINAL_CHUNK_ROWS, maintain_order=True)
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise ConfigError(f"{dataset.path}: cannot read input ({exc})") from None
 
 
 def decode_outcomes(found: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:

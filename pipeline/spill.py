@@ -32,32 +32,40 @@ import pyarrow as pa
 
 from .keys import FIRST, KEY, OCC
 
-BUCKET_ROWS = 500_000  # batch-first rows a bucket holds at most on average: ~40 MB while it is read
+BUCKET_ROWS = 250_000  # batch-first rows a bucket holds on average: ~20 MB while it is read
 ROW = "__spill_row"
-KEYS_SCHEMA = pa.schema([(KEY, pa.large_string()), (OCC, pa.uint32())])
-BUCKET_SCHEMA = pa.schema([(ROW, pa.uint64()), (KEY, pa.large_string())])
 
 
 class _Stream:
-    """An Arrow IPC stream file, appended a polars frame at a time."""
+    """An Arrow IPC stream file, appended a polars frame at a time (its schema: the first frame's)."""
 
-    def __init__(self, path: Path, schema: pa.Schema) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self._sink = pa.OSFile(str(path), "wb")
-        self._writer = pa.ipc.new_stream(self._sink, schema)
-        self._schema = schema
+        self._sink: pa.OSFile | None = None
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
 
     def write(self, frame: pl.DataFrame) -> None:
-        if frame.height:
-            self._writer.write_table(frame.to_arrow().cast(self._schema))
+        table = frame.to_arrow()
+        if self._writer is None:
+            self._sink = pa.OSFile(str(self.path), "wb")
+            self._writer = pa.ipc.new_stream(self._sink, table.schema)
+        self._writer.write_table(table)
 
     def close(self) -> None:
-        self._writer.close()
-        self._sink.close()
+        if self._writer is not None and self._sink is not None:
+            self._writer.close()
+            self._sink.close()
+            self._writer = self._sink = None
+
+    def read_all(self) -> pl.DataFrame | None:
+        """The whole stream (None: nothing was written), read by polars into its own memory."""
+        return pl.read_ipc_stream(self.path) if self.path.exists() else None
 
 
 def read_stream(path: Path) -> Iterator[pl.DataFrame]:
     """The frames of an IPC stream file, in order, one record batch at a time (no memory map)."""
+    if not path.exists():
+        return
     with pa.OSFile(str(path), "rb") as source:
         reader = pa.ipc.open_stream(source)
         for batch in reader:
@@ -75,10 +83,10 @@ class KeySpill:
         root = self._root = Path(tempfile.mkdtemp(prefix="momo-batch-plan-"))
         # removed by close(), else when the spill is garbage-collected or the interpreter exits
         self._cleanup = weakref.finalize(self, shutil.rmtree, root, ignore_errors=True)
-        self._keys = _Stream(root / "keys.arrows", KEYS_SCHEMA)
+        self._keys = _Stream(root / "keys.arrows")
         self._dedup = dedup
         self._n_buckets = max(1, math.ceil(expected_rows / BUCKET_ROWS)) if dedup else 0
-        self._buckets = [_Stream(root / f"bucket-{b}.arrows", BUCKET_SCHEMA) for b in range(self._n_buckets)]
+        self._buckets = [_Stream(root / f"bucket-{b}.arrows") for b in range(self._n_buckets)]
         self._first: pl.Series | None = None
         self.rows = 0
         self.sendable = 0
@@ -86,10 +94,10 @@ class KeySpill:
 
     def write(self, keys: pl.DataFrame) -> None:
         """The next rows' ``KEY`` (null: nothing to send) and ``OCC``, in input order."""
-        self._keys.write(keys)
+        self._keys.write(keys.select(pl.col(KEY).cast(pl.String), pl.col(OCC).cast(pl.UInt32)))
         sent = keys.height - keys[KEY].null_count()
         if self._dedup and sent:
-            firsts = keys.select(pl.int_range(self.rows, self.rows + keys.height, dtype=pl.UInt64).alias(ROW),
+            firsts = keys.select(pl.int_range(self.rows, self.rows + keys.height, dtype=pl.UInt32).alias(ROW),
                                  KEY).filter(pl.col(KEY).is_not_null() & pl.col(KEY).is_first_distinct())
             bucket = pl.col(KEY).str.slice(0, 6).str.to_integer(base=16) % self._n_buckets
             for (b,), part in firsts.with_columns(bucket.alias("__b")).partition_by("__b", as_dict=True).items():
@@ -106,11 +114,12 @@ class KeySpill:
         first = pl.zeros(self.rows, pl.Boolean, eager=True)
         for stream in self._buckets:
             stream.close()
-            frames = list(read_stream(stream.path))
-            stream.path.unlink()
-            if not frames:
+            bucket = stream.read_all()
+            stream.path.unlink(missing_ok=True)
+            if bucket is None:
                 continue
-            rows = pl.concat(frames).filter(pl.col(KEY).is_first_distinct())[ROW]
+            rows = bucket.filter(pl.col(KEY).is_first_distinct())[ROW]
+            del bucket
             self.distinct += rows.len()
             first = first.scatter(rows, True)
         self._first = first
