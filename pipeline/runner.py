@@ -32,7 +32,7 @@ from .errors import (
     WriteError,
 )
 from .keys import KEY, OCC, Keyer
-from .ledger import FINAL, SENT, Cache, Entry
+from .ledger import FINAL, RETRY, SENT, Cache, Entry
 from .outcome import RunStats as RunStats  # counted here, reported there
 from .providers.base import CallResult, PromptRequest, Provider, check_reported
 from .result import RowResult, Unfinished
@@ -525,6 +525,7 @@ class PromptTask:
 
 
 Batches = Callable[[], Iterator[pl.DataFrame]]
+SETTLED_KEPT = 100_000  # final keys the reader remembers, so a repeated key is asked of the ledger once
 Item = tuple[int, str, str, int, bool]  # row, prompt, key, occurrence, key not in the ledger
 
 
@@ -546,6 +547,7 @@ class Fanout:
     only_rows: set[int] | None = None  # a pilot runs just these
     _live: set[str] = field(default_factory=set)  # queued or in flight
     _recent: set[str] = field(default_factory=set)  # finished since the reader's last look at the ledger
+    _settled: dict[str, tuple[int, int]] = field(default_factory=dict)  # final keys seen lately: (state, run)
     # written, not yet committed, each with the ledger's count of abandoned transactions then
     _unreported: list[tuple[RowResult, int]] = field(default_factory=list)
     _written: anyio.Event | None = None  # set when the first of them is written
@@ -599,34 +601,62 @@ class Fanout:
                     return
 
     async def _feed(self, batch: pl.DataFrame, send: MemoryObjectSendStream[Item]) -> bool:
-        stats, stop, run = self.caller.stats, self.caller.stop, self.ledger.run
-        keys = batch[KEY].to_list()
-        states = self.ledger.states([k for k in keys if k is not None])
+        """Send the batch's requests that have no answer yet, each once; count the others. Rows
+        are sorted by their key's state, a key at a time: a key repeated over many rows (or
+        finished in an earlier run) costs its rows a vectorised count, not a Python step each."""
+        stats, stop = self.caller.stats, self.caller.stop
+        if self.only_rows is not None:
+            batch = batch.filter(pl.col(ROW).is_in(list(self.only_rows)))
+        for row in batch.filter(pl.col(KEY).is_null())[ROW].to_list():
+            self._skipped(row)
+        keyed = batch.filter(pl.col(KEY).is_not_null())
+        elsewhere, new = self._sort(keyed[KEY].unique().to_list())
         self._recent.clear()
-        rows = zip(batch[ROW].to_list(), batch[PROMPT].to_list(), keys, batch[OCC].to_list(), strict=True)
-        for row, prompt, key, occurrence in rows:
-            if self.only_rows is not None and row not in self.only_rows:
-                continue
-            if key is None:
-                self._skipped(row)
-                continue
-            state = states.get(key)
-            if key in self._live or key in self._recent or (state is not None and state[1] == run
-                                                             and state[0] >= FINAL):
-                stats.duplicates += 1  # asked already in this run: shares that answer
-                continue
-            if state is not None and state[0] == FINAL:
-                stats.already_done += 1
-                continue
+        keyed = keyed.with_columns(pl.col(KEY).is_in(elsewhere).alias("__done"),
+                                   (pl.col(KEY).is_in(list(new)) & pl.col(KEY).is_first_distinct()).alias("__send"))
+
+        def count(before: int | None = None) -> None:
+            """Rows (before row ``before``) answered in an earlier run, or sharing another row's call."""
+            rows = keyed if before is None else keyed.filter(pl.col(ROW) < before)
+            done, sent = int(rows["__done"].sum()), int(rows["__send"].sum())
+            stats.already_done += done
+            stats.duplicates += rows.height - done - sent
+
+        for row, prompt, key, occurrence in keyed.filter("__send").select(ROW, PROMPT, KEY, OCC).iter_rows():
             if stop.stopped:
+                count(before=row)
                 return False
             self._live.add(key)
-            item = (row, prompt, key, occurrence, state is None)
+            item = (row, prompt, key, occurrence, new[key])
             try:  # no turn of the event loop when there is room (see _next)
                 send.send_nowait(item)
             except anyio.WouldBlock:
                 await send.send(item)
+        count()
         return True
+
+    def _sort(self, keys: list[str]) -> tuple[list[str], dict[str, bool]]:
+        """The batch's distinct keys by what becomes of their rows: answered in an earlier run
+        (already done), asked in this one (queued, in flight or answered: duplicates), and to
+        send (with whether the ledger has no entry for the key at all)."""
+        run = self.ledger.run
+        states = self.ledger.states([k for k in keys if k not in self._settled])
+        for key, (state, by) in states.items():
+            if state == FINAL or (state == RETRY and by == run):  # so for the rest of the run
+                if len(self._settled) >= SETTLED_KEPT:
+                    self._settled.clear()
+                self._settled[key] = (state, by)
+        elsewhere, new = [], {}
+        for key in keys:
+            entry = self._settled.get(key) or states.get(key)
+            if key in self._live or key in self._recent or (entry is not None and entry[1] == run
+                                                             and entry[0] >= FINAL):
+                continue
+            if entry is not None and entry[0] == FINAL:
+                elsewhere.append(key)
+            else:
+                new[key] = entry is None
+        return elsewhere, new
 
     def _skipped(self, row: int) -> None:
         result = RowResult(row=row, status="skipped", error_code="EMPTY_PROMPT",

@@ -41,7 +41,7 @@ def recorded_prompts(job: Path, url: str) -> set[str]:
     db.close()
     plan = prepare(Job.load(job), endpoint=url)
     prompts = pl.read_csv(job.parent / "q.csv")["question"].to_list()
-    return {p for p, key in zip(prompts, plan.keys["__key"].to_list(), strict=True) if key in final}
+    return {p for p, key in zip(prompts, plan.read_keys()["__key"].to_list(), strict=True) if key in final}
 
 
 def start(job: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
