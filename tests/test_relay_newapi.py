@@ -120,14 +120,17 @@ async def test_a_saturated_upstream_backs_off_the_call_and_keeps_the_pace(tmp_pa
 # -- the model rate limit, stated in words ----------------------------------------------------------------
 async def test_the_model_rate_limit_is_learned_from_its_message(tmp_path: Path) -> None:
     """60 per (scaled) minute on the success counter, no rate in the job: one burst of refusals
-    while the first calls are in flight, then the job paces to the stated 60."""
+    while the first calls are in flight, then the job paces to the stated 60: the later windows'
+    bursts are not refused again."""
     with Sandbox(new_api(rate_limit_success=60)).running() as sb:
         job = relay_job(questions(tmp_path / "q.csv", 150), tmp_path / "out.parquet", sb.relay_url,
                         window_seconds=2.0, concurrency=8)
         report = await run(job, KEY, sb.relay_url, backoff=FAST)
-        refused = [r for r in posts(sb.records()) if r["code"] == "model_rate_limit"]
+        sent = posts(sb.records())
+    refused = [r for r in sent if r["code"] == "model_rate_limit"]
     assert report.exit_code == 0 and report.stats.ok == 150
     assert 1 <= len(refused) <= 12
+    assert all(r["ts"] < sent[0]["ts"] + 2.0 for r in refused)  # every refusal in the first window
     assert report.rate_limiter["stated_per_minute"] == 60
 
 
