@@ -22,6 +22,21 @@ And two new-api relay cases (the sandbox's ``[new_api]`` mode, issue 21), time �
 4. **A saturated upstream.** 10 % of calls get one-api's 429 ``当前分组上游负载已饱和``, on an
    unlimited key, 200 rows; the ideal is the same run without it. Goal: every row ok, wall ≤ 1.3×.
 
+And MOMO's case of issue 21, time × 0.1:
+
+5. **A lone 429 is not a new limit.** The job is told 1,200 a minute; the server counts 1,200 a
+   minute (sliding log, ``X-RateLimit-*`` on every answer) and refuses 1 % of calls with a 429 of
+   its own (``Retry-After`` one second, no rate headers). 2,400 rows: ideal 120 s. "Pace" is the
+   calls the server saw a minute, as a share of the tier, over the calls' span less its gaps of
+   more than 0.5 s with no call (credited as honoured pauses; on a loaded machine its own stalls
+   count too). Goal: every row ok, pace ≥ 95 % of the tier.
+
+Measured 2026-12-07 (``--only relay --repeat 3`` then ``--only momo --repeat 3``, load average
+1.8-3.1 from another engineer's benchmarks, 2 cores): (3) wall 1.07×, calls 1.02×, 16 refusals
+of 166 (goal not met: all 16 are the first burst, see docs/benchmarks.md); (4) 1.05× a run
+without saturation (it was 5.04×: the saturated calls waited an error's 0.5, 1, 2 s, unscaled);
+(5) pace 97.5 % of the tier, busiest minute 1,168 of 1,200, wall 1.15×.
+
 "Ideal" is rows ÷ the server's average rate (a fixed window can beat it, by its first burst).
 "Wall" is the whole ``run_job`` (reading, journal, Parquet output included); "calls" is the span
 from the first to the last call the server saw. All times are unscaled. "429s" are counted in the
@@ -181,8 +196,8 @@ def relay_run(tmp: Path, rows: int, scale: float, *, rate_limit: int = 0, satura
 
 def relay_cases(scale: float, repeat: int) -> None:
     print(f"\n3-4. new-api relay, no rate given (time scale {scale}, figures unscaled)")
-    print("| case | rows ok | ideal | wall | wall/ideal | 429s of calls | pace learned | goal met |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| case | rows ok | ideal | wall | calls | wall/ideal | 429s of calls | pace learned | goal met |")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="momo-bench-") as tmp:
         def median(**kw: Any) -> Result:
             runs = [relay_run(Path(tmp), scale=scale, **kw) for _ in range(repeat)]
@@ -192,14 +207,88 @@ def relay_cases(scale: float, repeat: int) -> None:
         limited = median(rows=150, rate_limit=60)
         met = limited.ok == limited.rows and limited.ratio <= 1.15 and limited.refused <= 12
         print(f"| 3. model rate limit 60/min | {limited.ok}/{limited.rows} | {limited.ideal:.0f} s "
-              f"| {limited.wall:.1f} s | {limited.ratio:.2f}× | {limited.refused} of {limited.calls} "
+              f"| {limited.wall:.1f} s | {limited.span:.1f} s | {limited.ratio:.2f}× "
+              f"| {limited.refused} of {limited.calls} "
               f"| stated {limited.learned.get('stated_per_minute')}/min | {'yes' if met else 'NO'} |", flush=True)
         clear, busy = median(rows=200), median(rows=200, saturated=0.1)
         ratio = busy.wall / clear.wall
         met = busy.ok == busy.rows and ratio <= 1.3
         print(f"| 4. upstream saturated, 10 % | {busy.ok}/{busy.rows} | {clear.wall:.1f} s (without) "
-              f"| {busy.wall:.1f} s | {ratio:.2f}× | {busy.refused} of {busy.calls} "
+              f"| {busy.wall:.1f} s | {busy.span:.1f} s | {ratio:.2f}× | {busy.refused} of {busy.calls} "
               f"| pace {busy.learned.get('pace_per_minute') or 'unlimited'} | {'yes' if met else 'NO'} |", flush=True)
+
+
+@dataclass(frozen=True)
+class Blip:
+    """Case 5's figures, unscaled: what the server saw of a job told the tier it counts."""
+
+    wall: float
+    span: float  # first to last call at the server
+    paused: float  # gaps of more than BLIP_GAP between calls, credited as honoured pauses
+    calls: int
+    spurious: int  # the injected 429s
+    refused: int  # every 429 (the injected ones included)
+    busiest: int  # most calls in any minute
+    ok: int
+    rows: int
+    learned: dict[str, Any]
+
+    @property
+    def pace(self) -> float:
+        """Calls a minute while the job was sending, as a share of the tier."""
+        return self.calls / (self.span - self.paused) * 60 / BLIP_TIER
+
+
+BLIP_TIER = 1200  # requests a minute: the job's and the server's
+BLIP_GAP = 0.5  # seconds without a call: a pause (the tier spaces calls 0.05 s apart)
+
+
+def _paused(times: list[float], gap: float) -> float:
+    """The time between calls further apart than ``gap``: pauses, not pacing."""
+    return sum(b - a for a, b in zip(times, times[1:], strict=False) if b - a > gap)
+
+
+def momo_blip_run(tmp: Path, rows: int, scale: float, *, spurious: float = 0.01) -> Blip:
+    """A MOMO job told 1,200 a minute against a server counting 1,200 a minute (sliding log,
+    ``X-RateLimit-*`` on every answer) that refuses ``spurious`` of the calls with a 429 of its own
+    (``Retry-After`` one second, no rate headers on it)."""
+    from pipeline.sandbox import FaultConfig, KeyConfig, Sandbox, SandboxConfig
+
+    minute = 60.0 * scale
+    data = _questions(tmp / "q.csv", rows)
+    out = tmp / f"out-{time.monotonic_ns()}.parquet"
+    cfg = SandboxConfig(window_seconds=minute, algorithm="sliding_log", latency_ms=50 * scale,
+                        keys={"momo-bench": KeyConfig(limit=BLIP_TIER)},
+                        faults=FaultConfig(rate_limit=spurious))
+    with Sandbox(cfg).running() as sb:
+        job = _job("momo", data, out, sb.momo_url, {"requests_per_minute": BLIP_TIER, "window_seconds": minute})
+        t0 = time.perf_counter()
+        report = anyio.run(_run_job, job, "momo-bench", sb.momo_url)
+        wall = time.perf_counter() - t0
+        posts = [r for r in sb.records() if r["path"] == "/v1/agents/159"]
+    times = sorted((r["ts"] - posts[0]["ts"]) / scale for r in posts)
+    from pipeline.sandbox.log import max_in_any_window
+
+    return Blip(wall / scale, times[-1] - times[0], _paused(times, BLIP_GAP), len(posts),
+                sum(r.get("fault") == "rate_limit" for r in posts), sum(r["status"] == 429 for r in posts),
+                max_in_any_window(times, 60.0), report.stats.ok, rows, report.rate_limiter)
+
+
+def momo_blip_case(scale: float, repeat: int) -> None:
+    print(f"\n5. MOMO, told {BLIP_TIER}/min, server {BLIP_TIER}/min (sliding log, headers), 1 % spurious 429s "
+          f"(Retry-After 1 s, no rate headers); 2,400 rows (time scale {scale}, figures unscaled)")
+    print("| rows ok | ideal | wall | wall/ideal | calls | pauses credited | pace, % of tier | busiest minute "
+          "| 429s (spurious) | pace learned | goal met |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="momo-bench-") as tmp:
+        runs = [momo_blip_run(Path(tmp), 2400, scale) for _ in range(repeat)]
+    r = sorted(runs, key=lambda b: b.pace)[(len(runs) - 1) // 2]  # the median pace
+    met = r.ok == r.rows and r.pace >= 0.95
+    ideal = r.rows / BLIP_TIER * 60
+    print(f"| {r.ok}/{r.rows} | {ideal:.0f} s | {r.wall:.1f} s | {r.wall / ideal:.2f}× | {r.span:.1f} s "
+          f"| {r.paused:.1f} s "
+          f"| {100 * r.pace:.1f} % | {r.busiest} of {BLIP_TIER} | {r.refused} ({r.spurious}) "
+          f"| {r.learned.get('pace_per_minute')}/min | {'yes' if met else 'NO'} |", flush=True)
 
 
 def main() -> None:
@@ -207,10 +296,12 @@ def main() -> None:
     parser.add_argument("--scale", type=float, help="real seconds per scenario second (default: per scenario)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell; the median wall is shown")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
-    parser.add_argument("--only", choices=["1", "2", "2b", "relay"], help="run one scenario")
+    parser.add_argument("--only", choices=["1", "2", "2b", "relay", "momo"], help="run one scenario")
     args = parser.parse_args()
     if args.only in (None, "relay"):
         relay_cases(args.scale or 0.1, args.repeat)
+    if args.only in (None, "momo"):
+        momo_blip_case(args.scale or 0.1, args.repeat)
     for scenario in (WINDOW, FIND, FIND_SHORT):
         if args.only and scenario.name.split(".")[0] != args.only:
             continue

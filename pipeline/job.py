@@ -30,6 +30,7 @@ from .plan import prepare as make_plan
 from .preflight import Checked, Warn, account_after, preflight, reconcile
 from .providers.base import Price, PromptRequest, Provider
 from .result import RowResult, Unfinished
+from .retry import busy_backoff
 from .runner import Caller, Fanout, RunStats, Stop, WorstCost
 from .sink import finalise
 from .tokens import release as release_tokenizer
@@ -206,6 +207,7 @@ async def _execute(prepared: Prepared, provider: Provider, ledger: Ledger, share
         cache=shared,
         worst_cost=worst_cost,
         backoff=opts.backoff,
+        busy_backoff=busy_backoff(limits.window_seconds),
         max_wait=limits.max_wait_seconds,
     )
     task = await plan.task.bind(job, provider, caller, capped=cap is not None,

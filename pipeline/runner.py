@@ -36,7 +36,7 @@ from .ledger import FINAL, RETRY, SENT, Cache, Entry
 from .outcome import RunStats as RunStats  # counted here, reported there
 from .providers.base import CallResult, PromptRequest, Provider, check_reported
 from .result import RowResult, Unfinished
-from .retry import retry_policy, worth_retrying
+from .retry import busy_backoff, retry_policy, worth_retrying
 
 
 @dataclass
@@ -276,6 +276,7 @@ class Caller:
         cache: Cache | None = None,
         worst_cost: WorstCost | None = None,
         backoff: tuple[float, float] = (0.5, 30.0),
+        busy_backoff: tuple[float, float] = busy_backoff(60.0),
         max_wait: float | None = None,
     ) -> None:
         self.provider = provider
@@ -291,6 +292,7 @@ class Caller:
         self.cache = cache
         self.worst_cost = worst_cost
         self.backoff = backoff
+        self.busy_backoff = busy_backoff  # a saturated upstream's own, in the job's time (see retry.py)
         self._sent_before: set[str] = set()  # keys a dead run sent without an answer: resending counts
         # each key being sent: its ledger state before (None: no entry), put back if the call is refused
         self._before: dict[str, int | None] = {}
@@ -301,7 +303,8 @@ class Caller:
         request settings and keys, the same limiter, budget, stats, stop, ledger and cache."""
         twin = Caller(provider, limiter=self.limiter, budget=self.budget, stats=self.stats, stop=self.stop,
                       max_attempts=self.max_attempts, request=request, keyer=keyer, ledger=self.ledger,
-                      cache=self.cache, worst_cost=worst_cost, backoff=self.backoff, max_wait=self.max_wait)
+                      cache=self.cache, worst_cost=worst_cost, backoff=self.backoff,
+                      busy_backoff=self.busy_backoff, max_wait=self.max_wait)
         twin._sent_before = self._sent_before
         twin._before = self._before
         return twin
@@ -375,6 +378,7 @@ class Caller:
             initial_wait=self.backoff[0],
             max_wait=self.backoff[1],
             rate_limited_for=self.limiter.patience,
+            busy_wait=self.busy_backoff,
             before_sleep=self._count_retry,
             sleep=self.stop.sleep,
         )

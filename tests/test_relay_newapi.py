@@ -7,6 +7,7 @@ hand from the relay's ratios, not the sandbox's arithmetic."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,12 @@ def calls_after_first(records: list[dict[str, Any]], codes: set[str]) -> tuple[i
     sent = posts(records)
     first = next(i for i, r in enumerate(sent) if r["code"] in codes)
     return first, len(sent) - first - 1
+
+
+def retried_after(sent: list[dict[str, Any]], i: int) -> float:
+    """Seconds from call ``i`` to the next call of the same prompt, as the server saw them."""
+    again = next(r for r in sent[i + 1:] if r.get("prompt_sha") == sent[i]["prompt_sha"])
+    return float(again["ts"] - sent[i]["ts"])
 
 
 def charged_usd(records: list[dict[str, Any]]) -> float:
@@ -88,17 +95,22 @@ async def test_no_channel_stops_after_the_first_calls_naming_model_and_group(tmp
 @pytest.mark.parametrize("rate", [None, 600.0])
 async def test_a_saturated_upstream_backs_off_the_call_and_keeps_the_pace(tmp_path: Path, rate: float | None) -> None:
     """10 % of calls meet one-api's "上游负载已饱和" 429: every row ends ok, and the limiter is never
-    told to slow down (unpaced stays unpaced; a told rate stays the told rate)."""
+    told to slow down (unpaced stays unpaced; a told rate stays the told rate). The refused call
+    comes back after its own short wait, counted in the job's (scaled) time, not after an error's
+    backoff (here the default, 0.5 s and more)."""
     faults = FaultConfig(upstream_saturated=0.1)
     with Sandbox(new_api(flavour="one-api", faults=faults)).running() as sb:
         limits: dict[str, Any] = {"window_seconds": 2.0, "concurrency": 8}
         if rate is not None:
             limits["requests_per_minute"] = rate
         job = relay_job(questions(tmp_path / "q.csv", 200), tmp_path / "out.parquet", sb.relay_url, **limits)
-        report = await run(job, KEY, sb.relay_url, backoff=FAST)
-        saturated = [r for r in posts(sb.records()) if r["code"] == "upstream_saturated"]
+        report = await run(job, KEY, sb.relay_url)  # the default backoff: the saturated calls must not use it
+        sent = posts(sb.records())
+    saturated = [i for i, r in enumerate(sent) if r["code"] == "upstream_saturated"]
     assert report.exit_code == 0 and report.stats.ok == 200
     assert len(saturated) >= 10  # the upstream really was saturated now and then
+    # a scaled second is 1/30 s here: the busy wait is at most 8 of them, an error's at least 0.5 s
+    assert statistics.median(retried_after(sent, i) for i in saturated) < 0.25
     assert report.stats.rate_limited == 0
     learned = report.rate_limiter
     assert learned["found_per_minute"] is None and learned["stated_per_minute"] is None
@@ -108,14 +120,17 @@ async def test_a_saturated_upstream_backs_off_the_call_and_keeps_the_pace(tmp_pa
 # -- the model rate limit, stated in words ----------------------------------------------------------------
 async def test_the_model_rate_limit_is_learned_from_its_message(tmp_path: Path) -> None:
     """60 per (scaled) minute on the success counter, no rate in the job: one burst of refusals
-    while the first calls are in flight, then the job paces to the stated 60."""
+    while the first calls are in flight, then the job paces to the stated 60: the later windows'
+    bursts are not refused again."""
     with Sandbox(new_api(rate_limit_success=60)).running() as sb:
         job = relay_job(questions(tmp_path / "q.csv", 150), tmp_path / "out.parquet", sb.relay_url,
                         window_seconds=2.0, concurrency=8)
         report = await run(job, KEY, sb.relay_url, backoff=FAST)
-        refused = [r for r in posts(sb.records()) if r["code"] == "model_rate_limit"]
+        sent = posts(sb.records())
+    refused = [r for r in sent if r["code"] == "model_rate_limit"]
     assert report.exit_code == 0 and report.stats.ok == 150
     assert 1 <= len(refused) <= 12
+    assert all(r["ts"] < sent[0]["ts"] + 2.0 for r in refused)  # every refusal in the first window
     assert report.rate_limiter["stated_per_minute"] == 60
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import InvalidParameters, RateLimited, ServerError
-from pipeline.retry import retry_policy
+from pipeline.errors import InvalidParameters, RateLimited, ServerError, UpstreamSaturated
+from pipeline.retry import busy_backoff, retry_policy
 
 
 async def attempts_until_done(errors: list[Exception], **policy: float) -> tuple[int, Exception | None]:
@@ -53,3 +53,23 @@ async def test_a_429_waits_only_what_the_server_asked(retry_after: float | None,
             if attempt.retry_state.attempt_number == 1:
                 raise RateLimited("slow down", retry_after=retry_after)
     assert policy.statistics["idle_for"] == pytest.approx(waits)
+
+
+async def test_a_saturated_upstream_waits_its_own_short_backoff() -> None:
+    """A relay's "上游负载已饱和" 429 waits the busy policy (full jitter under its first, doubling,
+    capped by its longest), not an error's 5 s, and does not use up attempts."""
+    policy = retry_policy(2, initial_wait=5.0, max_wait=5.0, busy_wait=(0.01, 0.03))
+    made = 0
+    async for attempt in policy:
+        with attempt:
+            made += 1
+            if made <= 6:
+                raise UpstreamSaturated("当前分组上游负载已饱和，请稍后再试")
+    idle = policy.statistics["idle_for"]
+    assert made == 7  # six refusals, two attempts allowed: busy is not a failure
+    assert 0.0 <= idle <= 0.01 + 0.02 + 4 * 0.03  # under 0.01, 0.02, then 0.03 each: never the 5 s backoff
+
+
+def test_the_busy_backoff_is_counted_in_the_jobs_time() -> None:
+    assert busy_backoff(60.0) == (0.5, 8.0)  # a real minute: half a second, eight seconds
+    assert busy_backoff(6.0) == pytest.approx((0.05, 0.8))  # a minute scaled to 6 s: scaled alike

@@ -41,6 +41,7 @@ from ..ledger import DB_NAME, FINAL, RETRY, SENT, SHARDS, Entry, Ledger, _connec
 from ..plan import FIRST, KEY, OCC, key_column, make_keyer, make_task, output_columns, prompt_expr
 from ..providers.base import Price, PromptRequest
 from ..result import RowResult, Unfinished
+from ..retry import busy_backoff
 from ..runner import Caller, Fanout, RunStats, Stop
 from ..sink import OutcomeReader, record_schema, with_outcomes
 from .coordinator import Headers
@@ -313,7 +314,7 @@ class Engine:
                         request=PromptRequest(prompt="", temperature=p.temperature, max_tokens=p.max_tokens,
                                               stream=p.stream),
                         keyer=self.keyer, ledger=self.ledger, worst_cost=worst, backoff=spec.backoff,
-                        max_wait=job.limits.max_wait_seconds)
+                        busy_backoff=busy_backoff(job.limits.window_seconds), max_wait=job.limits.max_wait_seconds)
         self.inbox: queue.Queue[pl.DataFrame | None] = queue.Queue()
         self.fan = Fanout(task, caller, self.ledger, lambda: _drain(self.inbox), spec.concurrency,
                           on_result=self._finished)
