@@ -50,7 +50,7 @@ lint: $(STAMP) ## ruff, and mypy on pipeline/
 	$(VENV)/bin/ruff check pipeline tests bench
 	$(VENV)/bin/mypy pipeline
 
-bench: $(STAMP) ## throughput, CPU per row, peak RSS, ledger, estimate, sandbox, transport, tiers, rate limits, Ray workers
+bench: $(STAMP) ## throughput, CPU per row, peak RSS, ledger, estimate, sandbox, transport, tiers, rate limits, Ray workers, scale
 	$(PY) bench/run.py
 	$(PY) bench/ledger.py
 	$(PY) bench/sandbox_rps.py
@@ -58,6 +58,7 @@ bench: $(STAMP) ## throughput, CPU per row, peak RSS, ledger, estimate, sandbox,
 	$(PY) bench/tiers.py
 	$(PY) bench/rate_limits.py
 	$(PY) bench/ray_run.py
+	$(PY) bench/scale.py
 
 eval: $(STAMP) ## accuracy and cost of each labelling strategy (1 vote, 3 votes, escalation) on the gold sample
 	$(PY) bench/eval.py
