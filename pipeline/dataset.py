@@ -15,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
+from . import csv_blocks
 from .errors import ConfigError
 
 ROW = "__row"  # position of a row in the input, for this run only (rows find results by content key)
@@ -93,19 +94,30 @@ class Dataset:
 
         A Parquet file is read a slice at a time (the reader skips to the slice's row groups):
         ``collect_batches`` runs ahead of a slow consumer and would hold the whole file (3 M rows:
-        290 MB against 95 MB by slices). A CSV file cannot be sliced without parsing it from its
-        start each time, so it is streamed; polars maps it into memory, and its pages count in RSS.
+        290 MB against 95 MB by slices). A CSV file a block of records at a time
+        (:mod:`pipeline.csv_blocks`: polars' own CSV reader holds the whole file).
         """
         try:
-            if self.path.suffix.lower() != ".parquet":
-                yield from query(self.scan()).collect_batches(chunk_size=batch_rows, maintain_order=True)
-                return
-            total = self.count_rows()
-            for start in range(0, total, batch_rows):
-                part = self._source().slice(start, min(batch_rows, total - start))
-                yield query(part.with_row_index(ROW, offset=start)).collect()
+            for start, rows in self._slices(batch_rows):
+                yield query(rows.with_row_index(ROW, offset=start)).collect()
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)}{self._ragged_hint()})") from None
+
+    def _slices(self, batch_rows: int) -> Iterator[tuple[int, pl.LazyFrame]]:
+        """``(position of its first row, rows)`` in order, ``batch_rows`` at a time, the first
+        ``limit`` rows only. A Parquet slice stays lazy, so a query reads only its columns."""
+        total = self.count_rows()
+        if self.path.suffix.lower() == ".parquet":
+            for start in range(0, total, batch_rows):
+                yield start, self._source().slice(start, min(batch_rows, total - start))
+            return
+        start = 0
+        for block in csv_blocks.frames(self.path, self._source().collect_schema()):
+            for part in block.head(total - start).iter_slices(batch_rows):
+                yield start, part.lazy()
+                start += part.height
+            if start >= total:
+                return
 
     def schema(self) -> pl.Schema:
         try:
@@ -117,10 +129,25 @@ class Dataset:
         return schema
 
     def count_rows(self) -> int:
-        try:
-            return int(self.scan().select(pl.len()).collect().item())
-        except (pl.exceptions.PolarsError, OSError) as exc:
-            raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)})") from None
+        """Rows in the input (the first ``limit`` at most)."""
+        rows = self._rows()
+        return rows if self.limit is None else min(rows, self.limit)
+
+    def _rows(self) -> int:
+        """Rows in the whole file: a Parquet file's footer says; a CSV file is parsed a block at a
+        time (polars' count maps the whole file into memory). Counted once."""
+        counted = self.__dict__.get("_counted")
+        if counted is None:
+            try:
+                if self.path.suffix.lower() == ".parquet":
+                    counted = int(self._source().select(pl.len()).collect().item())
+                else:
+                    schema = self._source().collect_schema()
+                    counted = sum(f.height for f in csv_blocks.frames(self.path, schema))
+            except (pl.exceptions.PolarsError, OSError) as exc:
+                raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)}{self._ragged_hint()})") from None
+            object.__setattr__(self, "_counted", counted)  # a frozen dataclass: its own cache
+        return counted
 
     def check_columns(self, needed: list[str]) -> pl.Schema:
         """Fail before any paid call when a column the job names is missing."""
@@ -136,22 +163,15 @@ class Dataset:
             raise ConfigError(f"{self.path}: input has no rows")
         return schema
 
-    def batches(
-        self, columns: list[str], prompt: pl.Expr, *, batch_rows: int = 4096, check_all: bool = False
-    ) -> Iterator[pl.DataFrame]:
+    def batches(self, columns: list[str], prompt: pl.Expr, *, batch_rows: int = 4096) -> Iterator[pl.DataFrame]:
         """Batches of ``[ROW, *columns, PROMPT]`` in input order; memory is one batch at a time.
 
-        ``check_all`` parses every column of a CSV, not just those the prompt reads, so a ragged
-        line or a value that does not fit its column fails here (the estimate pass, before any paid
+        A CSV file's every column is parsed, not just those the prompt reads, so a ragged line or
+        a value that does not fit its column fails in the first pass (the plan's, before any paid
         call) rather than when the output is written. A Parquet file's other columns are typed.
         """
         wanted = [pl.col(ROW), *(pl.col(c) for c in columns), prompt]
-        whole = check_all and self.path.suffix.lower() == ".csv"
-        names = [ROW, *columns, PROMPT]
-        query: Callable[[pl.LazyFrame], pl.LazyFrame] = (
-            (lambda lf: lf.with_columns(prompt)) if whole else (lambda lf: lf.select(wanted)))
-        for batch in self.frames(query, batch_rows=batch_rows):
-            yield batch.select(names) if whole else batch
+        return self.frames(lambda lf: lf.select(wanted), batch_rows=batch_rows)
 
     def _not_parquet(self) -> None:
         """A Parquet file named ``.csv`` would be read as text: its bytes would become column names."""

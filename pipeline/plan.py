@@ -142,8 +142,8 @@ def _key_rows(dataset: Dataset, columns: list[str], expr: pl.Expr, keyer: Keyer,
     spill = KeySpill(dataset.count_rows(), dedup=dedup)
     seen: Counter[str] = Counter()  # dedup off: how often each prompt came before
     try:
-        # every column is parsed (check_all): a ragged CSV line anywhere fails here, before any paid call
-        for batch in dataset.batches(columns, expr, batch_rows=PLAN_ROWS, check_all=True):
+        # a CSV's every column is parsed: a ragged line anywhere fails here, before any paid call
+        for batch in dataset.batches(columns, expr, batch_rows=PLAN_ROWS):
             keys = key_column(keyer, batch[PROMPT])
             spill.write(_occurrences(keys, seen) if not dedup else
                         pl.DataFrame([keys, pl.zeros(len(keys), pl.UInt32, eager=True).alias(OCC)]))

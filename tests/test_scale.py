@@ -113,12 +113,27 @@ def test_the_plan_removes_its_files_when_the_input_fails_halfway(tmp_path: Path,
 
     monkeypatch.setattr(spill.KeySpill, "__init__", remember)
     monkeypatch.setattr(plan_module, "PLAN_ROWS", 2)
-    job = _job(tmp_path, ["a", "b", "c", "d", "e"], suffix="csv")
-    path = Path(job.input.path)
-    path.write_text(path.read_text() + '5,"f"\n6,g,extra,fields\n')  # a ragged line at the end
-    with pytest.raises(Exception, match="in.csv"):
-        prepare(job, endpoint="http://fake")
+    keyed = plan_module.key_column
+    calls = []
+
+    def failing(keyer: Any, prompts: pl.Series) -> pl.Series:  # as a read error in the third batch would
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("EIO")
+        return keyed(keyer, prompts)
+
+    monkeypatch.setattr(plan_module, "key_column", failing)
+    with pytest.raises(OSError, match="EIO"):
+        prepare(_job(tmp_path, ["a", "b", "c", "d", "e", "f"]), endpoint="http://fake")
     assert made and not made[0].exists()
+
+
+def test_a_ragged_csv_line_anywhere_fails_before_the_plan_keys_a_row(tmp_path: Path) -> None:
+    job = _job(tmp_path, [f"q{i}" for i in range(100)], suffix="csv")
+    path = Path(job.input.path)
+    path.write_text(path.read_text() + '100,"f"\n101,g,extra,fields\n')  # a ragged line at the end
+    with pytest.raises(Exception, match=r"in\.csv.*line 103 has 4 fields, the header 2"):
+        prepare(job, endpoint="http://fake")
 
 
 @pytest.mark.parametrize("suffix", ["parquet", "csv"])
@@ -184,3 +199,25 @@ def test_the_pilots_sample_is_the_one_a_list_of_every_distinct_row_gave(
         picked = pick_sample(plan, n)
         assert set(picked) == expected
         assert all(picked[row] == keys[KEY][row] for row in picked)
+
+
+FIELD = st.text(alphabet=st.sampled_from(list('ab ,"\n\r\té')), max_size=8)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.tuples(FIELD, FIELD), min_size=0, max_size=20), block_bytes=st.integers(1, 64),
+       crlf=st.booleans(), trailing_newline=st.booleans())
+def test_a_csv_read_a_block_at_a_time_is_the_file_read_whole(
+        tmp_path_factory: pytest.TempPathFactory, texts: list[tuple[str, str]], block_bytes: int, crlf: bool,
+        trailing_newline: bool) -> None:
+    """Quoted fields with commas, doubled quotes and newlines, cut anywhere by the block size."""
+    from pipeline import csv_blocks
+
+    path = tmp_path_factory.mktemp("csv") / "in.csv"
+    frame = pl.DataFrame({"id": list(range(len(texts))), "a": [a for a, _ in texts], "b": [b for _, b in texts]},
+                         schema={"id": pl.Int64, "a": pl.String, "b": pl.String})
+    text = frame.write_csv(line_terminator="\r\n" if crlf else "\n")
+    path.write_bytes((text if trailing_newline else text.rstrip("\r\n")).encode())
+    whole = pl.read_csv(path, schema=frame.schema)
+    got = list(csv_blocks.frames(path, whole.schema, block_bytes))
+    assert (pl.concat(got) if got else whole.head(0)).equals(whole)
