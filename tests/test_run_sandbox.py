@@ -218,8 +218,9 @@ async def test_a_server_window_shorter_than_the_jobs_is_learned_not_read_as_a_mi
     assert learned["server_limit"] == 50
     assert learned["pace_per_minute"] >= 0.75 * 300  # not 50 per "minute"
     if algorithm != "token_bucket":  # a bucket's Reset is its next token, a fraction of its window
-        # learned from below (Reset); grants seen late by a loaded machine may stretch it a little
-        assert 0.9 <= learned["server_window_seconds"] <= 1.25
+        # learned from below (Reset); grants seen late by a loaded machine stretch it a little
+        # (1.251 s once, under a load of 8 on two cores): far from the job's 6 s "minute" either way
+        assert 0.9 <= learned["server_window_seconds"] <= 1.5
 
 
 @pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_log", "token_bucket"])
@@ -299,7 +300,9 @@ async def test_a_lone_429_while_the_headers_show_room_keeps_the_tier(tmp_path: P
     assert len(refused) >= 5 and all(r["fault"] == "rate_limit" for r in refused)  # none for the pace itself
     learned = report.rate_limiter
     # the server's window, learned from how Remaining refills, may come out a little over 3 s: our
-    # grants go out a little late; 2 % allows that, and is far from the 0.8 × a slow-down would show
-    assert learned["pace_per_minute"] == pytest.approx(tier, rel=0.02) and learned["found_per_minute"] is None
+    # grants go out late on a loaded machine (584 of 600 once, under a load of 8 on two cores);
+    # 0.9 × allows that, and is far from the 0.8 × a single slow-down would show
+    pace = learned["pace_per_minute"]
+    assert 0.9 * tier <= pace <= 1.02 * tier and learned["found_per_minute"] is None
     assert learned["server_limit"] == tier
     assert max_in_any_window([r["ts"] for r in sent], window) >= tier / 2
