@@ -168,7 +168,10 @@ class RayProcesses:
                 except OSError:
                     continue
                 used = sum(int(v) for v in fields[11:15]) / tick  # utime, stime, cutime, cstime
-                self.seen[pid] = (_kind(cmd), used)
+                kind = _kind(cmd)
+                if kind == "ray" and pid in self.seen:  # a killed actor is "ray::IDLE" until it exits
+                    kind = self.seen[pid][0]
+                self.seen[pid] = (kind, used)
             return dict(self.seen)
 
     def stop(self) -> None:

@@ -179,7 +179,8 @@ def _drive(prepared: Prepared, ledger: Ledger, connection: Connection, *, opts: 
     concurrency = limits.concurrency
     spec = WorkerSpec(job=job, connection=connection, coordinator=coordinator,
                       ledger_root=ledger.root.resolve(), run=ledger.run, price=prepared.price, cap=cap,
-                      concurrency=concurrency, lateness=lateness(limits.window_seconds), backoff=opts.backoff)
+                      concurrency=concurrency, lateness=lateness(limits.window_seconds), backoff=opts.backoff,
+                      tune_gc=True)
     batch_rows = opts.batch_rows or max(256, concurrency * BATCH_PER_CONCURRENCY)
     ds = _dataset(job, limit, batch_rows).map_batches(
         Worker, fn_constructor_kwargs={"spec": spec}, batch_size=None, batch_format="pyarrow",
