@@ -169,8 +169,8 @@ class RayProcesses:
                     continue
                 used = sum(int(v) for v in fields[11:15]) / tick  # utime, stime, cutime, cstime
                 kind = _kind(cmd)
-                if kind == "ray" and pid in self.seen:  # a killed actor is "ray::IDLE" until it exits
-                    kind = self.seen[pid][0]
+                if pid in self.seen and self.seen[pid][0] in ("workers", "coordinator"):
+                    kind = self.seen[pid][0]  # a pool's or killed actor's process is renamed as it ends
                 self.seen[pid] = (kind, used)
             return dict(self.seen)
 

@@ -47,7 +47,7 @@ from .worker import Worker, WorkerSpec
 
 WORKER_CPUS = 0.25  # a worker waits on the network: a fraction of a core leaves room for Ray Data's reads
 READ_CPUS = 0.25  # reading a block is short: a full core each would make the workers wait for CPU slots
-BATCH_PER_CONCURRENCY = 4  # rows per batch handed to a worker, per call it keeps in flight
+BATCH_PER_CONCURRENCY = 16  # rows per batch handed to a worker, per call it keeps in flight
 # batches a worker holds at once: while one drains (its last calls finishing), the next feed the runner
 BATCHES_IN_FLIGHT = 3
 
@@ -61,7 +61,7 @@ class RayOptions:
     address: str | None = None  # a cluster (``ray start --head``); None: RAY_ADDRESS, else a local Ray
     workers: int = 2
     worker_cpus: float = WORKER_CPUS
-    batch_rows: int | None = None  # rows per batch; default: concurrency × 4, at least 256
+    batch_rows: int | None = None  # rows per batch; default: concurrency × 16, at least 256
     parts_rows: int | None = None  # write a directory of Parquet parts of this many rows
     backoff: tuple[float, float] = (0.5, 30.0)
     init: dict[str, Any] = field(default_factory=dict)  # more ``ray.init`` arguments
