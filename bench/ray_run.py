@@ -8,7 +8,10 @@
 2. The single-process run (``pipeline.run_job``) and the Ray run (``pipeline.ray.run_job``, a local
    Ray started before the clock starts) over the same input, each in a child process. Two figures
    each: rows/s over the whole ``run_job`` call (for Ray: worker start-up and the driver writing the
-   output included), and rows/s between the first and the last call (steady state).
+   output included), and rows/s between the first and the last call (steady state). Each runs
+   ``--repeat`` times (3), alternating; CPU per row of every process of the run (whole, and
+   steady: from 10 % to 90 % of the rows done), by kind, and Ray's ratio to one process against
+   the 1.3x target of issue 22 (``--cpu-only``: this part alone).
 3. Tier use: 4 workers at the pro tier (300 calls per window) against a sandbox counting in a
    sliding window of ``--tier-window`` seconds (time scaled down from a minute), the same job
    once in one process: from the sandbox's own request log, the most calls in any window (never
