@@ -31,13 +31,13 @@ def momo_job(data: Path, out: Path, url: str, *, concurrency: int, tier: str = "
     })
 
 
-async def run_local(job: Any, key: str, url: str, *, max_connections: int = 100) -> Any:
+async def run_local(job: Any, key: str, url: str, *, max_connections: int = 100, options: Any = None) -> Any:
     """``pipeline.run_job`` in this process, with a provider opened for it and closed after."""
     from pipeline import Credentials, open_provider, run_job
 
     provider = open_provider(job.provider, Credentials(key), base_url=url, max_connections=max_connections)
     try:
-        return await run_job(job, provider)
+        return await run_job(job, provider, options=options)
     finally:
         await provider.aclose()
 

@@ -47,7 +47,7 @@ from .worker import Worker, WorkerSpec
 
 WORKER_CPUS = 0.25  # a worker waits on the network: a fraction of a core leaves room for Ray Data's reads
 READ_CPUS = 0.25  # reading a block is short: a full core each would make the workers wait for CPU slots
-BATCH_PER_CONCURRENCY = 4  # rows per batch handed to a worker, per call it keeps in flight
+BATCH_PER_CONCURRENCY = 16  # rows per batch handed to a worker, per call it keeps in flight
 # batches a worker holds at once: while one drains (its last calls finishing), the next feed the runner
 BATCHES_IN_FLIGHT = 3
 
@@ -61,7 +61,7 @@ class RayOptions:
     address: str | None = None  # a cluster (``ray start --head``); None: RAY_ADDRESS, else a local Ray
     workers: int = 2
     worker_cpus: float = WORKER_CPUS
-    batch_rows: int | None = None  # rows per batch; default: concurrency × 4, at least 256
+    batch_rows: int | None = None  # rows per batch; default: concurrency × 16, at least 256
     parts_rows: int | None = None  # write a directory of Parquet parts of this many rows
     backoff: tuple[float, float] = (0.5, 30.0)
     init: dict[str, Any] = field(default_factory=dict)  # more ``ray.init`` arguments
@@ -179,7 +179,8 @@ def _drive(prepared: Prepared, ledger: Ledger, connection: Connection, *, opts: 
     concurrency = limits.concurrency
     spec = WorkerSpec(job=job, connection=connection, coordinator=coordinator,
                       ledger_root=ledger.root.resolve(), run=ledger.run, price=prepared.price, cap=cap,
-                      concurrency=concurrency, lateness=lateness(limits.window_seconds), backoff=opts.backoff)
+                      concurrency=concurrency, lateness=lateness(limits.window_seconds), backoff=opts.backoff,
+                      tune_gc=True)
     batch_rows = opts.batch_rows or max(256, concurrency * BATCH_PER_CONCURRENCY)
     ds = _dataset(job, limit, batch_rows).map_batches(
         Worker, fn_constructor_kwargs={"spec": spec}, batch_size=None, batch_format="pyarrow",

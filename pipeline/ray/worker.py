@@ -33,6 +33,7 @@ import anyio.lowlevel
 import polars as pl
 import pyarrow as pa
 
+from .._tuning import steady_gc_for_life
 from ..config import Job
 from ..connect import Connection
 from ..dataset import PROMPT, ROW
@@ -66,6 +67,9 @@ class WorkerSpec:
     lateness: float  # how late a leased grant may still be used (see coordinator.lateness)
     lease: int = 64  # grants asked for at a time (the coordinator also bounds a lease in time)
     backoff: tuple[float, float] = (0.5, 30.0)
+    # the collector settings of ``momo-batch run`` for the worker's process, for good: only where
+    # the process is the job's own (a Ray actor), not a caller's interpreter (tests run a Worker inline)
+    tune_gc: bool = False
 
 
 class LeasedLimiter:
@@ -436,6 +440,8 @@ class Worker:
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         if self._engine is None:
+            if self.spec.tune_gc:
+                steady_gc_for_life()
             self._engine = Engine(self.spec)
             # the engine outlives each call: it runs on the event loop Ray Data keeps for this actor
             self._serving = asyncio.get_running_loop().create_task(self._engine.serve())
