@@ -171,14 +171,16 @@ def _row(algorithm: str, r: Result, scenario: Scenario) -> str:
             f"| {r.refused:3d} of {r.calls:4d} ({r.extra:4.1f} %) | {learned:<18} | {'yes' if met else 'NO'} |")
 
 
-def relay_run(tmp: Path, rows: int, scale: float, *, rate_limit: int = 0, saturated: float = 0.0) -> Result:
+def relay_run(tmp: Path, rows: int, scale: float, *, rate_limit: int = 0, saturated: float = 0.0,
+              jitter: float = 0.0) -> Result:
     """One run against the sandbox in new-api mode (unlimited job, 16 in flight, 50 ms a call)."""
     from pipeline.sandbox import FaultConfig, NewApiConfig, RelayKeyConfig, Sandbox, SandboxConfig
 
     minute = 60.0 * scale
     data = _questions(tmp / "q.csv", rows)
     out = tmp / f"out-{time.monotonic_ns()}.parquet"
-    cfg = SandboxConfig(window_seconds=minute, latency_ms=50 * scale, relay_keys={"sk-bench": RelayKeyConfig()},
+    cfg = SandboxConfig(window_seconds=minute, latency_ms=50 * scale, latency_jitter=jitter,
+                        relay_keys={"sk-bench": RelayKeyConfig()},
                         new_api=NewApiConfig(flavour="one-api" if saturated else "new-api",
                                              rate_limit_success=rate_limit),
                         faults=FaultConfig(upstream_saturated=saturated))

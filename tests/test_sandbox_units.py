@@ -145,3 +145,21 @@ def test_agent_catalogue() -> None:
     assert agents[302].price_per_1k_tokens == 15 * agents[301].price_per_1k_tokens  # the strong labeller
     assert list(agents) == sorted(agents)
     assert len(make_agents(2)) == 2
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.5])
+def test_a_calls_latency_is_jittered_within_its_bounds_the_same_for_the_same_seed(jitter: float) -> None:
+    from pipeline.sandbox import SandboxConfig
+    from pipeline.sandbox.state import SandboxState
+
+    def draws(seed: int) -> list[float]:
+        state = SandboxState(SandboxConfig(seed=seed, latency_ms=40, latency_jitter=jitter))
+        return [state.latency() for _ in range(200)]
+
+    first = draws(1)
+    assert all(0.04 * (1 - jitter) <= s <= 0.04 * (1 + jitter) for s in first)
+    assert first == draws(1)
+    if jitter:  # spread over the range, not stuck at one value
+        assert max(first) - min(first) > 0.04 * jitter and first != draws(2)
+    else:
+        assert set(first) == {0.04}

@@ -222,6 +222,9 @@ class SandboxConfig(_Strict):
     algorithm: Algorithm = "fixed_window"
     rate_headers: bool = True
     latency_ms: float = Field(default=0.0, ge=0)
+    # each call's latency drawn from latency_ms × [1 - j, 1 + j] (seeded): a model's answers take
+    # varying times, and calls that all take the same go and come back in lockstep
+    latency_jitter: float = Field(default=0.0, ge=0, lt=1)
     keys: dict[str, KeyConfig] = Field(default_factory=_default_keys)
     relay_keys: dict[str, RelayKeyConfig] = Field(default_factory=lambda: dict(DEFAULT_RELAY_KEYS))
     access_tokens: dict[str, str] = Field(default_factory=lambda: {"sandbox-system-token": "1"})

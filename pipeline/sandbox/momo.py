@@ -181,7 +181,7 @@ class MomoApi(Handlers):
         if fault is not None and (reply := await self._fault_reply(request, rec, fault, params.stream)):
             return reply
         if self.cfg.latency_ms:
-            await asyncio.sleep(self.cfg.latency_ms / 1000)
+            await asyncio.sleep(self.state.latency())
         return await self._answer(request, rec, account, agent, params, headers)
 
     def _agent(self, raw_id: str, rec: dict[str, Any]) -> Agent | None:

@@ -212,7 +212,7 @@ class RelayApi(Handlers):
         if fault is not None and (reply := await self._fault_reply(request, rec, fault, params.stream)):
             return reply
         if self.cfg.latency_ms:
-            await asyncio.sleep(self.cfg.latency_ms / 1000)
+            await asyncio.sleep(self.state.latency())
         return await self._answer(request, rec, key, params, price, transcript)
 
     def _gate(self, rec: dict[str, Any], token: str, key: RelayKey, model: str) -> web.StreamResponse | None:

@@ -6,6 +6,7 @@ loop), so there are no locks on the hot path.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +89,13 @@ class SandboxState:
         self.labeller = Labeller(cfg.seed, cfg.labellers, cfg.default_labeller, truth)
         self.log = RequestLog(cfg.request_log)
         self._seen: dict[tuple[str, str], int] = {}
+        self._latency = random.Random(cfg.seed)
+
+    def latency(self) -> float:
+        """How long this call takes to answer, in seconds (``latency_ms``, jittered)."""
+        jitter = self.cfg.latency_jitter
+        spread = self._latency.uniform(1 - jitter, 1 + jitter) if jitter else 1.0
+        return self.cfg.latency_ms / 1000 * spread
 
     def seen(self, key_fp: str, subject: str) -> int:
         """Count one more request of this key for this subject (prompt hash or path); returns n."""
