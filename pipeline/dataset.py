@@ -106,17 +106,17 @@ class Dataset:
     def _slices(self, batch_rows: int) -> Iterator[tuple[int, pl.LazyFrame]]:
         """``(position of its first row, rows)`` in order, ``batch_rows`` at a time, the first
         ``limit`` rows only. A Parquet slice stays lazy, so a query reads only its columns."""
-        total = self.count_rows()
         if self.path.suffix.lower() == ".parquet":
+            total = self.count_rows()
             for start in range(0, total, batch_rows):
                 yield start, self._source().slice(start, min(batch_rows, total - start))
             return
-        start = 0
+        start, end = 0, self.limit
         for block in csv_blocks.frames(self.path, self._source().collect_schema()):
-            for part in block.head(total - start).iter_slices(batch_rows):
+            for part in (block if end is None else block.head(end - start)).iter_slices(batch_rows):
                 yield start, part.lazy()
                 start += part.height
-            if start >= total:
+            if start == end:
                 return
 
     def schema(self) -> pl.Schema:
@@ -129,25 +129,33 @@ class Dataset:
         return schema
 
     def count_rows(self) -> int:
-        """Rows in the input (the first ``limit`` at most)."""
-        rows = self._rows()
+        """Rows in the input (the first ``limit`` at most): a Parquet file's footer says; a CSV
+        file is parsed for it, a block at a time (polars' own count maps the whole file)."""
+        try:
+            if self.path.suffix.lower() == ".parquet":
+                rows = int(self._source().select(pl.len()).collect().item())
+            else:
+                rows = sum(f.height for f in csv_blocks.frames(self.path, self._source().collect_schema()))
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)}{self._ragged_hint()})") from None
         return rows if self.limit is None else min(rows, self.limit)
 
-    def _rows(self) -> int:
-        """Rows in the whole file: a Parquet file's footer says; a CSV file is parsed a block at a
-        time (polars' count maps the whole file into memory). Counted once."""
-        counted = self.__dict__.get("_counted")
-        if counted is None:
-            try:
-                if self.path.suffix.lower() == ".parquet":
-                    counted = int(self._source().select(pl.len()).collect().item())
-                else:
-                    schema = self._source().collect_schema()
-                    counted = sum(f.height for f in csv_blocks.frames(self.path, schema))
-            except (pl.exceptions.PolarsError, OSError) as exc:
-                raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)}{self._ragged_hint()})") from None
-            object.__setattr__(self, "_counted", counted)  # a frozen dataclass: its own cache
-        return counted
+    def size_hint(self) -> int:
+        """About as many rows as there are, without reading a CSV file through (to size work by):
+        a Parquet file's count; a CSV file's bytes over :data:`CSV_ROW_BYTES`."""
+        if self.path.suffix.lower() == ".parquet":
+            return self.count_rows()
+        try:
+            hint = self.path.stat().st_size // CSV_ROW_BYTES + 1
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: cannot read input ({exc.strerror or exc})") from None
+        return hint if self.limit is None else min(hint, self.limit)
+
+    def has_rows(self) -> bool:
+        """Whether the input has a row: a CSV file's first block says."""
+        if self.path.suffix.lower() == ".parquet":
+            return self.count_rows() > 0
+        return next(self.frames(batch_rows=1), None) is not None
 
     def check_columns(self, needed: list[str]) -> pl.Schema:
         """Fail before any paid call when a column the job names is missing."""
@@ -159,7 +167,7 @@ class Dataset:
                     f"{self.path}: column {_excerpt(column)} is named by the job but the file has only "
                     f"{_names(have)}"
                 )
-        if self.count_rows() == 0:
+        if not self.has_rows():
             raise ConfigError(f"{self.path}: input has no rows")
         return schema
 
@@ -206,6 +214,7 @@ def _first_line(exc: BaseException) -> str:
     return _printable(text.splitlines()[0], 200) if text else type(exc).__name__
 
 
+CSV_ROW_BYTES = 16  # the shortest rows a CSV's size_hint expects: fewer bytes a row, more rows than hinted
 EXCERPT = 40  # characters of a value from the file that a message quotes, at most
 NAMES = 12  # column names a message lists, at most
 

@@ -139,7 +139,7 @@ def key_column(keyer: Keyer, prompts: pl.Series) -> pl.Series:
 
 def _key_rows(dataset: Dataset, columns: list[str], expr: pl.Expr, keyer: Keyer, *,
               dedup: bool) -> KeySpill:
-    spill = KeySpill(dataset.count_rows(), dedup=dedup)
+    spill = KeySpill(dataset.size_hint(), dedup=dedup)  # sizes its buckets
     seen: Counter[str] = Counter()  # dedup off: how often each prompt came before
     try:
         # a CSV's every column is parsed: a ragged line anywhere fails here, before any paid call
@@ -158,7 +158,7 @@ def _occurrences(keys: pl.Series, seen: Counter[str]) -> pl.DataFrame:
     """Dedup off: the n-th repeat of a prompt is a request of its own, with a key of its own.
     (``seen`` holds each distinct prompt's key: with dedup off every row is paid for anyway.)"""
     frame = pl.DataFrame([keys]).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).over(KEY).alias(OCC))
-    occ = [0 if k is None else seen[k] + n for k, n in zip(frame[KEY], frame[OCC], strict=True)]
+    occ = [0 if k is None else seen[k] + n for k, n in zip(frame[KEY].to_list(), frame[OCC].to_list(), strict=True)]
     seen.update(k for k in keys if k is not None)
     repeats = [k if n == 0 or k is None else repeat_key(k, n) for k, n in zip(keys, occ, strict=True)]
     return pl.DataFrame({KEY: pl.Series(repeats, dtype=pl.String), OCC: pl.Series(occ, dtype=pl.UInt32)})

@@ -80,6 +80,7 @@ class KeySpill:
     :meth:`seal`; read with :meth:`aligned`. Temporary files go under ``TMPDIR``."""
 
     def __init__(self, expected_rows: int, *, dedup: bool) -> None:
+        """``expected_rows``: about how many rows will be written (it sizes the buckets)."""
         root = self._root = Path(tempfile.mkdtemp(prefix="momo-batch-plan-"))
         # removed by close(), else when the spill is garbage-collected or the interpreter exits
         self._cleanup = weakref.finalize(self, shutil.rmtree, root, ignore_errors=True)
@@ -150,7 +151,7 @@ class _Aligned:
         self._offset = 0
 
     def take(self, n: int) -> pl.DataFrame:
-        parts, need = [self._buffer.head(0)], n
+        parts, need = [], n
         while need:
             if not self._buffer.height:
                 frame = next(self._frames, None)
@@ -161,7 +162,7 @@ class _Aligned:
             self._buffer = self._buffer.slice(part.height)
             parts.append(part)
             need -= part.height
-        keys = pl.concat(parts) if len(parts) > 2 else parts[-1]
+        keys = pl.concat(parts) if parts else self._buffer.head(0)
         first = (pl.repeat(True, n, dtype=pl.Boolean, eager=True).alias(FIRST) if self._first is None
                  else self._first.slice(self._offset, n).alias(FIRST))
         self._offset += n
