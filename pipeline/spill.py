@@ -20,6 +20,7 @@ stream writer and reader are used through their public API.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import tempfile
@@ -30,6 +31,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
+from .errors import WriteError
 from .keys import FIRST, KEY, OCC
 
 BUCKET_ROWS = 250_000  # batch-first rows a bucket holds on average: ~20 MB while it is read
@@ -81,7 +83,11 @@ class KeySpill:
 
     def __init__(self, expected_rows: int, *, dedup: bool) -> None:
         """``expected_rows``: about how many rows will be written (it sizes the buckets)."""
-        root = self._root = Path(tempfile.mkdtemp(prefix="momo-batch-plan-"))
+        try:
+            root = self._root = Path(tempfile.mkdtemp(prefix="momo-batch-plan-"))
+        except OSError as exc:
+            raise WriteError(f"{tempfile.gettempdir()}: cannot make the plan's temporary folder "
+                             f"({exc.strerror or exc}); set TMPDIR to a writable folder") from None
         # removed by close(), else when the spill is garbage-collected or the interpreter exits
         self._cleanup = weakref.finalize(self, shutil.rmtree, root, ignore_errors=True)
         self._keys = _Stream(root / "keys.arrows")
@@ -95,6 +101,10 @@ class KeySpill:
 
     def write(self, keys: pl.DataFrame) -> None:
         """The next rows' ``KEY`` (null: nothing to send) and ``OCC``, in input order."""
+        with self._disk():
+            self._add(keys)
+
+    def _add(self, keys: pl.DataFrame) -> None:
         self._keys.write(keys.select(pl.col(KEY).cast(pl.String), pl.col(OCC).cast(pl.UInt32)))
         sent = keys.height - keys[KEY].null_count()
         if self._dedup and sent:
@@ -108,6 +118,19 @@ class KeySpill:
 
     def seal(self) -> None:
         """After the last batch: find each key's first row, bucket by bucket."""
+        with self._disk():
+            self._seal()
+
+    @contextlib.contextmanager
+    def _disk(self) -> Iterator[None]:
+        """A full or failing disk under ``TMPDIR`` is said as such (exit 9), naming the folder."""
+        try:
+            yield
+        except OSError as exc:
+            raise WriteError(f"{self._root}: cannot write the plan's temporary files ({exc.strerror or exc}); "
+                             "free some space there, or set TMPDIR to a disk that has it") from None
+
+    def _seal(self) -> None:
         self._keys.close()
         if not self._dedup:
             self.distinct = self.sendable  # every repeat is a request of its own

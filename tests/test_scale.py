@@ -221,3 +221,28 @@ def test_a_csv_read_a_block_at_a_time_is_the_file_read_whole(
     whole = pl.read_csv(path, schema=frame.schema)
     got = list(csv_blocks.frames(path, whole.schema, block_bytes))
     assert (pl.concat(got) if got else whole.head(0)).equals(whole)
+
+
+def test_a_full_disk_under_tmpdir_is_said_naming_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from pipeline.errors import WriteError
+    from pipeline.outcome import ExitCode
+
+    made: list[Path] = []
+    original = spill.KeySpill.__init__
+
+    def remember(self: Any, *args: Any, **kw: Any) -> None:
+        original(self, *args, **kw)
+        made.append(self._root)  # noqa: SLF001
+
+    def full(self: Any, frame: pl.DataFrame) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spill.KeySpill, "__init__", remember)
+    monkeypatch.setattr(spill._Stream, "write", full)  # noqa: SLF001
+    with pytest.raises(WriteError) as caught:
+        prepare(_job(tmp_path, ["a", "b"]), endpoint="http://fake")
+    assert str(made[0]) in str(caught.value) and "No space left on device" in str(caught.value)
+    assert "TMPDIR" in str(caught.value) and caught.value.exit_code == ExitCode.WRITE
+    assert not made[0].exists()
