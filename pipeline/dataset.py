@@ -84,7 +84,7 @@ class Dataset:
                 self._not_parquet()
                 return pl.scan_csv(self.path, infer_schema_length=10_000)
         except (pl.exceptions.PolarsError, OSError) as exc:
-            raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)})") from None
+            raise self._unreadable(exc) from None
         raise ConfigError(f"{self.path}: input must be .parquet or .csv")
 
     def frames(self, query: Callable[[pl.LazyFrame], pl.LazyFrame] = lambda lf: lf, *,
@@ -101,7 +101,7 @@ class Dataset:
             for start, rows in self._slices(batch_rows):
                 yield query(rows.with_row_index(ROW, offset=start)).collect()
         except (pl.exceptions.PolarsError, OSError) as exc:
-            raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)}{self._ragged_hint()})") from None
+            raise self._unreadable(exc, ragged=True) from None
 
     def _slices(self, batch_rows: int) -> Iterator[tuple[int, pl.LazyFrame]]:
         """``(position of its first row, rows)`` in order, ``batch_rows`` at a time, the first
@@ -123,7 +123,7 @@ class Dataset:
         try:
             schema = self.scan().collect_schema()
         except (pl.exceptions.PolarsError, OSError) as exc:
-            raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)})") from None
+            raise self._unreadable(exc) from None
         if len(schema) <= 1:
             raise ConfigError(f"{self.path}: input has no columns (empty file?)")
         return schema
@@ -137,7 +137,7 @@ class Dataset:
             else:
                 rows = sum(f.height for f in csv_blocks.frames(self.path, self._source().collect_schema()))
         except (pl.exceptions.PolarsError, OSError) as exc:
-            raise ConfigError(f"{self.path}: cannot read input ({_first_line(exc)}{self._ragged_hint()})") from None
+            raise self._unreadable(exc, ragged=True) from None
         return rows if self.limit is None else min(rows, self.limit)
 
     def size_hint(self) -> int:
@@ -148,7 +148,7 @@ class Dataset:
         try:
             hint = self.path.stat().st_size // CSV_ROW_BYTES + 1
         except OSError as exc:
-            raise ConfigError(f"{self.path}: cannot read input ({exc.strerror or exc})") from None
+            raise self._unreadable(exc) from None
         return hint if self.limit is None else min(hint, self.limit)
 
     def has_rows(self) -> bool:
@@ -191,6 +191,12 @@ class Dataset:
         if magic == b"PAR1":
             raise ConfigError(f"{self.path}: this is a Parquet file (it starts with PAR1), named .csv: "
                               "rename it to .parquet")
+
+    def _unreadable(self, exc: BaseException, *, ragged: bool = False) -> ConfigError:
+        """The one message for an input that cannot be read; ``ragged``: say where a CSV's line
+        has more fields than its header (after a parse that read the rows)."""
+        hint = self._ragged_hint() if ragged else ""
+        return ConfigError(f"{self.path}: cannot read input ({_first_line(exc)}{hint})")
 
     def _ragged_hint(self) -> str:
         """Where a CSV first has a line with another number of fields than its header (error path only)."""
