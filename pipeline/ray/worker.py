@@ -275,12 +275,26 @@ class LedgerView:
         self.own.close()
 
 
-class _Waiter:
-    """Batches waiting for one key's outcome."""
+class _Batch:
+    """A batch waiting for its keys' outcomes: one event, set when the last of them is known (a
+    wait a key would make the batch's task wake once a key, a turn of the event loop each)."""
 
     def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.batches = 0
+        self.left = 0  # keys without an outcome yet
+        self.done = anyio.Event()
+
+    def one_less(self) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self.done.set()
+
+
+class _Waiter:
+    """The batches waiting for one key's outcome, and whether it is known."""
+
+    def __init__(self) -> None:
+        self.settled = False
+        self.batches: list[_Batch] = []
 
 
 _COUNTED = [f.name for f in fields(RunStats) if f.name not in ("total", "started", "first_call", "last_call")]
@@ -338,7 +352,8 @@ class Engine:
         finally:  # this worker only: the job goes on in the others (Ray reports a failure)
             self.stop.learn("WORKER_ENDED", "the worker's runner ended", False)
             for waiter in self.waiters.values():
-                waiter.event.set()
+                for batch in waiter.batches:
+                    batch.done.set()
 
     async def close(self) -> None:
         """End the runner (its reader takes no more batches), then close the client and the files."""
@@ -349,9 +364,16 @@ class Engine:
 
     def _finished(self, result: RowResult) -> None:
         key = self.row_keys.get(result.row)
-        waiter = self.waiters.get(key) if key else None
-        if waiter is not None:
-            waiter.event.set()
+        if key is not None:
+            self._settle(key)
+
+    def _settle(self, key: str) -> None:
+        """``key``'s outcome is known: one less to wait for in each batch that asks it."""
+        waiter = self.waiters.get(key)
+        if waiter is not None and not waiter.settled:
+            waiter.settled = True
+            for batch in waiter.batches:
+                batch.one_less()
 
     async def run_batch(self, batch: pa.Table) -> pa.Table:
         """The batch's rows with their result columns, once each has an outcome or the job stopped."""
@@ -366,10 +388,11 @@ class Engine:
         rows = list(range(self.next_row, self.next_row + frame.height))
         self.next_row += frame.height
         wanted = list(dict.fromkeys(k for k in keys if k is not None))
+        waits = _Batch()
         try:
-            await self._wait_for(wanted, rows, prompts, keys)
+            await self._wait_for(waits, wanted, rows, prompts, keys)
         finally:
-            self._forget(wanted, rows)
+            self._forget(waits, wanted, rows)
         await self._report()
         if self.failure is not None:
             raise RuntimeError("the worker's runner failed") from self.failure
@@ -378,10 +401,12 @@ class Engine:
         out = with_outcomes(keyed, OutcomeReader(self.ledger, self.schema), reason)
         return out.select(*batch.column_names, *self.result_columns).to_arrow()
 
-    async def _wait_for(self, wanted: list[str], rows: list[int], prompts: list[str | None],
+    async def _wait_for(self, waits: _Batch, wanted: list[str], rows: list[int], prompts: list[str | None],
                         keys: list[str | None]) -> None:
-        for key in wanted:  # before the ledger is read: an outcome recorded from now on wakes it
-            self.waiters.setdefault(key, _Waiter()).batches += 1
+        for key in wanted:  # before the ledger is read: an outcome recorded from now on counts
+            waiter = self.waiters.setdefault(key, _Waiter())
+            waiter.batches.append(waits)
+            waits.left += not waiter.settled
         for row, row_key in zip(rows, keys, strict=True):
             if row_key is not None:
                 self.row_keys[row] = row_key
@@ -392,18 +417,19 @@ class Engine:
         run = self.ledger.run
         for key, (state, by) in self.ledger.states(wanted).items():
             if state == FINAL or (state == RETRY and by == run):  # what the Fanout will not send again
-                self.waiters[key].event.set()
+                self._settle(key)
+        if waits.left == 0:
+            waits.done.set()
         with self.stop.waiting():
-            for key in wanted:
-                await self.waiters[key].event.wait()
+            await waits.done.wait()
 
-    def _forget(self, wanted: list[str], rows: list[int]) -> None:
+    def _forget(self, waits: _Batch, wanted: list[str], rows: list[int]) -> None:
         for row in rows:
             self.row_keys.pop(row, None)
         for key in wanted:
             waiter = self.waiters[key]
-            waiter.batches -= 1
-            if waiter.batches == 0:
+            waiter.batches.remove(waits)
+            if not waiter.batches:
                 del self.waiters[key]
 
     async def _report(self) -> None:
