@@ -273,10 +273,17 @@ def _state_seen_by_another_connection(db_file: Path, key: str) -> int | None:
     return None if row is None else int(row[0])
 
 
+def _without_journal(db_file: Path) -> Ledger:
+    """A ledger that commits its writes itself, as the job's does once its journal failed (a full
+    disk: ``Ledger._journal_failed``)."""
+    Ledger.shard(db_file, run=1).close()  # the file, with its schema
+    return Ledger(db_file.parent, ledger_module._connect(db_file), None, 1, path=db_file, writer=True)
+
+
 def test_while_grouped_an_outcome_waits_for_the_next_sent_mark_which_is_durable_at_once(tmp_path: Path) -> None:
-    """A worker's shard (no journal): each "sent" mark commits, taking the outcomes before it along."""
+    """Without a journal: each "sent" mark commits, taking the outcomes before it along."""
     db_file = tmp_path / "shards" / "w1.sqlite"
-    with Ledger.shard(db_file, run=1) as led:
+    with _without_journal(db_file) as led:
         commits: list[str] = []
         led.db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
         with led.grouping():
@@ -316,7 +323,7 @@ class _FailingOnce:
 
 def test_a_failed_commit_loses_only_what_it_held_and_says_so(tmp_path: Path) -> None:
     db_file = tmp_path / "shards" / "w1.sqlite"
-    with Ledger.shard(db_file, run=1) as led, led.grouping():
+    with _without_journal(db_file) as led, led.grouping():
         led.sent("k1", 0.0)
         led.outcome("k1", _record(status="ok", response="a"), final=True, paid=0.1, held=0.0)
         real = led.db
