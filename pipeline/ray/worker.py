@@ -24,7 +24,7 @@ import secrets
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -382,7 +382,7 @@ class Engine:
             await anyio.sleep(COMMIT_SECONDS)
             self._commit(self.ledger.commit)
 
-    def _commit(self, commit: Any) -> None:
+    def _commit(self, commit: Callable[[], None]) -> None:
         try:
             commit()
         except WriteError as exc:  # as the Fanout does: the job stops, what was journaled is kept
