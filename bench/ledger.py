@@ -4,8 +4,9 @@
 
 Each store records ``--results`` plain-row results the way a run does: one "sent" mark before
 the call and one outcome after (the ledger outside a run: two autocommitted statements in WAL
-mode, ``synchronous=NORMAL``; a worker's shard in a run: one commit a row; a job's run: both
-appended to the journal, the database committed every 50 ms; JSON lines: a flushed "started"
+mode, ``synchronous=NORMAL``; a run without its journal (once a full disk refused it): one
+commit a row; a job's run, or a worker's shard in one: both appended to the journal, the
+database committed every 50 ms; JSON lines: a flushed "started"
 line and a flushed result line, as the store before the ledger did). The record is a typical answer (~600
 characters). CPU time is this process's user + system time (``resource.getrusage``); the figure
 is the median of three runs. The end size is the store's bytes on disk after it is closed.
@@ -23,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.keys import Keyer
-from pipeline.ledger import Ledger, ledger_dir
+from pipeline.ledger import Ledger, _connect, ledger_dir
 from pipeline.result import RowResult
 
 
@@ -50,16 +51,19 @@ def sqlite_ledger(root: Path, n: int) -> int:
 
 
 def sqlite_grouped(root: Path, n: int) -> int:
-    """A worker's shard in a run (no journal): each outcome joins the transaction the next "sent"
-    mark commits, one commit a row."""
+    """A run without its journal (as after a full disk refused it): each outcome joins the
+    transaction the next "sent" mark commits, one commit a row. (A worker's shard writes as
+    ``sqlite_journal`` does.)"""
     keyer = Keyer("momo", "https://api.momoai.pro/v1", "159", 0.2, 300)
-    with Ledger.shard(root / "shards" / "w.sqlite", run=1) as led, led.grouping():
+    path = root / "shards" / "w.sqlite"
+    Ledger.shard(path, run=1).close()  # the file, with its schema
+    with Ledger(root, _connect(path), None, 1, path=path, writer=True) as led, led.grouping():
         for i in range(n):
             key = keyer.row(f"Question {i}: what is the capital of France?")
             led.sent(key, 0.0)
             led.outcome(key, _result(i).to_record(), final=True, paid=0.00036, held=0.0)
             led.commit()
-    return sum(p.stat().st_size for p in (root / "shards").iterdir())
+    return sum(p.stat().st_size for p in (root / "shards").iterdir() if p.is_file())
 
 
 def sqlite_journal(root: Path, n: int) -> int:
@@ -105,7 +109,7 @@ def main() -> None:
     print(f"\nrecording {n:,} results (sent mark + outcome each), median of 3 runs")
     print(f"{'store':<36}{'CPU µs/result':>15}{'size on disk':>16}")
     for name, store in (("SQLite ledger, a commit each", sqlite_ledger),
-                        ("a shard in a run: a commit a row", sqlite_grouped),
+                        ("a run without journal: commit a row", sqlite_grouped),
                         ("a run: journal, commit each 50 ms", sqlite_journal),
                         ("JSON lines (before the ledger)", json_lines)):
         us, size = measure(store, n)

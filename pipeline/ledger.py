@@ -25,8 +25,11 @@ One writer per job: :class:`Ledger` holds an exclusive ``flock`` on ``lock`` bes
 database while it is open; the lock dies with its process, so ``kill -9`` needs no clean-up.
 
 While a job's run writes (:meth:`_Store.grouping`), each write goes to the journal first
-(:mod:`pipeline.journal`) and the database commits every 50 ms; a worker's shard commits once a
-row instead (each call's "sent" mark, with the outcomes written before it).
+(:mod:`pipeline.journal`) and the database commits every 50 ms. A worker's shard of a distributed
+run does the same, with its journal in a folder of its own beside it (:func:`shard_journal`,
+which also holds the worker's lock); what a killed worker journaled is applied to its shard by
+whoever finds the lock free first (another worker on its machine, or the driver before it merges
+the shard: :func:`take_over_journal`).
 """
 
 from __future__ import annotations
@@ -261,7 +264,7 @@ class Ledger(_Store):
         self.db = db
         self._lock = lock
         self.run = run
-        self._journal = journal  # the job's own ledger has one; a worker's shard and a view do not
+        self._journal = journal  # the job's ledger and a worker's shard have one; a view does not
         self._applying = True  # False once the database refused a write: the journal alone then
         self._committed_at = time.monotonic()
         self._writer = writer or lock is not None
@@ -298,8 +301,11 @@ class Ledger(_Store):
 
     @classmethod
     def shard(cls, path: Path, run: int) -> Ledger:
-        """A worker's own file in a distributed run: written by that process alone (its name is
-        unique to it), so it takes no lock; entries carry the driver's ``run``."""
+        """A worker's own file in a distributed run, written by that process alone (its name is
+        unique to it); entries carry the driver's ``run``. It writes through a journal as the
+        job's ledger does, and holds the lock in the journal's folder while it lives: a free lock
+        says the writer is gone and its journal may be applied (:func:`take_over_journal`)."""
+        folder = shard_journal(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists():  # made aside, then renamed: other workers read every *.sqlite here
@@ -308,10 +314,18 @@ class Ledger(_Store):
                 made.executescript(_SCHEMA)
                 made.close()
                 os.replace(draft, path)
-            db = _connect(path)
+            # after the database: a folder never stands without its shard
+            folder.mkdir(exist_ok=True)
+            lock = _take_lock(folder / LOCK_NAME)
         except (sqlite3.Error, OSError) as exc:
             raise WriteError(f"{path}: cannot open the ledger shard ({exc})") from None
-        return cls(path.parent, db, None, run, path=path, writer=True)
+        try:
+            db = _connect(path)
+            journal = _apply_journals(db, folder)
+        except (sqlite3.Error, OSError) as exc:
+            os.close(lock)
+            raise WriteError(f"{path}: cannot open the ledger shard ({exc})") from None
+        return cls(path.parent, db, lock, run, path=path, writer=True, journal=journal)
 
     def fold(self) -> None:
         """Fold the write-ahead log into the database file, for readers that open it immutable."""
@@ -329,8 +343,16 @@ class Ledger(_Store):
 
     def absorb(self, shard: Path) -> None:
         """Merge a worker's shard into this ledger, once (a crash after the merge and before the
-        file is removed does not count it twice), then remove the shard's files."""
+        file is removed does not count it twice), then remove the shard's files. What its journal
+        holds beyond its database is applied to it first. A shard whose writer still lives (Ray
+        ends a pool's workers after the last batch, not before) is merged when its database holds
+        its whole journal (a worker commits before it returns a batch), else left for the next run."""
         self.flush()
+        try:
+            if not take_over_journal(shard) and not _journal_applied(shard):
+                return
+        except (sqlite3.Error, OSError) as exc:
+            raise WriteError(f"{shard}: cannot apply the ledger shard's journal ({exc})") from None
         try:
             self.db.execute("ATTACH DATABASE ? AS shard", (f"file:{shard}",))
         except sqlite3.Error:  # an empty or torn file: nothing was recorded in it
@@ -356,6 +378,7 @@ class Ledger(_Store):
         finally:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("DETACH DATABASE shard")
+        shutil.rmtree(shard_journal(shard), ignore_errors=True)  # first: a folder never outlives its shard
         _remove_db(shard)
 
     @classmethod
@@ -529,7 +552,7 @@ class Ledger(_Store):
     def _journal_failed(self, journal: Journal, exc: OSError) -> WriteError:
         """The journal refused a write (a full disk): the file may end in part of a line, so
         nothing more goes to it. What the open transaction holds is committed now, and the rest of
-        the run commits each write itself, as a worker's shard does."""
+        the run commits each write itself (a "sent" mark commits the outcomes before it)."""
         self._journal = None
         journal.close()  # the next open skips what the database holds, and stops at a cut line
         if self._applying and self.db.in_transaction:
@@ -558,8 +581,8 @@ class Ledger(_Store):
         """Start a new journal file once the database holds all of the current one."""
         old = self._journal
         assert old is not None
-        try:
-            self._journal = Journal(self.root, old.generation + 1)
+        try:  # beside the old one: a shard's journal has a folder of its own
+            self._journal = Journal(old.path.parent, old.generation + 1)
         except OSError:  # no new file now: the current one goes on, and the next commit tries again
             return
         try:
@@ -629,6 +652,52 @@ def _apply_journals(db: sqlite3.Connection, root: Path) -> Journal:
     for _, path in files:
         path.unlink(missing_ok=True)
     return journal
+
+
+def shard_journal(shard: Path) -> Path:
+    """The folder of a worker's shard's journal: its files, and the lock its writer holds."""
+    return shard.with_suffix(".journal")
+
+
+def take_over_journal(shard: Path) -> bool:
+    """Apply what a shard's journal holds beyond its database, if its writer is gone (its lock is
+    free; the lock dies with the process): False while the writer lives. Under the lock, so two
+    processes finding the writer gone apply it once; the journal is dropped once applied."""
+    folder = shard_journal(shard)
+    if not journals(folder):
+        return True
+    try:
+        lock = _take_lock(folder / LOCK_NAME)
+    except JobBusy:
+        return False
+    except FileNotFoundError:  # the folder went since: merged by the driver
+        return True
+    try:
+        if journals(folder):  # not applied by another process before this one took the lock
+            db = _connect(shard)
+            try:
+                _apply_journals(db, folder).remove()
+            finally:
+                db.close()
+    finally:
+        os.close(lock)
+    return True
+
+
+def _journal_applied(shard: Path) -> bool:
+    """Whether a shard's database holds its whole journal (as its writer left it at its last commit)."""
+    db = _connect(shard, readonly=True)
+    try:
+        row = db.execute("SELECT generation, applied FROM journal").fetchone()
+    finally:
+        db.close()
+    generation, applied = row if row else (0, 0)
+    for number, path in journals(shard_journal(shard)):
+        with contextlib.suppress(FileNotFoundError):  # dropped since: applied
+            size = path.stat().st_size
+            if size and (number > generation or (number == generation and size > applied)):
+                return False
+    return True
 
 
 CLAIM_SLOTS = 1 << 24  # bytes of the claims file a request key can hash to (collisions only make a job wait)

@@ -22,6 +22,8 @@ from pipeline.plan import KEY, prepare
 from pipeline.result import RESULT_SCHEMA, RowResult, Unfinished
 from pipeline.sink import finalise
 
+from .helpers import journaled_finals
+
 
 def _job(tmp: Path, texts: list[str | None], *, dedup: bool = True) -> Job:
     src = tmp / "in.csv"
@@ -273,10 +275,17 @@ def _state_seen_by_another_connection(db_file: Path, key: str) -> int | None:
     return None if row is None else int(row[0])
 
 
+def _without_journal(db_file: Path) -> Ledger:
+    """A ledger that commits its writes itself, as the job's does once its journal failed (a full
+    disk: ``Ledger._journal_failed``)."""
+    Ledger.shard(db_file, run=1).close()  # the file, with its schema
+    return Ledger(db_file.parent, ledger_module._connect(db_file), None, 1, path=db_file, writer=True)
+
+
 def test_while_grouped_an_outcome_waits_for_the_next_sent_mark_which_is_durable_at_once(tmp_path: Path) -> None:
-    """A worker's shard (no journal): each "sent" mark commits, taking the outcomes before it along."""
+    """Without a journal: each "sent" mark commits, taking the outcomes before it along."""
     db_file = tmp_path / "shards" / "w1.sqlite"
-    with Ledger.shard(db_file, run=1) as led:
+    with _without_journal(db_file) as led:
         commits: list[str] = []
         led.db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
         with led.grouping():
@@ -316,7 +325,7 @@ class _FailingOnce:
 
 def test_a_failed_commit_loses_only_what_it_held_and_says_so(tmp_path: Path) -> None:
     db_file = tmp_path / "shards" / "w1.sqlite"
-    with Ledger.shard(db_file, run=1) as led, led.grouping():
+    with _without_journal(db_file) as led, led.grouping():
         led.sent("k1", 0.0)
         led.outcome("k1", _record(status="ok", response="a"), final=True, paid=0.1, held=0.0)
         real = led.db
@@ -332,15 +341,19 @@ def test_a_failed_commit_loses_only_what_it_held_and_says_so(tmp_path: Path) -> 
 
 
 # -- the journal: a running job's writes, durable at once, committed every COMMIT_SECONDS -------
-def _grouped_writer(out: Path, rows: str, *, end: str, commit_seconds: float | None = None) -> str:
+def _grouped_writer(out: Path, rows: str, *, end: str, commit_seconds: float | None = None,
+                    shard: tuple[Path, int] | None = None) -> str:
     """A child process that writes ``rows`` (a Python expression) as a run does, printing each
     row once its outcome is written, then ends with ``end``; ``commit_seconds``: the database's
-    commit interval, in place of the ledger's own."""
+    commit interval, in place of the ledger's own; ``shard``: a worker's shard (path, run) is
+    written instead of the job's ledger."""
     interval = "" if commit_seconds is None else \
         f"import pipeline.ledger; pipeline.ledger.COMMIT_SECONDS = {commit_seconds!r}\n"
+    opened = f"Ledger.open(Path({str(out)!r}))" if shard is None else \
+        f"Ledger.shard(Path({str(shard[0])!r}), {shard[1]})"
     return ("import os, sys; from pathlib import Path; from pipeline.ledger import Ledger\n"
             f"{interval}"
-            f"led = Ledger.open(Path({str(out)!r}))\n"
+            f"led = {opened}\n"
             "with led.grouping():\n"
             f"    for i in {rows}:\n"
             "        led.sent(f'k{i}', 0.25)\n"
@@ -396,6 +409,38 @@ def test_the_journal_is_applied_once_and_a_line_cut_short_is_ignored(tmp_path: P
             assert led.totals().spent == pytest.approx(40 * 0.5) and led.totals().unknown == 0
             assert led.get("k39").state == FINAL and led.get("k99") is None  # type: ignore[union-attr]
     assert list(root.glob("journal-*.log")) == []  # closed with everything in the database
+
+
+def test_a_dead_workers_journal_is_applied_to_its_shard_before_the_merge_never_while_it_lives(
+        tmp_path: Path) -> None:
+    """A worker's shard writes through a journal as the job's ledger does. A worker whose process
+    ended without a close (its database never committed) leaves its rows in the journal: the
+    first to find its lock free applies them (here the driver, merging); a live writer's journal
+    is left alone."""
+    from pipeline.ledger import SHARDS, shard_journal, take_over_journal
+
+    out = tmp_path / "out.parquet"
+    with Ledger.open(out) as main:
+        run = main.run
+    shards = ledger_dir(out) / SHARDS
+    dead = shards / "host-1-aa.sqlite"
+    code = _grouped_writer(out, "range(40)", end="os._exit(0)", commit_seconds=1e9, shard=(dead, run))
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    assert _state_seen_by_another_connection(dead, "k39") is None  # in the journal only
+    assert journaled_finals(shard_journal(dead)) == {f"k{i}" for i in range(40)}
+    live = Ledger.shard(shards / "host-2-bb.sqlite", run)
+    with live.grouping():
+        live.sent("b", 0.1)  # journaled, not committed
+        assert take_over_journal(live.path) is False  # its writer holds the lock
+        assert _state_seen_by_another_connection(live.path, "b") is None
+    live.close()
+    with Ledger.open(out) as main:
+        for shard in main.shards():
+            main.absorb(shard)
+        have = main.states([f"k{i}" for i in range(40)])
+        assert len(have) == 40 and {state for state, _ in have.values()} == {FINAL}
+        assert main.totals().spent == pytest.approx(40 * 0.5 + 0.1) and main.get("b").state == SENT  # type: ignore[union-attr]
+    assert not list(shards.iterdir())  # the shards, their journals and locks: all merged and gone
 
 
 def test_a_run_commits_on_a_clock_not_once_a_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import signal
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ from pipeline.ledger import FINAL, SHARDS, Ledger
 from pipeline.ray.coordinator import Coordinator, lateness
 from pipeline.ray.worker import Worker, WorkerSpec
 
-from .helpers import calls, charged_per_prompt, momo_job, questions
+from .helpers import calls, charged_per_prompt, journaled_finals, momo_job, questions, sha
 
 KEY = "momo-sandbox-enterprise"
 
@@ -107,6 +111,78 @@ async def test_what_another_worker_finished_is_not_sent_again(tmp_path: Path, sa
     assert len(calls(sandbox.records())) == 20  # 12 by the first worker, 8 by the second
     assert isinstance(out, pl.DataFrame) and (out["status"] == "ok").all()
     assert {state for state, _ in finals.values()} == {FINAL} and len(finals) == 20
+
+
+# A worker in a process of its own, killed (SIGKILL) once it has recorded ``KILLED_AFTER`` outcomes of
+# its batch: its shard's database never commits (the commit interval is made endless), so what it
+# finished is in its journal only, as the last 50 ms of a worker killed in a real run are.
+KILLED_AFTER = 8
+_KILLED_WORKER = f"""
+import asyncio, os, signal, sys
+from pathlib import Path
+import pipeline.ledger, pipeline.ray.worker
+pipeline.ledger.COMMIT_SECONDS = pipeline.ray.worker.COMMIT_SECONDS = 1e9
+from pipeline.ledger import Ledger
+from pipeline.ray.coordinator import Coordinator
+from tests.test_ray_worker import _worker
+
+outcomes, commit, outcome = 0, Ledger.commit, Ledger.outcome
+
+def counted(self, *args, **kw):
+    global outcomes
+    outcome(self, *args, **kw)
+    outcomes += 1
+
+def killing(self):
+    commit(self)  # the outcomes written so far are in the journal file now
+    if outcomes >= {KILLED_AFTER}:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+Ledger.outcome, Ledger.commit = counted, killing
+
+async def main(tmp, url):
+    with Ledger.open(tmp / "out.parquet") as ledger:
+        worker, table = _worker(tmp, url, Coordinator(None, 60.0, None, 0.0), ledger, n=20)
+        await worker(table)
+
+asyncio.run(main(Path(sys.argv[1]), sys.argv[2]))
+"""
+
+
+async def test_a_killed_workers_journaled_rows_are_not_paid_again(tmp_path: Path, sandbox: Any) -> None:
+    """A worker killed mid-batch left its last rows in its shard's journal only; the worker that
+    runs the batch again applies that journal before it reads (its writer's lock is free), so no
+    row recorded before the kill is sent again, and the driver's merge has every row."""
+    from pipeline.ledger import shard_journal
+
+    root = Path(__file__).resolve().parents[1]
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WORKER, str(tmp_path), sandbox.momo_url], cwd=root,
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    at_kill = len(sandbox.records())
+    [shard] = (tmp_path / "out.parquet.ledger" / SHARDS).glob("*.sqlite")
+    recorded = journaled_finals(shard_journal(shard))
+    with sqlite3.connect(f"file:{shard}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == 0  # nothing committed
+    assert len(recorded) >= KILLED_AFTER
+    coordinator = Coordinator(None, 60.0, None, 0.0)
+    with Ledger.open(tmp_path / "out.parquet") as ledger:
+        again, table = _worker(tmp_path, sandbox.momo_url, coordinator, ledger, n=20)
+        try:
+            out = pl.from_arrow(await again(table))
+        finally:
+            await again.close()
+        for left in ledger.shards():
+            ledger.absorb(left)
+        assert isinstance(out, pl.DataFrame) and (out["status"] == "ok").all()
+        finals = ledger.states(out["request_key"].to_list())
+        assert len(finals) == 20 and {state for state, _ in finals.values()} == {FINAL}
+    done = {sha(q) for q, key in zip(out["question"], out["request_key"], strict=True) if key in recorded}
+    assert len(done) == len(recorded)
+    after = calls(sandbox.records()[at_kill:])
+    assert not [r for r in after if r["prompt_sha"] in done]  # no recorded row paid again
+    assert len(after) == 20 - len(recorded)  # the rest: those in flight at the kill and those never sent
+    assert max(charged_per_prompt(sandbox.records()).values()) <= 2  # only calls in flight at the kill twice
 
 
 def test_an_address_nobody_answers_on_is_refused_at_once(tmp_path: Path) -> None:

@@ -151,8 +151,10 @@ class Coordinator:
     async def stop_reason(self) -> tuple[str, str, bool] | None:
         return self.stopped
 
-    async def add(self, delta: dict[str, float]) -> None:
+    async def add(self, delta: dict[str, float]) -> tuple[str, str, bool] | None:
+        """Count a worker's batch; the answer is :meth:`stop_reason` (the worker's next check)."""
         self.counters.add(delta)
+        return self.stopped
 
     async def report(self) -> dict[str, Any]:
         return {"counters": dict(self.counters.values), "granted": self.limiter.granted,

@@ -22,8 +22,9 @@ import os
 import queue
 import secrets
 import socket
+import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,9 @@ from .._tuning import steady_gc_for_life
 from ..config import Job
 from ..connect import Connection
 from ..dataset import PROMPT, ROW
-from ..errors import BudgetExceeded, MomoError, error_for
-from ..ledger import DB_NAME, FINAL, RETRY, SENT, SHARDS, Entry, Ledger, _connect
+from ..errors import BudgetExceeded, MomoError, WriteError, error_for
+from ..journal import COMMIT_SECONDS
+from ..ledger import DB_NAME, FINAL, RETRY, SENT, SHARDS, Entry, Ledger, _connect, take_over_journal
 from ..plan import FIRST, KEY, OCC, key_column, make_keyer, make_task, output_columns, prompt_expr
 from ..providers.base import Price, PromptRequest
 from ..result import RowResult, Unfinished
@@ -203,7 +205,20 @@ class LedgerView:
     immutable: no lock, no shared memory, safe on a network filesystem. A shard changes all the
     time and SQLite's write-ahead log needs its readers on the writer's machine: shards of other
     machines are not read (a batch that Ray runs again elsewhere may pay again for what the dead
-    worker had finished of it; the driver merges every shard when the run ends)."""
+    worker had finished of it; the driver merges every shard when the run ends).
+
+    A shard writes through a journal and commits every :data:`~pipeline.journal.COMMIT_SECONDS`
+    (the Engine commits on a clock too, so an idle worker's last rows do not wait for its next),
+    and other workers read only what it committed. Two cases:
+
+    - a live worker's answer reaches the others up to 50 ms after it is recorded. A row another
+      worker asks in that time is paid twice; the same was, and is, true of a row the first has in
+      flight (calls in flight are not shared between workers), which lasts a call's latency (50 ms
+      to minutes): the 50 ms widen that window, they do not open a new kind of duplicate. Within
+      one worker nothing changes (its reads see its own open transaction).
+    - a killed worker's last rows may be in its journal only: each look (once per batch) applies
+      the journal of any shard whose writer's lock is free (:func:`~pipeline.ledger.take_over_journal`)
+      before this worker reads, so a batch Ray runs again here does not pay for them again."""
 
     def __init__(self, own: Ledger, root: Path, machine: str) -> None:
         self.own = own
@@ -219,7 +234,13 @@ class LedgerView:
             if main not in self._others and main.exists():
                 self._others[main] = Ledger(self.root, _connect(main, readonly=True, immutable=True), None, 0)
             for path in sorted((self.root / SHARDS).glob(f"{self.machine}-*.sqlite")):
-                if path != self.own.path and path not in self._others:
+                if path == self.own.path:
+                    continue
+                # a worker that died may have left rows in its journal only; the driver applies
+                # any this leaves (another look, the end of the run): a failure costs dedup, not rows
+                with contextlib.suppress(OSError, sqlite3.Error):
+                    take_over_journal(path)
+                if path not in self._others:
                     self._others[path] = Ledger(path.parent, _connect(path, readonly=True), None, 0, path=path)
         return [self.own, *self._others.values()]
 
@@ -265,6 +286,9 @@ class LedgerView:
 
     def commit(self) -> None:
         self.own.commit()
+
+    def flush(self) -> None:
+        self.own.flush()
 
     def grouping(self) -> contextlib.AbstractContextManager[None]:
         return self.own.grouping()
@@ -341,11 +365,15 @@ class Engine:
         self.next_row = 0
         self.failure: BaseException | None = None
         self._reported = {name: 0.0 for name in _COUNTED}
+        self._reports = 0  # batches reported: the first ones ask whether the job stopped
 
     async def serve(self) -> None:
         """Run the Fanout until the job stops (it ends when its reader sees the stop)."""
         try:
-            await self.fan.run()
+            async with anyio.create_task_group() as clock:
+                clock.start_soon(self._commit_on_a_clock)
+                await self.fan.run()
+                clock.cancel_scope.cancel()
         except BaseException as exc:  # a bug: wake every batch, and fail them (Ray reports it)
             self.failure = exc
             raise
@@ -362,6 +390,19 @@ class Engine:
             await self.provider.aclose()
         self.ledger.close()
 
+    async def _commit_on_a_clock(self) -> None:
+        """Commit the shard every ``COMMIT_SECONDS`` whether rows finish or not (the Fanout commits
+        when one does): what this worker recorded reaches the other workers within that time."""
+        while True:
+            await anyio.sleep(COMMIT_SECONDS)
+            self._commit(self.ledger.commit)
+
+    def _commit(self, commit: Callable[[], None]) -> None:
+        try:
+            commit()
+        except WriteError as exc:  # as the Fanout does: the job stops, what was journaled is kept
+            self.stop.soft(exc)
+
     def _finished(self, result: RowResult) -> None:
         key = self.row_keys.get(result.row)
         if key is not None:
@@ -377,7 +418,9 @@ class Engine:
 
     async def run_batch(self, batch: pa.Table) -> pa.Table:
         """The batch's rows with their result columns, once each has an outcome or the job stopped."""
-        if not self.stop.stopped:
+        if not self.stop.stopped and not self._reports:
+            # later batches learn a stop from the answer to the report before them (and from
+            # every lease): one round trip a batch, not two
             reason = await self.spec.coordinator.stop_reason.remote()
             if reason is not None:
                 self.stop.learn(*reason)
@@ -393,6 +436,9 @@ class Engine:
             await self._wait_for(waits, wanted, rows, prompts, keys)
         finally:
             self._forget(waits, wanted, rows)
+        # the shard's database holds the batch before the driver has it: the driver may merge
+        # the shard at the end of the run while this process lives (Ray ends it afterwards)
+        self._commit(self.ledger.flush)
         await self._report()
         if self.failure is not None:
             raise RuntimeError("the worker's runner failed") from self.failure
@@ -443,11 +489,15 @@ class Engine:
             offset = time.time() - time.monotonic()  # the driver compares wall-clock times
             delta["first_call_min"] = s.first_call + offset
             delta["last_call_max"] = s.last_call + offset
-        pending = [*self.limiter.pending, *self.budget.pending, *self.stop.pending,
-                   self.spec.coordinator.add.remote(delta)]
+        pending = [*self.limiter.pending, *self.budget.pending, *self.stop.pending]
+        report = self.spec.coordinator.add.remote(delta)
         self.limiter.pending, self.budget.pending, self.stop.pending = [], [], []
         for ref in pending:
             await ref
+        reason = await report
+        self._reports += 1
+        if reason is not None:
+            self.stop.learn(*reason)
 
 
 def _drain(inbox: queue.Queue[pl.DataFrame | None]) -> Iterator[pl.DataFrame]:
