@@ -18,7 +18,7 @@ from pipeline import Credentials
 from pipeline.connect import Connection
 from pipeline.ledger import FINAL, SHARDS, Ledger
 from pipeline.ray.coordinator import Coordinator, lateness
-from pipeline.ray.worker import Worker, WorkerSpec
+from pipeline.ray.worker import LeaseSize, Worker, WorkerSpec
 
 from .helpers import calls, charged_per_prompt, journaled_finals, momo_job, questions, sha
 
@@ -198,3 +198,26 @@ def test_an_address_nobody_answers_on_is_refused_at_once(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match=r"--address 127.0.0.1:9: no Ray cluster answers there"):
         run_job(job, Connection(Credentials(KEY)), options=RayOptions(address="127.0.0.1:9"))
     assert time.monotonic() - started < 5
+
+
+def test_a_lease_is_what_the_worker_uses_while_its_grants_are_fresh() -> None:
+    """Grants older than ``lateness`` are dropped: a lease asks for what the last one's pace uses
+    in half that time, grows at most twofold a lease, and stays within its bounds."""
+    now = [0.0]
+    size = LeaseSize(64, lateness=0.2, clock=lambda: now[0])
+    assert size.next() == 64  # nothing measured yet: the first size
+    size.leased()
+    size.used, now[0] = 100, 0.1  # 1,000 grants/s: 100 in 0.1 s
+    assert size.next() == 100  # 1,000/s x 0.1 s
+    size.leased()
+    size.used, now[0] = 400, 0.2  # 4,000/s: 400 wanted, at most twice the last (100)
+    assert size.next() == 200
+    size.leased()
+    size.used, now[0] = 3, 1.2  # a slow worker: 3 a second would want 0.3 grants
+    assert size.next() == LeaseSize.MIN
+    size.leased()
+    for _ in range(12):  # however fast, never above the bound
+        size.used, now[0] = 10**6, now[0] + 0.01
+        size.next()
+        size.leased()
+    assert size.size == LeaseSize.MAX
