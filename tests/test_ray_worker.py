@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import signal
 import sqlite3
 import subprocess
@@ -17,35 +16,12 @@ import pyarrow as pa
 from pipeline import Credentials
 from pipeline.connect import Connection
 from pipeline.ledger import FINAL, SHARDS, Ledger
-from pipeline.ray.coordinator import Coordinator, lateness
+from pipeline.ray.coordinator import Coordinator, LocalHandle, lateness
 from pipeline.ray.worker import LeaseSize, Worker, WorkerSpec
 
 from .helpers import calls, charged_per_prompt, journaled_finals, momo_job, questions, sha
 
 KEY = "momo-sandbox-enterprise"
-
-
-class _Method:
-    def __init__(self, fn: Any) -> None:
-        self.fn = fn
-
-    def remote(self, *args: Any) -> asyncio.Future[Any]:
-        result = self.fn(*args)
-        if inspect.isawaitable(result):
-            return asyncio.ensure_future(result)
-        done = asyncio.get_running_loop().create_future()
-        done.set_result(result)
-        return done
-
-
-class LocalHandle:
-    """What a Ray actor handle offers the worker: ``handle.method.remote(...)``, awaitable."""
-
-    def __init__(self, target: object) -> None:
-        self.target = target
-
-    def __getattr__(self, name: str) -> _Method:
-        return _Method(getattr(self.target, name))
 
 
 def _worker(tmp: Path, url: str, coordinator: Coordinator, ledger: Ledger, n: int = 40) -> tuple[Worker, pa.Table]:

@@ -23,6 +23,8 @@ network, a busy machine's scheduler).
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -160,3 +162,28 @@ class Coordinator:
         return {"counters": dict(self.counters.values), "granted": self.limiter.granted,
                 "rate_limited": self.limiter.rate_limited, "spent": self.budget.spent,
                 "stopped": self.stopped}
+
+
+class LocalHandle:
+    """The coordinator in this process, behind what a Ray actor handle offers a worker
+    (``handle.method.remote(...)``, awaitable): a :class:`~.worker.Worker` run without Ray (the
+    tests, and ``bench/ray_engine.py``, which tells the worker's own cost from Ray's)."""
+
+    def __init__(self, target: object) -> None:
+        self.target = target
+
+    def __getattr__(self, name: str) -> _LocalMethod:
+        return _LocalMethod(getattr(self.target, name))
+
+
+class _LocalMethod:
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def remote(self, *args: Any) -> asyncio.Future[Any]:
+        result = self.fn(*args)
+        if inspect.isawaitable(result):
+            return asyncio.ensure_future(result)
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(result)
+        return done
