@@ -21,9 +21,12 @@ stream writer and reader are used through their public API.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
+import os
 import shutil
 import tempfile
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +39,9 @@ from .keys import FIRST, KEY, OCC
 
 BUCKET_ROWS = 250_000  # batch-first rows a bucket holds on average: ~20 MB while it is read
 ROW = "__spill_row"
+PREFIX = "momo-batch-plan-"
+# a folder this young may be one another process has made and not locked yet
+LEFT_AFTER_SECONDS = 60.0
 
 
 class _Stream:
@@ -83,13 +89,16 @@ class KeySpill:
 
     def __init__(self, expected_rows: int, *, dedup: bool) -> None:
         """``expected_rows``: about how many rows will be written (it sizes the buckets)."""
+        sweep_left_folders(Path(tempfile.gettempdir()))
         try:
-            root = self._root = Path(tempfile.mkdtemp(prefix="momo-batch-plan-"))
+            root = self._root = Path(tempfile.mkdtemp(prefix=PREFIX))
+            owner = _hold(root)
         except OSError as exc:
             raise WriteError(f"{tempfile.gettempdir()}: cannot make the plan's temporary folder "
                              f"({exc.strerror or exc}); set TMPDIR to a writable folder") from None
-        # removed by close(), else when the spill is garbage-collected or the interpreter exits
-        self._cleanup = weakref.finalize(self, shutil.rmtree, root, ignore_errors=True)
+        # removed by close(), else when the spill is garbage-collected or the interpreter exits;
+        # a process killed before either leaves it to the next plan's sweep
+        self._cleanup = weakref.finalize(self, _remove, root, owner)
         self._keys = _Stream(root / "keys.arrows")
         self._dedup = dedup
         self._n_buckets = max(1, math.ceil(expected_rows / BUCKET_ROWS)) if dedup else 0
@@ -158,6 +167,39 @@ class KeySpill:
 
     def close(self) -> None:
         self._cleanup()
+
+
+def _hold(folder: Path) -> int:
+    """An exclusive ``flock`` on the folder itself, held while its plan lives (it dies with the process)."""
+    fd = os.open(folder, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a folder just made: nobody else holds it
+    return fd
+
+
+def _remove(folder: Path, owner: int) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    os.close(owner)
+
+
+def sweep_left_folders(tmp: Path) -> None:
+    """Remove the plan folders that processes killed mid-plan (``kill -9``, the OOM killer) left
+    under ``tmp``: a folder whose lock is free has no live owner. At 10 M rows a folder holds
+    ~700 MB of keys, so a few such kills would fill a disk. Folders younger than
+    :data:`LEFT_AFTER_SECONDS` are left alone (one may be in the instant between its ``mkdtemp``
+    and its lock)."""
+    with contextlib.suppress(OSError):
+        for folder in tmp.glob(f"{PREFIX}*"):
+            with contextlib.suppress(OSError):
+                if time.time() - folder.stat().st_mtime < LEFT_AFTER_SECONDS:
+                    continue
+                fd = os.open(folder, os.O_RDONLY)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    shutil.rmtree(folder, ignore_errors=True)
+                except BlockingIOError:
+                    pass  # its plan is alive
+                finally:
+                    os.close(fd)
 
 
 class InputChanged(Exception):

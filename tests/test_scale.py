@@ -246,3 +246,43 @@ def test_a_full_disk_under_tmpdir_is_said_naming_the_folder(tmp_path: Path, monk
     assert str(made[0]) in str(caught.value) and "No space left on device" in str(caught.value)
     assert "TMPDIR" in str(caught.value) and caught.value.exit_code == ExitCode.WRITE
     assert not made[0].exists()
+
+
+def test_a_plan_killed_before_it_could_clean_up_is_swept_by_the_next(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``kill -9`` runs no finalizer: the dead plan's folder stays in TMPDIR until another plan
+    finds its lock free; a live plan's folder (its lock held) is never touched, however old."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    code = ("import os, sys, time\n"
+            "from pipeline.spill import KeySpill\n"
+            "spill = KeySpill(10, dedup=True)\n"
+            "print(spill._root, flush=True)\n"
+            "time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "TMPDIR": str(tmp)})
+    assert child.stdout is not None
+    dead = Path(child.stdout.readline().strip())  # the child's plan exists and holds its lock
+    monkeypatch.setattr(spill.tempfile, "tempdir", str(tmp))
+    alive = spill.KeySpill(10, dedup=True)
+    old = time.time() - 2 * spill.LEFT_AFTER_SECONDS
+    for folder in (dead, alive._root):  # noqa: SLF001
+        os.utime(folder, (old, old))
+    spill.sweep_left_folders(tmp)
+    assert dead.exists() and alive._root.exists()  # noqa: SLF001  both owners live
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+    assert dead.exists()  # nothing of the child's ran after the kill
+    young = tmp / f"{spill.PREFIX}just-made"  # as another process's, between mkdtemp and its lock
+    young.mkdir()
+    spill.KeySpill(10, dedup=True).close()  # a new plan sweeps first
+    assert not dead.exists() and alive._root.exists() and young.exists()  # noqa: SLF001
+    alive.close()
+    assert not alive._root.exists()  # noqa: SLF001
