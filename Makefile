@@ -58,6 +58,7 @@ bench: $(STAMP) ## throughput, CPU per row, peak RSS, ledger, estimate, sandbox,
 	$(PY) bench/tiers.py
 	$(PY) bench/rate_limits.py
 	$(PY) bench/ray_run.py
+	$(PY) bench/ray_engine.py
 	$(PY) bench/scale.py
 
 eval: $(STAMP) ## accuracy and cost of each labelling strategy (1 vote, 3 votes, escalation) on the gold sample
