@@ -45,8 +45,7 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("ray-home")
     before = os.environ.get("HOME")
     os.environ["HOME"] = str(home)
-    # on loopback: the tests' Ray (its GCS, raylets, workers) talks to nothing but this machine
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield home
     finally:

@@ -126,11 +126,12 @@ def _on_ray(prepared: Prepared, connection: Connection, opts: RayOptions, *, lim
     if started_ray:
         # Ray's own chatter (execution plans, progress, its note on token auth) stays in its log
         # files; errors still show
+        # A local Ray listens on this machine's address, as `ray start` does, behind the token Ray
+        # makes for it: Ray has no public way to keep it on loopback (its private node-address
+        # argument turns 127.0.0.1 into the machine's address too)
         try:
-            # a local Ray listens on loopback only: nothing of this job's leaves the machine
-            local = {} if opts.address else {"_node_ip_address": "127.0.0.1"}
             ray.init(address=opts.address, **{"include_dashboard": False, "logging_level": logging.ERROR,
-                                              "log_to_driver": False, **local, **opts.init})
+                                              "log_to_driver": False, **opts.init})
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {opts.address}" if opts.address else "a local Ray"
             raise ConfigError(f"cannot start or join {where} ({_first_line(exc)})") from None
