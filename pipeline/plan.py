@@ -9,7 +9,6 @@ hashed once); the keys are what every later step joins on. They go to disk as th
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ import polars as pl
 from .config import Job
 from .dataset import PROMPT, ROW, Dataset, PromptTemplate
 from .errors import ConfigError
-from .keys import FIRST, KEY, OCC, Keyer, canonical, repeat_key
+from .keys import FIRST, KEY, OCC, Keyer, canonical
 from .result import RESULT_SCHEMA, REUSE_SCHEMA, TOKEN_SPLIT_SCHEMA
 from .runner import PromptTask, RowTask
 from .spill import InputChanged, KeySpill
@@ -140,28 +139,17 @@ def key_column(keyer: Keyer, prompts: pl.Series) -> pl.Series:
 def _key_rows(dataset: Dataset, columns: list[str], expr: pl.Expr, keyer: Keyer, *,
               dedup: bool) -> KeySpill:
     spill = KeySpill(dataset.size_hint(), dedup=dedup)  # sizes its buckets
-    seen: Counter[str] = Counter()  # dedup off: how often each prompt came before
     try:
         # a CSV's every column is parsed: a ragged line anywhere fails here, before any paid call
         for batch in dataset.batches(columns, expr, batch_rows=PLAN_ROWS):
             keys = key_column(keyer, batch[PROMPT])
-            spill.write(_occurrences(keys, seen) if not dedup else
-                        pl.DataFrame([keys, pl.zeros(len(keys), pl.UInt32, eager=True).alias(OCC)]))
+            # OCC (dedup off: how many earlier rows ask the same) is the spill's to count
+            spill.write(pl.DataFrame([keys, pl.zeros(len(keys), pl.UInt32, eager=True).alias(OCC)]))
         spill.seal()
     except BaseException:
         spill.close()
         raise
     return spill
-
-
-def _occurrences(keys: pl.Series, seen: Counter[str]) -> pl.DataFrame:
-    """Dedup off: the n-th repeat of a prompt is a request of its own, with a key of its own.
-    (``seen`` holds each distinct prompt's key: with dedup off every row is paid for anyway.)"""
-    frame = pl.DataFrame([keys]).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).over(KEY).alias(OCC))
-    occ = [0 if k is None else seen[k] + n for k, n in zip(frame[KEY].to_list(), frame[OCC].to_list(), strict=True)]
-    seen.update(k for k in keys if k is not None)
-    repeats = [k if n == 0 or k is None else repeat_key(k, n) for k, n in zip(keys, occ, strict=True)]
-    return pl.DataFrame({KEY: pl.Series(repeats, dtype=pl.String), OCC: pl.Series(occ, dtype=pl.UInt32)})
 
 
 def check_collisions(dataset_columns: list[str], result_columns: list[str], path: object) -> None:

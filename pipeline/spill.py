@@ -13,6 +13,10 @@ there. Within one plan batch only a key's first row is written to its bucket, so
 repeated a million times costs a bucket one row per batch, not a million. What stays in memory
 is one bit a row: whether the row is the first of its key.
 
+With dedup off, the n-th repeat of a prompt is a request of its own: every row goes to its
+bucket, each bucket counts its rows' earlier repeats (``OCC``), and the rows with any are kept
+on disk in files of :data:`RANGE_ROWS` input rows, read back a range at a time.
+
 Polars alone has no appendable IPC writer (``write_ipc_stream`` writes a whole stream a call)
 and its streaming ``group_by`` keeps every distinct key in memory; pyarrow's ``RecordBatch``
 stream writer and reader are used through their public API.
@@ -35,9 +39,10 @@ import polars as pl
 import pyarrow as pa
 
 from .errors import WriteError
-from .keys import FIRST, KEY, OCC
+from .keys import FIRST, KEY, OCC, repeat_key
 
-BUCKET_ROWS = 250_000  # batch-first rows a bucket holds on average: ~20 MB while it is read
+BUCKET_ROWS = 250_000  # rows a bucket holds on average: ~20 MB while it is read
+RANGE_ROWS = 250_000  # dedup off: the input rows whose repeat counts one file holds
 ROW = "__spill_row"
 PREFIX = "momo-batch-plan-"
 # a folder this young may be one another process has made and not locked yet
@@ -101,26 +106,30 @@ class KeySpill:
         self._cleanup = weakref.finalize(self, _remove, root, owner)
         self._keys = _Stream(root / "keys.arrows")
         self._dedup = dedup
-        self._n_buckets = max(1, math.ceil(expected_rows / BUCKET_ROWS)) if dedup else 0
+        self._n_buckets = max(1, math.ceil(expected_rows / BUCKET_ROWS))
         self._buckets = [_Stream(root / f"bucket-{b}.arrows") for b in range(self._n_buckets)]
+        self._repeats: dict[int, _Stream] | None = None  # dedup off: ROW, OCC of rows that repeat one before
         self._first: pl.Series | None = None
         self.rows = 0
         self.sendable = 0
         self.distinct = 0
 
     def write(self, keys: pl.DataFrame) -> None:
-        """The next rows' ``KEY`` (null: nothing to send) and ``OCC``, in input order."""
+        """The next rows' ``KEY`` (null: nothing to send) and ``OCC`` (0: with dedup off the spill
+        counts the repeats itself, when it is sealed), in input order."""
         with self._disk():
             self._add(keys)
 
     def _add(self, keys: pl.DataFrame) -> None:
         self._keys.write(keys.select(pl.col(KEY).cast(pl.String), pl.col(OCC).cast(pl.UInt32)))
         sent = keys.height - keys[KEY].null_count()
-        if self._dedup and sent:
-            firsts = keys.select(pl.int_range(self.rows, self.rows + keys.height, dtype=pl.UInt32).alias(ROW),
-                                 KEY).filter(pl.col(KEY).is_not_null() & pl.col(KEY).is_first_distinct())
+        if sent:
+            rows = keys.select(pl.int_range(self.rows, self.rows + keys.height, dtype=pl.UInt32).alias(ROW),
+                               KEY).filter(pl.col(KEY).is_not_null())
+            if self._dedup:  # a key's first row of the batch is enough to find its first of all
+                rows = rows.filter(pl.col(KEY).is_first_distinct())
             bucket = pl.col(KEY).str.slice(0, 6).str.to_integer(base=16) % self._n_buckets
-            for (b,), part in firsts.with_columns(bucket.alias("__b")).partition_by("__b", as_dict=True).items():
+            for (b,), part in rows.with_columns(bucket.alias("__b")).partition_by("__b", as_dict=True).items():
                 self._buckets[int(b)].write(part.drop("__b"))
         self.rows += keys.height
         self.sendable += sent
@@ -142,24 +151,46 @@ class KeySpill:
     def _seal(self) -> None:
         self._keys.close()
         if not self._dedup:
+            self._count_repeats()
             self.distinct = self.sendable  # every repeat is a request of its own
             return
         first = pl.zeros(self.rows, pl.Boolean, eager=True)
-        for stream in self._buckets:
-            stream.close()
-            bucket = stream.read_all()
-            stream.path.unlink(missing_ok=True)
-            if bucket is None:
-                continue
+        for bucket in self._read_buckets():
             rows = bucket.filter(pl.col(KEY).is_first_distinct())[ROW]
             del bucket
             self.distinct += rows.len()
             first = first.scatter(rows, True)
         self._first = first
 
+    def _read_buckets(self) -> Iterator[pl.DataFrame]:
+        """Each bucket's rows in input order, one bucket in memory at a time (its file then goes)."""
+        for stream in self._buckets:
+            stream.close()
+            bucket = stream.read_all()
+            stream.path.unlink(missing_ok=True)
+            if bucket is not None:
+                yield bucket
+
+    def _count_repeats(self) -> None:
+        """Dedup off: how many earlier rows ask each row's prompt (``OCC``), found bucket by bucket
+        (a bucket holds every row of its keys) and kept only where it is not 0, in files of
+        :data:`RANGE_ROWS` input rows each, so a later pass reads the range it is in."""
+        self._repeats = {}
+        for bucket in self._read_buckets():
+            repeats = bucket.with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).over(KEY).alias(OCC)) \
+                .filter(pl.col(OCC) > 0).select(ROW, OCC)
+            del bucket
+            by_range = repeats.with_columns((pl.col(ROW) // RANGE_ROWS).alias("__r"))
+            for (r,), part in by_range.partition_by("__r", as_dict=True).items():
+                stream = self._repeats.setdefault(int(r), _Stream(self._root / f"repeats-{r}.arrows"))
+                stream.write(part.drop("__r"))
+        for stream in self._repeats.values():
+            stream.close()
+
     def aligned(self) -> _Aligned:
         """A reader of the rows' ``KEY``, ``FIRST`` and ``OCC``, taken in input order, any number at a time."""
-        return _Aligned(read_stream(self._root / "keys.arrows"), self._first)
+        repeats = None if self._repeats is None else _Repeats({r: s.path for r, s in self._repeats.items()})
+        return _Aligned(read_stream(self._root / "keys.arrows"), self._first, repeats)
 
     def read(self) -> pl.DataFrame:
         """Every row's ``KEY``, ``FIRST`` and ``OCC`` at once: for small inputs (tests, notebooks)."""
@@ -206,12 +237,42 @@ class InputChanged(Exception):
     """The input is not what the plan read (edited while the job ran)."""
 
 
+class _Repeats:
+    """Dedup off: each row's ``OCC``, read a range of input rows at a time (0 where no file says more)."""
+
+    def __init__(self, paths: dict[int, Path]) -> None:
+        self._paths = paths
+        self._loaded: dict[int, pl.DataFrame] = {}
+
+    def occ(self, offset: int, n: int) -> pl.Series:
+        out = pl.zeros(n, pl.UInt32, eager=True)
+        if n == 0:
+            return out
+        for r in range(offset // RANGE_ROWS, (offset + n - 1) // RANGE_ROWS + 1):
+            frame = self._range(r)
+            if frame is None:
+                continue
+            part = frame.filter(pl.col(ROW).is_between(offset, offset + n - 1))
+            out = out.scatter(part[ROW] - offset, part[OCC])
+        return out
+
+    def _range(self, r: int) -> pl.DataFrame | None:
+        """Range ``r``'s repeats (reads go forward: the ranges before it are let go)."""
+        for old in [k for k in self._loaded if k < r]:
+            del self._loaded[old]
+        if r not in self._loaded and r in self._paths:
+            self._loaded[r] = pl.read_ipc_stream(self._paths[r])
+        return self._loaded.get(r)
+
+
 class _Aligned:
     """Takes the spill's rows in order, as many as the next batch of another pass over the input has."""
 
-    def __init__(self, frames: Iterator[pl.DataFrame], first: pl.Series | None) -> None:
+    def __init__(self, frames: Iterator[pl.DataFrame], first: pl.Series | None,
+                 repeats: _Repeats | None = None) -> None:
         self._frames = frames
         self._first = first  # None: dedup off, every row is its own request
+        self._repeats = repeats  # dedup off: the rows' OCC, and with it their keys
         self._buffer: pl.DataFrame = pl.DataFrame(schema={KEY: pl.String, OCC: pl.UInt32})
         self._offset = 0
 
@@ -228,7 +289,20 @@ class _Aligned:
             parts.append(part)
             need -= part.height
         keys = pl.concat(parts) if parts else self._buffer.head(0)
+        if self._repeats is not None:
+            keys = _repeated(keys, self._repeats.occ(self._offset, n))
         first = (pl.repeat(True, n, dtype=pl.Boolean, eager=True).alias(FIRST) if self._first is None
                  else self._first.slice(self._offset, n).alias(FIRST))
         self._offset += n
         return keys.with_columns(first | keys[KEY].is_null()).select(KEY, FIRST, OCC)
+
+
+def _repeated(keys: pl.DataFrame, occ: pl.Series) -> pl.DataFrame:
+    """The n-th repeat of a prompt (dedup off) is a request of its own, with a key of its own."""
+    rows = (occ > 0).arg_true()
+    keys = keys.with_columns(occ.alias(OCC))
+    if not rows.len():
+        return keys
+    repeats = [repeat_key(k, n) for k, n in zip(keys[KEY].gather(rows).to_list(), occ.gather(rows).to_list(),
+                                                 strict=True)]
+    return keys.with_columns(keys[KEY].scatter(rows, pl.Series(repeats, dtype=pl.String)))

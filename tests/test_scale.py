@@ -60,14 +60,15 @@ def _reference(keyer: Any, prompts: Sequence[str | None], *, dedup: bool) -> lis
     return out
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(prompts=PROMPTS, plan_rows=st.integers(1, 9), bucket_rows=st.integers(1, 9), dedup=st.booleans(),
-       batch_rows=st.integers(1, 13))
+       batch_rows=st.integers(1, 13), range_rows=st.integers(1, 11))
 def test_the_plan_keys_rows_on_disk_as_the_whole_input_at_once_would(
         tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, prompts: list[str | None],
-        plan_rows: int, bucket_rows: int, dedup: bool, batch_rows: int) -> None:
+        plan_rows: int, bucket_rows: int, dedup: bool, batch_rows: int, range_rows: int) -> None:
     monkeypatch.setattr(plan_module, "PLAN_ROWS", plan_rows)  # many plan batches
     monkeypatch.setattr(spill, "BUCKET_ROWS", bucket_rows)  # many buckets
+    monkeypatch.setattr(spill, "RANGE_ROWS", range_rows)  # dedup off: repeats in many files
     tmp = tmp_path_factory.mktemp("plan")
     with prepare(_job(tmp, prompts, dedup=dedup), endpoint="http://fake") as plan:
         expected = _reference(plan.keyer, prompts, dedup=dedup)
