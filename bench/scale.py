@@ -2,10 +2,11 @@
 
     .venv/bin/python bench/scale.py [--sizes 300000,3000000,10000000] [--distinct 3000]
 
-For each size, three runs of the CLI (``python -m pipeline``), each its own process, against a
+For each size, four runs of the CLI (``python -m pipeline``), each its own process, against a
 sandbox in another process (5 ms per call, enterprise key):
 
-1. ``estimate --json`` over an input whose every prompt is distinct (the most keys to count);
+1. ``estimate --json`` over an input whose every prompt is distinct (the most keys to count),
+   with dedup on, then off (``reuse.dedup = false``: every row's repeats are counted);
 2. ``run`` over an input whose rows repeat ``--distinct`` prompts (3,000: the calls stay a few
    seconds, so the figure is the work outside them: reading, keying, dedup, ledger, writing);
 3. the same ``run`` again: every answer in the ledger, nothing to call (a resume).
@@ -85,10 +86,13 @@ def measure(tmp: Path, url: str, rows: int, distinct: int) -> dict[str, dict[str
     write_input(every, rows, rows)
     write_input(repeated, rows, distinct)
     est_job, run_job = tmp / f"estimate-{rows}.toml", tmp / f"run-{rows}.toml"
+    every_paid = tmp / f"estimate-nodedup-{rows}.toml"
     est_job.write_text(JOB.format(data=every, url=url, out=tmp / f"est-{rows}.parquet"))
+    every_paid.write_text(JOB.format(data=every, url=url, out=tmp / f"est-{rows}.parquet") + "[reuse]\ndedup = false\n")
     run_job.write_text(JOB.format(data=repeated, url=url, out=tmp / f"out-{rows}.parquet"))
     figures = {
         "estimate": cli("estimate", str(est_job), "--json"),
+        "estimate_nodedup": cli("estimate", str(every_paid), "--json"),
         "run": cli("run", str(run_job), "--quiet"),
         "resume": cli("run", str(run_job), "--quiet"),
     }
@@ -118,6 +122,7 @@ def main() -> None:
             server.wait(10)
     print(f"\n{'':<44}{'rows':>12}{'wall s':>9}{'µs/row':>9}{'CPU s':>8}{'peak RSS MB':>13}")
     labels = {"estimate": "estimate --json, every prompt distinct",
+              "estimate_nodedup": "the same, reuse.dedup = false",
               "run": f"run, {args.distinct:,} distinct prompts",
               "resume": "the same run again (nothing to call)"}
     for kind, label in labels.items():
