@@ -214,8 +214,8 @@ def _remove(folder: Path, owner: int) -> None:
 
 def sweep_left_folders(tmp: Path) -> None:
     """Remove the plan folders that processes killed mid-plan (``kill -9``, the OOM killer) left
-    under ``tmp``: a folder whose lock is free has no live owner. At 10 M rows a folder holds
-    ~700 MB of keys, so a few such kills would fill a disk. Folders younger than
+    under ``tmp``: a folder whose lock is free has no live owner. A folder holds about 50 bytes
+    an input row (~500 MB at 10 M rows), so a few such kills would fill a disk. Folders younger than
     :data:`LEFT_AFTER_SECONDS` are left alone (one may be in the instant between its ``mkdtemp``
     and its lock)."""
     with contextlib.suppress(OSError):
