@@ -142,9 +142,7 @@ def _key_rows(dataset: Dataset, columns: list[str], expr: pl.Expr, keyer: Keyer,
     try:
         # a CSV's every column is parsed: a ragged line anywhere fails here, before any paid call
         for batch in dataset.batches(columns, expr, batch_rows=PLAN_ROWS):
-            keys = key_column(keyer, batch[PROMPT])
-            # OCC (dedup off: how many earlier rows ask the same) is the spill's to count
-            spill.write(pl.DataFrame([keys, pl.zeros(len(keys), pl.UInt32, eager=True).alias(OCC)]))
+            spill.write(key_column(keyer, batch[PROMPT]))
         spill.seal()
     except BaseException:
         spill.close()

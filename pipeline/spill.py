@@ -114,24 +114,24 @@ class KeySpill:
         self.sendable = 0
         self.distinct = 0
 
-    def write(self, keys: pl.DataFrame) -> None:
-        """The next rows' ``KEY`` (null: nothing to send) and ``OCC`` (0: with dedup off the spill
-        counts the repeats itself, when it is sealed), in input order."""
+    def write(self, keys: pl.Series) -> None:
+        """The next rows' ``KEY`` (null: nothing to send), in input order. (Their ``OCC``, with
+        dedup off, is counted when the spill is sealed.)"""
         with self._disk():
-            self._add(keys)
+            self._add(keys.cast(pl.String).alias(KEY))
 
-    def _add(self, keys: pl.DataFrame) -> None:
-        self._keys.write(keys.select(pl.col(KEY).cast(pl.String), pl.col(OCC).cast(pl.UInt32)))
-        sent = keys.height - keys[KEY].null_count()
+    def _add(self, keys: pl.Series) -> None:
+        self._keys.write(keys.to_frame())
+        sent = keys.len() - keys.null_count()
         if sent:
-            rows = keys.select(pl.int_range(self.rows, self.rows + keys.height, dtype=pl.UInt32).alias(ROW),
-                               KEY).filter(pl.col(KEY).is_not_null())
+            rows = pl.DataFrame([pl.int_range(self.rows, self.rows + keys.len(), dtype=pl.UInt32, eager=True)
+                                 .alias(ROW), keys]).filter(pl.col(KEY).is_not_null())
             if self._dedup:  # a key's first row of the batch is enough to find its first of all
                 rows = rows.filter(pl.col(KEY).is_first_distinct())
             bucket = pl.col(KEY).str.slice(0, 6).str.to_integer(base=16) % self._n_buckets
             for (b,), part in rows.with_columns(bucket.alias("__b")).partition_by("__b", as_dict=True).items():
                 self._buckets[int(b)].write(part.drop("__b"))
-        self.rows += keys.height
+        self.rows += keys.len()
         self.sendable += sent
 
     def seal(self) -> None:
@@ -189,7 +189,7 @@ class KeySpill:
 
     def aligned(self) -> _Aligned:
         """A reader of the rows' ``KEY``, ``FIRST`` and ``OCC``, taken in input order, any number at a time."""
-        repeats = None if self._repeats is None else _Repeats({r: s.path for r, s in self._repeats.items()})
+        repeats = None if self._repeats is None else _Repeats(self._repeats)
         return _Aligned(read_stream(self._root / "keys.arrows"), self._first, repeats)
 
     def read(self) -> pl.DataFrame:
@@ -240,8 +240,8 @@ class InputChanged(Exception):
 class _Repeats:
     """Dedup off: each row's ``OCC``, read a range of input rows at a time (0 where no file says more)."""
 
-    def __init__(self, paths: dict[int, Path]) -> None:
-        self._paths = paths
+    def __init__(self, streams: dict[int, _Stream]) -> None:
+        self._streams = streams
         self._loaded: dict[int, pl.DataFrame] = {}
 
     def occ(self, offset: int, n: int) -> pl.Series:
@@ -260,8 +260,8 @@ class _Repeats:
         """Range ``r``'s repeats (reads go forward: the ranges before it are let go)."""
         for old in [k for k in self._loaded if k < r]:
             del self._loaded[old]
-        if r not in self._loaded and r in self._paths:
-            self._loaded[r] = pl.read_ipc_stream(self._paths[r])
+        if r not in self._loaded and r in self._streams and (frame := self._streams[r].read_all()) is not None:
+            self._loaded[r] = frame
         return self._loaded.get(r)
 
 
@@ -273,7 +273,7 @@ class _Aligned:
         self._frames = frames
         self._first = first  # None: dedup off, every row is its own request
         self._repeats = repeats  # dedup off: the rows' OCC, and with it their keys
-        self._buffer: pl.DataFrame = pl.DataFrame(schema={KEY: pl.String, OCC: pl.UInt32})
+        self._buffer: pl.DataFrame = pl.DataFrame(schema={KEY: pl.String})
         self._offset = 0
 
     def take(self, n: int) -> pl.DataFrame:
@@ -289,8 +289,8 @@ class _Aligned:
             parts.append(part)
             need -= part.height
         keys = pl.concat(parts) if parts else self._buffer.head(0)
-        if self._repeats is not None:
-            keys = _repeated(keys, self._repeats.occ(self._offset, n))
+        keys = (keys.with_columns(pl.zeros(n, pl.UInt32, eager=True).alias(OCC)) if self._repeats is None
+                else _repeated(keys, self._repeats.occ(self._offset, n)))
         first = (pl.repeat(True, n, dtype=pl.Boolean, eager=True).alias(FIRST) if self._first is None
                  else self._first.slice(self._offset, n).alias(FIRST))
         self._offset += n
