@@ -33,6 +33,23 @@ def _worker(tmp: Path, url: str, coordinator: Coordinator, ledger: Ledger, n: in
     return Worker(spec), pl.read_csv(tmp / "q.csv").to_arrow()
 
 
+async def _output(worker: Worker, table: pa.Table) -> pl.DataFrame:
+    """The worker's output for ``table``; the worker is closed after it."""
+    try:
+        out = pl.from_arrow(await worker(table))
+    finally:
+        await worker.close()
+    assert isinstance(out, pl.DataFrame)
+    return out
+
+
+def _merged_states(ledger: Ledger, keys: list[str]) -> dict[str, tuple[int, int]]:
+    """The keys' states once the driver has merged every shard, as it does when a run ends."""
+    for shard in ledger.shards():
+        ledger.absorb(shard)
+    return ledger.states(keys)
+
+
 async def test_batches_in_flight_together_ask_a_repeated_prompt_once(tmp_path: Path, sandbox: Any) -> None:
     coordinator = Coordinator(None, 60.0, None, 0.0)
     with Ledger.open(tmp_path / "out.parquet") as ledger:
@@ -58,11 +75,8 @@ async def test_a_stop_from_the_coordinator_sends_nothing_and_says_why(tmp_path: 
     await coordinator.stop("BUDGET_EXCEEDED", "max_cost 1 reached", False)
     with Ledger.open(tmp_path / "out.parquet") as ledger:
         worker, table = _worker(tmp_path, sandbox.momo_url, coordinator, ledger, n=10)
-        try:
-            out = pl.from_arrow(await worker(table))
-        finally:
-            await worker.close()
-    assert isinstance(out, pl.DataFrame) and out.height == 10
+        out = await _output(worker, table)
+    assert out.height == 10
     assert set(out["error_code"]) == {"BUDGET_EXCEEDED"} and not calls(sandbox.records())
     assert out["error_message"][0] == "not run: max_cost 1 reached (job stopped; run again to resume)"
 
@@ -77,15 +91,10 @@ async def test_what_another_worker_finished_is_not_sent_again(tmp_path: Path, sa
         finally:
             await dead.close()
         again, _ = _worker(tmp_path, sandbox.momo_url, coordinator, ledger, n=20)
-        try:
-            out = pl.from_arrow(await again(table))
-        finally:
-            await again.close()
-        for shard in ledger.shards():
-            ledger.absorb(shard)
-        finals = ledger.states(out["request_key"].to_list())  # type: ignore[index]
+        out = await _output(again, table)
+        finals = _merged_states(ledger, out["request_key"].to_list())
     assert len(calls(sandbox.records())) == 20  # 12 by the first worker, 8 by the second
-    assert isinstance(out, pl.DataFrame) and (out["status"] == "ok").all()
+    assert (out["status"] == "ok").all()
     assert {state for state, _ in finals.values()} == {FINAL} and len(finals) == 20
 
 
@@ -144,14 +153,9 @@ async def test_a_killed_workers_journaled_rows_are_not_paid_again(tmp_path: Path
     coordinator = Coordinator(None, 60.0, None, 0.0)
     with Ledger.open(tmp_path / "out.parquet") as ledger:
         again, table = _worker(tmp_path, sandbox.momo_url, coordinator, ledger, n=20)
-        try:
-            out = pl.from_arrow(await again(table))
-        finally:
-            await again.close()
-        for left in ledger.shards():
-            ledger.absorb(left)
-        assert isinstance(out, pl.DataFrame) and (out["status"] == "ok").all()
-        finals = ledger.states(out["request_key"].to_list())
+        out = await _output(again, table)
+        finals = _merged_states(ledger, out["request_key"].to_list())
+        assert (out["status"] == "ok").all()
         assert len(finals) == 20 and {state for state, _ in finals.values()} == {FINAL}
     done = {sha(q) for q, key in zip(out["question"], out["request_key"], strict=True) if key in recorded}
     assert len(done) == len(recorded)
